@@ -1,0 +1,126 @@
+"""Image preprocessing that lives inside the model, so exports take raw pixels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """`y = x[..., ::-1] if reverse_channels else x`, then `y * scale + offset`.
+
+    Inputs are raw pixels in [0, 255], RGB. Keras Applications' modes:
+    `caffe` (BGR, ImageNet mean subtracted), `tf` ([-1, 1]), `torch`
+    (ImageNet mean/std); `included` means the backbone preprocesses itself.
+
+    Args:
+        scale: per-channel (or one) multiplier.
+        offset: per-channel (or one) offset added after scaling.
+        reverse_channels: flip RGB to BGR first.
+    """
+
+    scale: tuple[float, ...] = (1.0,)
+    offset: tuple[float, ...] = (0.0,)
+    reverse_channels: bool = False
+
+    @classmethod
+    def from_mode(cls, mode: str) -> Preprocessing:
+        """Returns the preprocessing for a Keras Applications mode name.
+
+        Args:
+            mode: `caffe`, `tf`, `torch` or `included`.
+
+        Returns:
+            The matching `Preprocessing`.
+
+        Example:
+            >>> Preprocessing.from_mode("tf").offset
+            (-1.0,)
+        """
+        if mode == "caffe":
+            return cls(offset=tuple(-m for m in _CAFFE_MEAN_BGR), reverse_channels=True)
+        if mode == "tf":
+            return cls(scale=(1 / 127.5,), offset=(-1.0,))
+        if mode == "torch":
+            return cls(
+                scale=tuple(1 / (255 * s) for s in _IMAGENET_STD),
+                offset=tuple(-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD)),
+            )
+        if mode == "included":
+            return cls()
+        raise ValueError(
+            "Preprocessing mode must be one of 'caffe', 'tf', 'torch', 'included'. "
+            f"Received: mode={mode!r}."
+        )
+
+    @property
+    def is_identity(self) -> bool:
+        return (
+            all(s == 1.0 for s in self.scale)
+            and all(o == 0.0 for o in self.offset)
+            and not self.reverse_channels
+        )
+
+    def layer(self, name: str = "preprocessing") -> ImagePreprocessing:
+        """Returns the Keras layer that applies this preprocessing."""
+        return ImagePreprocessing(
+            scale=list(self.scale),
+            offset=list(self.offset),
+            reverse_channels=self.reverse_channels,
+            name=name,
+        )
+
+
+@keras.saving.register_keras_serializable(package="kerastl")
+class ImagePreprocessing(keras.layers.Layer):
+    """Casts raw pixels to float and applies `Preprocessing` inside the model.
+
+    Args:
+        scale: list of one or three multipliers.
+        offset: list of one or three offsets.
+        reverse_channels: flip the last axis (RGB to BGR) first.
+
+    Example:
+        >>> layer = ImagePreprocessing(scale=[1 / 127.5], offset=[-1.0])
+        >>> layer(np.full((1, 2, 2, 3), 255.0))  # all ones
+    """
+
+    def __init__(self, scale=(1.0,), offset=(0.0,), reverse_channels=False, **kwargs):
+        super().__init__(**kwargs)
+        # === Config ===
+        self.scale = [float(s) for s in scale]
+        self.offset = [float(o) for o in offset]
+        self.reverse_channels = bool(reverse_channels)
+        for field, values in (("scale", self.scale), ("offset", self.offset)):
+            if len(values) not in (1, 3):
+                raise ValueError(
+                    f"`{field}` must hold 1 or 3 values. Received: {field}={values}."
+                )
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, self.compute_dtype)
+        if self.reverse_channels:
+            x = keras.ops.flip(x, axis=-1)
+        scale = keras.ops.convert_to_tensor(self.scale, dtype=self.compute_dtype)
+        offset = keras.ops.convert_to_tensor(self.offset, dtype=self.compute_dtype)
+        return x * scale + offset
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "scale": self.scale,
+                "offset": self.offset,
+                "reverse_channels": self.reverse_channels,
+            }
+        )
+        return config
