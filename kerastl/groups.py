@@ -122,21 +122,21 @@ def layer_groups(
         )
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, keras.Model) and getattr(model, "_kerastl_transfer", False):
-        groups = _backbone_groups(backbone, granularity, rules or model.group_rules)
-        return _with_head(model, backbone, groups)
+        rules = rules or model.group_rules
+        if rules is None:  # an unregistered backbone is one group
+            return _with_head(model, backbone, {"backbone": [backbone]})
+        return _with_head(model, backbone, _backbone_groups(backbone, granularity, rules))
     return _backbone_groups(model, granularity, rules)
 
 
 def _backbone_groups(model, granularity, rules):
     if rules is None:
         rules = _registered_rules(model)
-    if rules is None:
-        return {"backbone": [model]}
     fine = resolve_groups(model, rules)
     return fine if granularity == FINE else merge_stages(fine, rules.stages)
 
 
-def _registered_rules(model) -> GroupRules | None:
+def _registered_rules(model) -> GroupRules:
     from kerastl.backbones.registry import find_spec
 
     spec = find_spec(model.name)

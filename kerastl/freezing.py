@@ -1,0 +1,205 @@
+"""Freezing at layer-group boundaries: `freeze`, `freeze_to`, `unfreeze`.
+
+Everything goes through `set_trainable_groups`, which sets the flags, keeps
+BatchNormalization in inference mode where it must be, and recompiles the
+model with a fresh optimizer: in Keras, `trainable` changes take effect only
+at `compile()`, and a built optimizer refuses a new variable list.
+
+BatchNormalization stays frozen (inference mode, statistics fixed) even in
+trainable groups unless `train_bn=True`: `fit` ignores `training=False`
+passed when calling a nested backbone (keras-team/keras#20285), so
+`trainable=False` on the BN layer is the only switch that holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import keras
+
+from kerastl.groups import COARSE, HEAD, layer_groups
+
+
+def set_trainable_groups(
+    model: keras.Model,
+    trainable: Iterable[str],
+    *,
+    train_bn: bool = False,
+    granularity: str = COARSE,
+    recompile: bool = True,
+) -> list[str]:
+    """Makes exactly the named groups trainable; every other group is frozen.
+
+    Args:
+        model: a `TransferModel` or a registered backbone.
+        trainable: names of the groups to train.
+        train_bn: also train BatchNormalization layers (their statistics
+            then update) inside the trainable groups.
+        granularity: which group names `trainable` refers to.
+        recompile: if the model is compiled, recompile it with a fresh copy
+            of its optimizer, loss and metrics. If False, the model is marked
+            uncompiled, so the next `fit` raises until `compile()` is called.
+
+    Returns:
+        The names of the trainable groups, in model order.
+
+    Example:
+        >>> set_trainable_groups(model, ["conv5", "head"])
+    """
+    groups = layer_groups(model, granularity)
+    wanted = list(trainable)
+    unknown = [name for name in wanted if name not in groups]
+    if unknown:
+        raise ValueError(
+            f"Unknown layer groups {unknown}. Valid groups ({granularity}): {list(groups)}. "
+            f"Received: trainable={wanted}."
+        )
+    model.trainable = True
+    for name, layers in groups.items():
+        train = name in wanted
+        for layer in layers:
+            layer.trainable = train
+            if train and not train_bn:
+                _freeze_batch_norm(layer)
+    _refresh_compilation(model, recompile)
+    return [name for name in groups if name in wanted]
+
+
+def freeze(model: keras.Model, *, train_bn: bool = False, recompile: bool = True) -> list[str]:
+    """Freezes the backbone; only the `head` group (if any) trains.
+
+    Args:
+        model: a `TransferModel` or a registered backbone.
+        train_bn: see `set_trainable_groups`.
+        recompile: see `set_trainable_groups`.
+
+    Returns:
+        The trainable group names (`["head"]`, or `[]` for a bare backbone).
+
+    Example:
+        >>> kerastl.freeze(model)
+        ['head']
+    """
+    groups = layer_groups(model)
+    return set_trainable_groups(
+        model, [HEAD] if HEAD in groups else [], train_bn=train_bn, recompile=recompile
+    )
+
+
+def freeze_to(
+    model: keras.Model,
+    group: str | int,
+    *,
+    train_bn: bool = False,
+    granularity: str = COARSE,
+    recompile: bool = True,
+) -> list[str]:
+    """Freezes every group before `group`; `group` and all after it train.
+
+    Args:
+        model: a `TransferModel` or a registered backbone.
+        group: a group name, or its index in model order (negative counts
+            from the end, as in fastai: `freeze_to(model, -2)` trains the last two).
+        train_bn: see `set_trainable_groups`.
+        granularity: which groups `group` refers to.
+        recompile: see `set_trainable_groups`.
+
+    Returns:
+        The trainable group names.
+
+    Example:
+        >>> kerastl.freeze_to(model, "conv5")
+        ['conv5', 'head']
+    """
+    names = list(layer_groups(model, granularity))
+    if isinstance(group, bool) or not isinstance(group, (str, int)):
+        raise TypeError(f"`group` must be a group name or an index. Received: group={group!r}.")
+    if isinstance(group, int):
+        if not -len(names) <= group < len(names):
+            raise ValueError(
+                f"`group` index out of range for {len(names)} groups {names}. Received: group={group}."
+            )
+        start = group % len(names)
+    elif group in names:
+        start = names.index(group)
+    else:
+        raise ValueError(
+            f"Unknown layer group {group!r}. Valid groups ({granularity}): {names}. "
+            f"Received: group={group!r}."
+        )
+    return set_trainable_groups(
+        model, names[start:], train_bn=train_bn, granularity=granularity, recompile=recompile
+    )
+
+
+def unfreeze(model: keras.Model, *, train_bn: bool = False, recompile: bool = True) -> list[str]:
+    """Makes every group trainable (BatchNormalization stays frozen unless `train_bn`).
+
+    Args:
+        model: a `TransferModel` or a registered backbone.
+        train_bn: see `set_trainable_groups`.
+        recompile: see `set_trainable_groups`.
+
+    Returns:
+        All group names.
+
+    Example:
+        >>> kerastl.unfreeze(model)
+    """
+    return set_trainable_groups(
+        model, list(layer_groups(model)), train_bn=train_bn, recompile=recompile
+    )
+
+
+def trainable_groups(model: keras.Model, granularity: str = COARSE) -> dict[str, str]:
+    """Returns each group's state: `"trainable"`, `"frozen"` or `"partial"`.
+
+    BatchNormalization layers are left out of the count (they stay frozen in
+    trainable groups by default; see the module docstring).
+
+    Args:
+        model: a `TransferModel` or a registered backbone.
+        granularity: `"coarse"` or `"fine"`.
+
+    Returns:
+        An ordered dict from group name to state.
+
+    Example:
+        >>> kerastl.freeze(model); trainable_groups(model)["head"]
+        'trainable'
+    """
+    trainable_ids = {id(v) for v in model.trainable_weights}
+    states = {}
+    for name, layers in layer_groups(model, granularity).items():
+        variables = [
+            v
+            for layer in layers
+            for sub in layer._flatten_layers(include_self=True)
+            if not isinstance(sub, keras.layers.BatchNormalization) and not sub._layers
+            for v in sub._trainable_variables
+        ]
+        count = sum(id(v) in trainable_ids for v in variables)
+        if count == 0:
+            states[name] = "frozen"
+        else:
+            states[name] = "trainable" if count == len(variables) else "partial"
+    return states
+
+
+def _freeze_batch_norm(layer: keras.layers.Layer) -> None:
+    for sublayer in layer._flatten_layers(include_self=True):
+        if isinstance(sublayer, keras.layers.BatchNormalization):
+            sublayer.trainable = False
+
+
+def _refresh_compilation(model: keras.Model, recompile: bool) -> None:
+    if not getattr(model, "compiled", False):
+        return
+    if recompile:
+        config = model.get_compile_config()
+        if config is None:
+            model.compiled = False
+            return
+        model.compile_from_config(config)
+    else:
+        model.compiled = False

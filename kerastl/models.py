@@ -1,0 +1,263 @@
+"""`TransferModel`: raw input → preprocessing → backbone → pooling/dropout → head."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+from kerastl.backbones.factory import DEFAULT, create_backbone
+from kerastl.backbones.registry import find_spec
+from kerastl.backbones.spec import TEXT
+from kerastl.groups import GroupRules
+from kerastl.preprocessing import Preprocessing
+
+CLASSIFICATION = "classification"
+MULTILABEL = "multilabel"
+REGRESSION = "regression"
+_TASKS = (CLASSIFICATION, MULTILABEL, REGRESSION)
+_IMAGE_POOLING = ("avg", "max")
+_TEXT_POOLING = ("cls", "mean", "pooled")
+
+
+@keras.saving.register_keras_serializable(package="kerastl")
+class TransferModel(keras.Model):
+    """A pretrained backbone with a new head, preprocessing inside the model.
+
+    Image models take raw RGB pixels in [0, 255] (`[batch, H, W, 3]`); the
+    backbone's own preprocessing runs inside the model, so exports take raw
+    pixels too. Text models take the backbone's token inputs (`token_ids`,
+    `padding_mask`, ...). The head outputs logits (classification,
+    multi-label) or values (regression), in float32 even under mixed precision.
+
+    Args:
+        backbone: a registry name (`kerastl.list_backbones()`) or a Keras
+            model (e.g. from `create_backbone`).
+        num_classes: number of classes (or outputs, for regression).
+        task: `"classification"` (single label, softmax logits),
+            `"multilabel"` (independent sigmoid logits) or `"regression"`.
+        weights: backbone weights when `backbone` is a name; see `create_backbone`.
+        input_shape: image input shape; default: the backbone's size.
+        pooling: `"avg"`/`"max"` for images; `"cls"`, `"mean"` (masked) or
+            `"pooled"` (the backbone's own pooler) for text.
+        dropout: dropout rate before the head.
+        class_names: optional class labels, kept in the saved model.
+        preprocessing: override the registry's preprocessing (a
+            `Preprocessing` or a mode name: `caffe`, `tf`, `torch`, `included`).
+        backbone_name: the registry name of a backbone given as a model
+            (default: the model's name, if registered); picks group rules and
+            preprocessing.
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+        >>> model = kerastl.TransferModel("resnet50", num_classes=5, weights=None,
+        ...                               input_shape=(64, 64, 3))
+        >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    """
+
+    _kerastl_transfer = True
+
+    def __init__(
+        self,
+        backbone: str | keras.Model,
+        num_classes: int,
+        *,
+        task: str = CLASSIFICATION,
+        weights: str | os.PathLike | None = DEFAULT,
+        input_shape: Sequence[int | None] | None = None,
+        pooling: str | None = None,
+        dropout: float = 0.0,
+        class_names: Sequence[str] | None = None,
+        preprocessing: Preprocessing | str | dict | None = None,
+        backbone_name: str | None = None,
+        **kwargs: Any,
+    ):
+        _validate(num_classes, task, dropout, class_names)
+        if isinstance(backbone, str):
+            backbone_name = backbone
+            backbone = create_backbone(backbone, weights=weights, input_shape=input_shape)
+        elif not isinstance(backbone, keras.Model):
+            raise TypeError(
+                "`backbone` must be a registry name or a keras.Model. "
+                f"Received: backbone={backbone!r}."
+            )
+        spec = find_spec(backbone_name or backbone.name)
+        modality = spec.modality if spec is not None else _guess_modality(backbone)
+        pooling = pooling or ("avg" if modality != TEXT else "cls")
+        valid_pooling = _TEXT_POOLING if modality == TEXT else _IMAGE_POOLING
+        if pooling not in valid_pooling:
+            raise ValueError(
+                f"`pooling` must be one of {valid_pooling} for a {modality} backbone. "
+                f"Received: pooling={pooling!r}."
+            )
+        preprocessing = _resolve_preprocessing(preprocessing, spec)
+
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessing_layer = preprocessing.layer() if modality != TEXT else None
+        self.pooling_layer = (
+            TokenPooling(pooling, name="pooling")
+            if modality == TEXT
+            else (
+                keras.layers.GlobalAveragePooling2D(name="pooling")
+                if pooling == "avg"
+                else keras.layers.GlobalMaxPooling2D(name="pooling")
+            )
+        )
+        self.dropout_layer = keras.layers.Dropout(dropout, name="head_dropout")
+        self.head_layer = keras.layers.Dense(num_classes, dtype="float32", name="head_dense")
+
+        # === Functional Model ===
+        if modality == TEXT:
+            inputs = {
+                key: keras.Input(shape=(None,), dtype="int32", name=key)
+                for key in _text_input_names(backbone)
+            }
+            features = backbone(inputs)
+            x = self.pooling_layer(_text_pooling_inputs(features, inputs, pooling))
+        else:
+            shape = tuple(input_shape) if input_shape is not None else backbone.input_shape[1:]
+            inputs = keras.Input(shape=shape, name="image")
+            x = backbone(self.preprocessing_layer(inputs))
+            x = self.pooling_layer(x)
+        x = self.dropout_layer(x)
+        outputs = self.head_layer(x)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.backbone_name = spec.name if spec is not None else None
+        self.num_classes = num_classes
+        self.task = task
+        self.pooling = pooling
+        self.dropout = dropout
+        self.class_names = list(class_names) if class_names is not None else None
+        self.preprocessing = preprocessing
+        self.modality = modality
+
+    @property
+    def group_rules(self) -> GroupRules | None:
+        """The backbone's group rules, or None for an unregistered backbone."""
+        spec = find_spec(self.backbone_name) if self.backbone_name else None
+        return spec.groups if spec is not None else None
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "backbone_name": self.backbone_name,
+            "num_classes": self.num_classes,
+            "task": self.task,
+            "pooling": self.pooling,
+            "dropout": self.dropout,
+            "class_names": self.class_names,
+            "preprocessing": {
+                "scale": list(self.preprocessing.scale),
+                "offset": list(self.preprocessing.offset),
+                "reverse_channels": self.preprocessing.reverse_channels,
+            },
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="kerastl")
+class TokenPooling(keras.layers.Layer):
+    """Pools a `[batch, seq, dim]` sequence: first token (`cls`) or masked mean.
+
+    Args:
+        mode: `"cls"`, `"mean"` or `"pooled"` (input is already pooled).
+
+    Example:
+        >>> TokenPooling("mean")({"sequence": x, "mask": mask})
+    """
+
+    def __init__(self, mode: str = "cls", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in _TEXT_POOLING:
+            raise ValueError(f"`mode` must be one of {_TEXT_POOLING}. Received: mode={mode!r}.")
+        self.mode = mode
+
+    def call(self, inputs):
+        if self.mode == "pooled":
+            return inputs["sequence"]
+        sequence = inputs["sequence"]
+        if self.mode == "cls":
+            return sequence[:, 0, :]
+        mask = keras.ops.cast(inputs["mask"], sequence.dtype)[:, :, None]
+        total = keras.ops.sum(sequence * mask, axis=1)
+        return total / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1e-9)
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape["sequence"]
+        return shape if self.mode == "pooled" else (shape[0], shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _text_input_names(backbone) -> list[str]:
+    inputs = backbone.input
+    if isinstance(inputs, dict):
+        return list(inputs)
+    raise ValueError(
+        f"A text backbone must take a dict of token inputs. Received: inputs={inputs!r}."
+    )
+
+
+def _text_pooling_inputs(features, inputs, pooling):
+    if isinstance(features, dict):
+        if pooling == "pooled":
+            if "pooled_output" not in features:
+                raise ValueError(
+                    "`pooling='pooled'` needs a backbone with a pooler (e.g. BERT). "
+                    f"Received outputs: {list(features)}."
+                )
+            return {"sequence": features["pooled_output"]}
+        features = features["sequence_output"]
+    elif pooling == "pooled":
+        raise ValueError("`pooling='pooled'` needs a backbone with a pooler (e.g. BERT).")
+    return {"sequence": features, "mask": inputs["padding_mask"]}
+
+
+def _guess_modality(backbone) -> str:
+    return TEXT if isinstance(backbone.input, dict) else "image"
+
+
+def _resolve_preprocessing(preprocessing, spec) -> Preprocessing:
+    if isinstance(preprocessing, Preprocessing):
+        return preprocessing
+    if isinstance(preprocessing, str):
+        return Preprocessing.from_mode(preprocessing)
+    if isinstance(preprocessing, dict):
+        return Preprocessing(
+            scale=tuple(preprocessing["scale"]),
+            offset=tuple(preprocessing["offset"]),
+            reverse_channels=bool(preprocessing["reverse_channels"]),
+        )
+    if preprocessing is None:
+        return spec.preprocessing if spec is not None else Preprocessing()
+    raise TypeError(
+        "`preprocessing` must be a Preprocessing, a mode name or None. "
+        f"Received: preprocessing={preprocessing!r}."
+    )
+
+
+def _validate(num_classes, task, dropout, class_names):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"`num_classes` must be a positive integer. Received: num_classes={num_classes!r}.")
+    if task not in _TASKS:
+        raise ValueError(f"`task` must be one of {_TASKS}. Received: task={task!r}.")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}.")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(
+            f"`class_names` must have num_classes={num_classes} entries. "
+            f"Received: {len(class_names)} names."
+        )
