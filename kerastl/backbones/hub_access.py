@@ -50,7 +50,7 @@ def load_from_hub(load: Callable[[], T], what: str, host: str, local_hint: str) 
     """
     offline = host == "huggingface.co" and not hub_reachable(host)
     try:
-        with _hf_offline(offline):
+        with hf_offline(offline):
             return load()
     except Exception as error:  # the hub clients raise many unrelated types
         text = f"{type(error).__name__}: {error}"
@@ -64,19 +64,29 @@ def load_from_hub(load: Callable[[], T], what: str, host: str, local_hint: str) 
 
 
 @contextlib.contextmanager
-def _hf_offline(enabled: bool) -> Iterator[None]:
+def hf_offline(enabled: bool = True) -> Iterator[None]:
+    """Holds the Hugging Face client offline (cache and local files only).
+
+    `huggingface_hub` reads `HF_HUB_OFFLINE` once, at import, so both the
+    variable and the imported constant are set, and restored afterwards.
+    """
     if not enabled:
         yield
         return
-    previous = os.environ.get("HF_HUB_OFFLINE")
+    import huggingface_hub.constants as hf_constants
+
+    previous_env = os.environ.get("HF_HUB_OFFLINE")
+    previous_constant = hf_constants.HF_HUB_OFFLINE
     os.environ["HF_HUB_OFFLINE"] = "1"
+    hf_constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["HF_HUB_OFFLINE"]
+        hf_constants.HF_HUB_OFFLINE = previous_constant
+        if previous_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
         else:
-            os.environ["HF_HUB_OFFLINE"] = previous
+            os.environ["HF_HUB_OFFLINE"] = previous_env
 
 
 def preset_host(handle: str) -> str:
