@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import keras
+import numpy as np
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,3 +126,40 @@ class ImagePreprocessing(keras.layers.Layer):
             }
         )
         return config
+
+
+def load_image(
+    path: str | os.PathLike, size: tuple[int, int] = (224, 224), crop_fraction: float = 0.875
+) -> np.ndarray:
+    """Loads an image as raw float32 RGB pixels, center-cropped and resized.
+
+    The ImageNet evaluation transform of the TF reference models:
+    `tf.image.central_crop(crop_fraction)`, then bilinear resize without
+    antialiasing. (PIL's antialiased resize shifts top-5 rankings.)
+
+    Args:
+        path: a JPEG, PNG, GIF or BMP file.
+        size: `(height, width)` after resizing.
+        crop_fraction: the central fraction kept, in (0, 1].
+
+    Returns:
+        A `[height, width, 3]` float32 array in [0, 255].
+
+    Example:
+        >>> load_image("china.jpg").shape
+        (224, 224, 3)
+    """
+    import tensorflow as tf
+
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"`crop_fraction` must be in (0, 1]. Received: crop_fraction={crop_fraction}.")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Image not found. Received: path={path!r}.")
+    try:
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except tf.errors.InvalidArgumentError as error:
+        raise ValueError(f"Cannot decode image {path!r}: {error.message}") from error
+    image = tf.image.central_crop(image, crop_fraction)
+    image = tf.image.resize(image, size, method="bilinear", antialias=False)
+    return image.numpy().astype("float32")

@@ -4,12 +4,15 @@ from kerastl.backbones.factory import create_backbone
 from kerastl.backbones.hub_access import HubUnavailableError
 from kerastl.backbones.registry import get_spec, list_backbones, register
 from kerastl.backbones.spec import BackboneSpec
+from kerastl.backbones.torch_checkpoint import CheckpointError, read_state_dict
 
 __all__ = [
     "BackboneSpec",
+    "CheckpointError",
     "HubUnavailableError",
     "create_backbone",
     "get_spec",
     "list_backbones",
+    "read_state_dict",
     "register",
 ]

@@ -146,8 +146,7 @@ def create_hub_backbone(spec: BackboneSpec, weights, input_shape, include_top: b
         )
     kwargs = dict(overrides)
     if spec.modality != TEXT and input_shape is not None:
-        key = "image_shape" if "image_shape" in spec.hub_config else "input_shape"
-        kwargs.setdefault(key, tuple(input_shape))
+        kwargs.setdefault(_image_shape_argument(spec), tuple(input_shape))
     if weights is None:
         return build_from_config(spec, **kwargs)
     location = os.fspath(weights)
@@ -166,6 +165,15 @@ def create_hub_backbone(spec: BackboneSpec, weights, input_shape, include_top: b
             f"instead: create_backbone({spec.name!r}, weights='/path/to/dir')."
         ),
     )
+
+
+def _image_shape_argument(spec: BackboneSpec) -> str:
+    """KerasHub image backbones call their input shape `image_shape` (ResNet,
+    ViT) or `input_shape` (EfficientNet)."""
+    import inspect
+
+    parameters = inspect.signature(preset_backbone_class(spec).__init__).parameters
+    return "image_shape" if "image_shape" in parameters else "input_shape"
 
 
 def build_from_config(spec: BackboneSpec, **overrides) -> keras.Model:

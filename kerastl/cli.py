@@ -1,0 +1,114 @@
+"""The `kerastl` command: `list-backbones`, `describe`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kerastl", description="Transfer learning for Keras 3.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list-backbones", help="list registered backbones")
+    listing.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'efficientnet*'")
+    listing.add_argument("--source", choices=("applications", "keras_hub"))
+
+    describe = commands.add_parser("describe", help="show a backbone's layer groups")
+    describe.add_argument("name", help="a registry name (see list-backbones)")
+    describe.add_argument(
+        "--weights",
+        default="default",
+        help="'default', 'none', 'imagenet', a preset handle, an asset, or a local file/dir",
+    )
+    describe.add_argument("--granularity", choices=("coarse", "fine"), default="coarse")
+    describe.add_argument(
+        "--predict",
+        nargs="+",
+        metavar="IMAGE",
+        help="classify images with the pretrained ImageNet classifier (include_top)",
+    )
+    describe.add_argument("--top", type=int, default=5, help="classes to show with --predict")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the `kerastl` command line.
+
+    Args:
+        argv: arguments without the program name; default `sys.argv[1:]`.
+
+    Returns:
+        The exit status: 0 on success, 2 on a usage or input error.
+
+    Example:
+        >>> main(["describe", "efficientnet-lite0"])
+        0
+    """
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from kerastl.backbones import HubUnavailableError, CheckpointError
+
+    try:
+        if args.command == "list-backbones":
+            return _list_backbones(args)
+        return _describe(args)
+    except (ValueError, FileNotFoundError, HubUnavailableError, CheckpointError) as error:
+        print(f"kerastl: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _list_backbones(args) -> int:
+    from kerastl.backbones import get_spec, list_backbones
+
+    names = list_backbones(args.pattern, source=args.source)
+    if not names:
+        print(f"No backbone matches {args.pattern!r}.", file=sys.stderr)
+        return 2
+    width = max(len(name) for name in names)
+    for name in names:
+        spec = get_spec(name)
+        print(f"{name.ljust(width)}  {spec.source:<12}  {spec.modality:<5}  {spec.description}")
+    return 0
+
+
+def _describe(args) -> int:
+    from kerastl.backbones import create_backbone, get_spec
+    from kerastl.describe import describe
+
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1. Received: --top {args.top}.")
+    spec = get_spec(args.name)
+    weights = None if args.weights.lower() == "none" else args.weights
+    print(f"Building {spec.name} (weights={weights!r}) ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    model = create_backbone(spec.name, weights=weights, include_top=bool(args.predict))
+    print(f"Built in {time.perf_counter() - started:.1f}s.", file=sys.stderr)
+    print(describe(model, args.granularity))
+    if args.predict:
+        _predict(model, spec, args.predict, args.top)
+    return 0
+
+
+def _predict(model, spec, paths, top) -> None:
+    import numpy as np
+
+    from kerastl.preprocessing import load_image
+
+    preprocess = spec.preprocessing.layer()
+    images = np.stack([load_image(path, spec.input_size) for path in paths])
+    logits = np.asarray(model.predict(preprocess(images), verbose=0))
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    print(f"\nImageNet top-{top} (class id: probability):")
+    for path, row in zip(paths, probabilities):
+        best = np.argsort(-row)[:top]
+        ranked = ", ".join(f"{int(i)}: {row[i]:.3f}" for i in best)
+        print(f"  {os.path.basename(path)}  {ranked}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

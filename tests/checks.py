@@ -1,0 +1,108 @@
+"""Reusable behaviour checks applied to every registered backbone."""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+
+import kerastl
+from kerastl.groups import COARSE, FINE, HEAD
+
+TINY_TEXT = dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, vocabulary_size=64)
+
+
+def tiny_backbone(name: str) -> keras.Model:
+    """The registry's backbone with random weights at a small size."""
+    spec = kerastl.get_spec(name)
+    if spec.modality == "text":
+        overrides = dict(TINY_TEXT)
+        if "bucket_size" in spec.hub_config:
+            overrides["bucket_size"] = 8
+        overrides["max_sequence_length"] = 16
+        return kerastl.create_backbone(name, weights=None, **overrides)
+    if name.startswith("vit"):
+        return kerastl.create_backbone(
+            name, weights=None, input_shape=(32, 32, 3), patch_size=8, num_layers=2,
+            num_heads=2, hidden_dim=16, mlp_dim=32,
+        )
+    side = max(spec.min_input_size, 32)
+    return kerastl.create_backbone(name, weights=None, input_shape=(side, side, 3))
+
+
+def run_group_test(model: keras.Model) -> None:
+    """Groups cover every weight exactly once, in both granularities, and the
+    coarse groups are unions of consecutive fine groups."""
+    all_weights = {id(v) for v in model.weights}
+    fine = kerastl.layer_groups(model, FINE)
+    coarse = kerastl.layer_groups(model, COARSE)
+    for groups in (fine, coarse):
+        seen: dict[int, str] = {}
+        for name, layers in groups.items():
+            for layer in layers:
+                for variable in layer.weights:
+                    assert id(variable) not in seen, (
+                        f"{variable.path} is in groups {seen[id(variable)]!r} and {name!r}"
+                    )
+                    seen[id(variable)] = name
+        missing = [v.path for v in model.weights if id(v) not in seen]
+        assert not missing, f"weights outside every group: {missing[:5]}"
+        assert set(seen) == all_weights
+    flattened = [layer for layers in fine.values() for layer in layers]
+    assert [layer for layers in coarse.values() for layer in layers] == flattened
+    assert len(coarse) <= len(fine)
+
+
+def run_freeze_test(model: keras.Model) -> None:
+    """freeze / freeze_to / unfreeze leave exactly the expected variables trainable."""
+    groups = kerastl.layer_groups(model)
+    names = list(groups)
+
+    def expected_trainable(trainable_groups):
+        ids = set()
+        for name in trainable_groups:
+            for layer in groups[name]:
+                for sub in layer._flatten_layers(include_self=True):
+                    if isinstance(sub, keras.layers.BatchNormalization):
+                        continue
+                    ids |= {id(v) for v in sub._trainable_variables}
+        return ids
+
+    def actual_trainable():
+        return {id(v) for v in model.trainable_weights}
+
+    trained = kerastl.freeze(model)
+    assert trained == ([HEAD] if HEAD in groups else [])
+    assert actual_trainable() == expected_trainable(trained)
+    if HEAD in groups:
+        assert actual_trainable(), "the head must train after freeze()"
+
+    middle = names[len(names) // 2]
+    trained = kerastl.freeze_to(model, middle)
+    assert trained == names[names.index(middle):]
+    assert actual_trainable() == expected_trainable(trained)
+    assert not any(
+        v.trainable and id(v) in actual_trainable()
+        for layers in (groups[n] for n in names[: names.index(middle)])
+        for layer in layers
+        for v in layer.weights
+    )
+
+    trained = kerastl.unfreeze(model)
+    assert trained == names
+    assert actual_trainable() == expected_trainable(names)
+    batch_norm_gammas = {
+        id(s.gamma)
+        for s in model._flatten_layers()
+        if isinstance(s, keras.layers.BatchNormalization) and s.scale
+    }
+    assert not (batch_norm_gammas & actual_trainable()), "BN must stay frozen by default"
+
+
+def group_names_match(names, pattern: str) -> bool:
+    return all(re.fullmatch(pattern, name) for name in names)
+
+
+def weights_snapshot(model: keras.Model) -> dict[str, np.ndarray]:
+    return {v.path: np.array(v.numpy()) for v in model.weights}
