@@ -1,0 +1,106 @@
+"""TransferModel: preprocessing inside, heads, serialization round trips."""
+
+import keras
+import numpy as np
+import pytest
+
+import kerastl
+from kerastl.models import TokenPooling
+from tests.checks import TINY_TEXT
+
+
+def _images(side=32, n=2):
+    return np.random.default_rng(0).uniform(0, 255, (n, side, side, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("task", ["classification", "multilabel", "regression"])
+def test_save_load_round_trip_in_safe_mode_gives_identical_outputs(tmp_path, task):
+    model = kerastl.TransferModel(
+        "resnet50", num_classes=4, task=task, weights=None, input_shape=(32, 32, 3),
+        dropout=0.2, class_names=["a", "b", "c", "d"],
+    )
+    kerastl.freeze_to(model, "conv5")
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert isinstance(loaded, kerastl.TransferModel)
+    x = _images()
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert loaded.class_names == ["a", "b", "c", "d"] and loaded.task == task
+    assert list(kerastl.layer_groups(loaded)) == list(kerastl.layer_groups(model))
+    assert kerastl.trainable_groups(loaded) == kerastl.trainable_groups(model)
+
+
+def test_lite0_transfer_model_round_trip_keeps_the_tf_padding(tmp_path):
+    model = kerastl.TransferModel("efficientnet-lite0", num_classes=2, input_shape=(64, 64, 3))
+    path = tmp_path / "lite0.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    pads = {
+        layer.name: layer.padding
+        for layer in loaded.backbone.layers
+        if isinstance(layer, keras.layers.ZeroPadding2D)
+    }
+    assert pads["stem_conv_pad"] == ((0, 1), (0, 1))
+    x = _images(64)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+
+
+def test_preprocessing_runs_inside_the_model_on_raw_pixels():
+    model = kerastl.TransferModel("vgg16", num_classes=2, weights=None, input_shape=(32, 32, 3))
+    x = _images()
+    expected = keras.applications.vgg16.preprocess_input(x.copy())
+    features = model.backbone(expected)
+    pooled = keras.ops.mean(features, axis=(1, 2))
+    direct = model.head_layer(pooled)
+    np.testing.assert_allclose(model(x), direct, rtol=1e-5, atol=1e-5)
+
+
+def test_text_transfer_model_pools_and_round_trips(tmp_path):
+    backbone = kerastl.create_backbone("bert_base_en_uncased", weights=None, **TINY_TEXT,
+                                       max_sequence_length=16)
+    model = kerastl.TransferModel(backbone, num_classes=2, pooling="mean")
+    assert set(model.input) == {"token_ids", "padding_mask", "segment_ids"}
+    inputs = {
+        "token_ids": np.array([[2, 5, 9, 3, 0, 0]], "int32"),
+        "padding_mask": np.array([[1, 1, 1, 1, 0, 0]], "int32"),
+        "segment_ids": np.zeros((1, 6), "int32"),
+    }
+    path = tmp_path / "text.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(model.predict(inputs, verbose=0), loaded.predict(inputs, verbose=0))
+    assert list(kerastl.layer_groups(loaded)) == ["embeddings", "encoder", "pooler", "head"]
+
+
+def test_masked_mean_pooling_ignores_padding():
+    sequence = np.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]], "float32")
+    mask = np.array([[1, 1, 0]])
+    pooled = TokenPooling("mean")({"sequence": sequence, "mask": mask})
+    np.testing.assert_allclose(pooled, [[2.0, 3.0]])
+    np.testing.assert_allclose(TokenPooling("cls")({"sequence": sequence, "mask": mask}), [[1.0, 2.0]])
+
+
+def test_unregistered_backbone_is_one_group():
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Conv2D(4, 3, name="c")(inputs)
+    custom = keras.Model(inputs, outputs, name="my_net")
+    model = kerastl.TransferModel(custom, num_classes=2)
+    assert list(kerastl.layer_groups(model)) == ["backbone", "head"]
+    assert kerastl.freeze(model) == ["head"]
+    assert {v.path for v in model.trainable_weights} == {"head_dense/kernel", "head_dense/bias"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_classes": 0}, "num_classes=0"),
+        ({"num_classes": 2, "task": "ranking"}, "task='ranking'"),
+        ({"num_classes": 2, "dropout": 1.5}, "dropout=1.5"),
+        ({"num_classes": 2, "pooling": "cls"}, "pooling='cls'"),
+        ({"num_classes": 2, "class_names": ["only-one"]}, "Received: 1 names"),
+    ],
+)
+def test_bad_arguments_name_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kerastl.TransferModel("mobilenet", weights=None, input_shape=(32, 32, 3), **kwargs)
