@@ -14,7 +14,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     listing = commands.add_parser("list-backbones", help="list registered backbones")
-    listing.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'efficientnet*'")
+    listing.add_argument(
+        "pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'efficientnet*'"
+    )
     listing.add_argument("--source", choices=("applications", "keras_hub"))
 
     describe = commands.add_parser("describe", help="show a backbone's layer groups")
@@ -50,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from kerastl.backbones import HubUnavailableError, CheckpointError
+    from kerastl.backbones import CheckpointError, HubUnavailableError
 
     try:
         if args.command == "list-backbones":
@@ -104,7 +106,7 @@ def _predict(model, spec, paths, top) -> None:
     probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     print(f"\nImageNet top-{top} (class id: probability):")
-    for path, row in zip(paths, probabilities):
+    for path, row in zip(paths, probabilities, strict=True):
         best = np.argsort(-row)[:top]
         ranked = ", ".join(f"{int(i)}: {row[i]:.3f}" for i in best)
         print(f"  {os.path.basename(path)}  {ranked}")

@@ -34,8 +34,12 @@ def describe(model: keras.Model, granularity: str = COARSE) -> str:
         variables = _unique(v for layer in layers for v in layer.weights)
         params = sum(_size(v) for v in variables)
         trainable = sum(_size(v) for v in variables if id(v) in trainable_ids)
-        norms = [s for layer in layers for s in layer._flatten_layers(include_self=True)
-                 if isinstance(s, keras.layers.BatchNormalization)]
+        norms = [
+            s
+            for layer in layers
+            for s in layer._flatten_layers(include_self=True)
+            if isinstance(s, keras.layers.BatchNormalization)
+        ]
         training = sum(1 for s in norms if s.trainable and id(s.gamma) in trainable_ids)
         bn = "-" if not norms else f"{training}/{len(norms)} training"
         count = sum(1 for layer in layers if not isinstance(layer, keras.layers.InputLayer))
@@ -45,9 +49,11 @@ def describe(model: keras.Model, granularity: str = COARSE) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for index, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(row[1:4], widths[1:4])
-        ] + [cell.ljust(width) for cell, width in zip(row[4:], widths[4:])]
+        cells = (
+            [row[0].ljust(widths[0])]
+            + [cell.rjust(width) for cell, width in zip(row[1:4], widths[1:4], strict=True)]
+            + [cell.ljust(width) for cell, width in zip(row[4:], widths[4:], strict=True)]
+        )
         lines.append("  ".join(cells).rstrip())
         if index == 0 or index == len(rows) - 2:
             lines.append("-" * len(lines[0]))

@@ -117,7 +117,8 @@ def freeze_to(
     if isinstance(group, int):
         if not -len(names) <= group < len(names):
             raise ValueError(
-                f"`group` index out of range for {len(names)} groups {names}. Received: group={group}."
+                f"`group` index out of range for {len(names)} groups {names}. "
+                f"Received: group={group}."
             )
         start = group % len(names)
     elif group in names:

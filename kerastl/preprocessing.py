@@ -52,7 +52,7 @@ class Preprocessing:
         if mode == "torch":
             return cls(
                 scale=tuple(1 / (255 * s) for s in _IMAGENET_STD),
-                offset=tuple(-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD)),
+                offset=tuple(-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD, strict=True)),
             )
         if mode == "included":
             return cls()
@@ -101,9 +101,7 @@ class ImagePreprocessing(keras.layers.Layer):
         self.reverse_channels = bool(reverse_channels)
         for field, values in (("scale", self.scale), ("offset", self.offset)):
             if len(values) not in (1, 3):
-                raise ValueError(
-                    f"`{field}` must hold 1 or 3 values. Received: {field}={values}."
-                )
+                raise ValueError(f"`{field}` must hold 1 or 3 values. Received: {field}={values}.")
 
     def call(self, inputs):
         x = keras.ops.cast(inputs, self.compute_dtype)
@@ -152,7 +150,9 @@ def load_image(
     import tensorflow as tf
 
     if not 0.0 < crop_fraction <= 1.0:
-        raise ValueError(f"`crop_fraction` must be in (0, 1]. Received: crop_fraction={crop_fraction}.")
+        raise ValueError(
+            f"`crop_fraction` must be in (0, 1]. Received: crop_fraction={crop_fraction}."
+        )
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image not found. Received: path={path!r}.")

@@ -24,8 +24,14 @@ def tiny_backbone(name: str) -> keras.Model:
         return kerastl.create_backbone(name, weights=None, **overrides)
     if name.startswith("vit"):
         return kerastl.create_backbone(
-            name, weights=None, input_shape=(32, 32, 3), patch_size=8, num_layers=2,
-            num_heads=2, hidden_dim=16, mlp_dim=32,
+            name,
+            weights=None,
+            input_shape=(32, 32, 3),
+            patch_size=8,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            mlp_dim=32,
         )
     side = max(spec.min_input_size, 32)
     return kerastl.create_backbone(name, weights=None, input_shape=(side, side, 3))
@@ -80,7 +86,7 @@ def run_freeze_test(model: keras.Model) -> None:
 
     middle = names[len(names) // 2]
     trained = kerastl.freeze_to(model, middle)
-    assert trained == names[names.index(middle):]
+    assert trained == names[names.index(middle) :]
     assert actual_trainable() == expected_trainable(trained)
     assert not any(
         v.trainable and id(v) in actual_trainable()

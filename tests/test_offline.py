@@ -34,20 +34,26 @@ def _fails_fast(call, *fragments):
 def test_imagenet_weights_offline(no_network):
     _fails_fast(
         lambda: kerastl.create_backbone("mobilenet", weights="imagenet"),
-        "no model hub is reachable", "storage.googleapis.com", "weights='/path/to/file.h5'",
+        "no model hub is reachable",
+        "storage.googleapis.com",
+        "weights='/path/to/file.h5'",
     )
 
 
 def test_kaggle_preset_offline(no_network):
     _fails_fast(
         lambda: kerastl.create_backbone("bert_base_en_uncased"),
-        "no model hub is reachable", "www.kaggle.com", "weights='/path/to/dir'",
+        "no model hub is reachable",
+        "www.kaggle.com",
+        "weights='/path/to/dir'",
     )
 
 
 def test_hugging_face_handle_offline_does_not_retry_for_long(no_network):
     _fails_fast(
-        lambda: kerastl.create_backbone("bert_base_en_uncased", weights="hf://google-bert/bert-base-uncased"),
+        lambda: kerastl.create_backbone(
+            "bert_base_en_uncased", weights="hf://google-bert/bert-base-uncased"
+        ),
         "huggingface.co",
     )
 

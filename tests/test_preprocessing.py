@@ -45,7 +45,7 @@ def test_load_image_crops_resizes_and_reports_bad_files(tmp_path):
     np.testing.assert_allclose(image[..., 0], 255.0)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="broken.jpg"):
+    with pytest.raises(ValueError, match=r"broken\.jpg"):
         load_image(broken)
-    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.jpg"):
         load_image(tmp_path / "missing.jpg")

@@ -10,15 +10,42 @@ from tests.checks import run_freeze_test, run_group_test, tiny_backbone
 # Builds of these take the most time and memory (tens to hundreds of millions
 # of parameters even at 32x32); they still run in CI.
 LARGE = {
-    "convnextbase", "convnextlarge", "convnextxlarge", "efficientnetv2l", "efficientnetv2m",
-    "efficientnetb7", "efficientnetb6", "nasnetlarge", "resnet152", "resnet152v2", "vgg19",
-    "inceptionresnetv2", "densenet201",
+    "convnextbase",
+    "convnextlarge",
+    "convnextxlarge",
+    "efficientnetv2l",
+    "efficientnetv2m",
+    "efficientnetb7",
+    "efficientnetb6",
+    "nasnetlarge",
+    "resnet152",
+    "resnet152v2",
+    "vgg19",
+    "inceptionresnetv2",
+    "densenet201",
 }
 APPLICATIONS = [
-    "vgg16", "vgg19", "resnet50", "resnet101", "resnet152", "resnet50v2", "resnet101v2",
-    "resnet152v2", "inceptionv3", "inceptionresnetv2", "xception", "mobilenet", "mobilenetv2",
-    "mobilenetv3small", "mobilenetv3large", "densenet121", "densenet169", "densenet201",
-    "nasnetmobile", "nasnetlarge", *(f"efficientnetb{i}" for i in range(8)),
+    "vgg16",
+    "vgg19",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnet50v2",
+    "resnet101v2",
+    "resnet152v2",
+    "inceptionv3",
+    "inceptionresnetv2",
+    "xception",
+    "mobilenet",
+    "mobilenetv2",
+    "mobilenetv3small",
+    "mobilenetv3large",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "nasnetmobile",
+    "nasnetlarge",
+    *(f"efficientnetb{i}" for i in range(8)),
     *(f"efficientnetv2{s}" for s in ("b0", "b1", "b2", "b3", "s", "m", "l")),
     *(f"convnext{s}" for s in ("tiny", "small", "base", "large", "xlarge")),
 ]
@@ -34,9 +61,18 @@ def test_registry_holds_every_keras_application():
 
 
 def test_registry_holds_the_required_keras_hub_families():
-    classes = {kerastl.get_spec(n).builder.class_name for n in kerastl.list_backbones(source="keras_hub")}
-    assert {"BertBackbone", "RobertaBackbone", "DistilBertBackbone", "DebertaV3Backbone",
-            "ViTBackbone", "ResNetBackbone", "EfficientNetBackbone"} <= classes
+    classes = {
+        kerastl.get_spec(n).builder.class_name for n in kerastl.list_backbones(source="keras_hub")
+    }
+    assert {
+        "BertBackbone",
+        "RobertaBackbone",
+        "DistilBertBackbone",
+        "DebertaV3Backbone",
+        "ViTBackbone",
+        "ResNetBackbone",
+        "EfficientNetBackbone",
+    } <= classes
 
 
 def test_list_backbones_filters_by_pattern():

@@ -53,7 +53,9 @@ def test_pickle_that_calls_anything_else_is_refused_before_running(tmp_path):
     path = tmp_path / "evil.pth"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", pickle.dumps({"w": _RunsCode(marker)}, protocol=2))
-    with pytest.raises(CheckpointError, match=r"evil.pth.*refused to load the global (posix|os)\.system"):
+    with pytest.raises(
+        CheckpointError, match=r"evil.pth.*refused to load the global (posix|os)\.system"
+    ):
         read_state_dict(path)
     assert not marker.exists()
 
@@ -81,7 +83,8 @@ def test_truncated_zip_is_reported(tmp_path):
 
 
 def test_truncated_legacy_checkpoint_is_reported(tmp_path):
-    data = open(asset_path(LITE0), "rb").read()
+    with open(asset_path(LITE0), "rb") as file:
+        data = file.read()
     cut = tmp_path / "lite0_cut.pth"
     cut.write_bytes(data[: len(data) - 1000])
     with pytest.raises(CheckpointError, match=r"lite0_cut.pth.*(truncated|ends early)"):
@@ -98,7 +101,7 @@ def test_storage_shorter_than_its_tensors_is_reported(tmp_path):
 def test_files_that_are_not_state_dicts_are_reported(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(os.urandom(256))
-    with pytest.raises(CheckpointError, match="garbage.pth"):
+    with pytest.raises(CheckpointError, match=r"garbage\.pth"):
         read_state_dict(garbage)
     listing = tmp_path / "list.pth"
     write_zip_checkpoint(listing, {}, payload=[1, 2, 3])
@@ -112,7 +115,9 @@ def test_wrong_key_set_names_missing_and_unexpected_keys():
     weights = dict(read_state_dict(asset_path(LITE0)))
     del weights["_conv_head.weight"]
     weights["_extra.weight"] = np.zeros(1, "float32")
-    with pytest.raises(CheckpointError, match=r"missing \['_conv_head.weight'\].*unexpected \['_extra.weight'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing \['_conv_head.weight'\].*unexpected \['_extra.weight'\]"
+    ):
         rename_to_timm(weights, "lite0.pth")
 
 

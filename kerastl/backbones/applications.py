@@ -23,6 +23,7 @@ def _stages(*block_ranges: tuple[int, int]) -> tuple[tuple[str, str], ...]:
         for i, (first, last) in enumerate(block_ranges)
     )
 
+
 RESNET = GroupRules(
     boundaries=(until("conv2_block1_out", "stem"), through(r"(conv\d_block\d+)_out"), _TOP),
     stages=((r"(conv\d)_block\d+", r"\1"),),
@@ -133,7 +134,10 @@ def _nasnet(cells_per_stage: int) -> GroupRules:
             (r"stem(_\d)?", "stem"),
             ("|".join(f"cell_{i}" for i in range(0, n)), "stage1"),
             ("|".join([f"reduce_{n}"] + [f"cell_{i}" for i in range(n + 1, 2 * n + 1)]), "stage2"),
-            ("|".join([f"reduce_{2 * n}"] + [f"cell_{i}" for i in range(2 * n + 1, 3 * n + 1)]), "stage3"),
+            (
+                "|".join([f"reduce_{2 * n}"] + [f"cell_{i}" for i in range(2 * n + 1, 3 * n + 1)]),
+                "stage3",
+            ),
         ),
     )
 
@@ -203,9 +207,35 @@ _add("densenet169", A.DenseNet169, DENSENET, 224, "torch")
 _add("densenet201", A.DenseNet201, DENSENET, 224, "torch")
 _add("nasnetmobile", A.NASNetMobile, NASNET_MOBILE, 224, "tf")
 _add("nasnetlarge", A.NASNetLarge, NASNET_LARGE, 331, "tf")
-for _suffix, _size in zip("01234567", (224, 240, 260, 300, 380, 456, 528, 600)):
-    _add(f"efficientnetb{_suffix}", getattr(A, f"EfficientNetB{_suffix}"), EFFICIENTNET, _size, "included")
-for _suffix, _size in (("B0", 224), ("B1", 240), ("B2", 260), ("B3", 300), ("S", 384), ("M", 480), ("L", 480)):
-    _add(f"efficientnetv2{_suffix.lower()}", getattr(A, f"EfficientNetV2{_suffix}"), EFFICIENTNET, _size, "included")
+for _suffix, _size in zip("01234567", (224, 240, 260, 300, 380, 456, 528, 600), strict=True):
+    _add(
+        f"efficientnetb{_suffix}",
+        getattr(A, f"EfficientNetB{_suffix}"),
+        EFFICIENTNET,
+        _size,
+        "included",
+    )
+for _suffix, _size in (
+    ("B0", 224),
+    ("B1", 240),
+    ("B2", 260),
+    ("B3", 300),
+    ("S", 384),
+    ("M", 480),
+    ("L", 480),
+):
+    _add(
+        f"efficientnetv2{_suffix.lower()}",
+        getattr(A, f"EfficientNetV2{_suffix}"),
+        EFFICIENTNET,
+        _size,
+        "included",
+    )
 for _size_name in ("Tiny", "Small", "Base", "Large", "XLarge"):
-    _add(f"convnext{_size_name.lower()}", getattr(A, f"ConvNeXt{_size_name}"), CONVNEXT, 224, "included")
+    _add(
+        f"convnext{_size_name.lower()}",
+        getattr(A, f"ConvNeXt{_size_name}"),
+        CONVNEXT,
+        224,
+        "included",
+    )

@@ -84,10 +84,14 @@ def asset_path(name: str) -> str:
 
 def cache_dir() -> str:
     """Where converted assets are kept: `$KERASTL_CACHE`, else `~/.cache/kerastl`."""
-    return os.environ.get("KERASTL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kerastl")
+    return os.environ.get("KERASTL_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "kerastl"
+    )
 
 
-def load_asset(name: str, spec, include_top: bool = False, input_shape=None, **kwargs) -> keras.Model:
+def load_asset(
+    name: str, spec, include_top: bool = False, input_shape=None, **kwargs
+) -> keras.Model:
     """Builds `spec`'s backbone with the weights of offline asset `name`.
 
     Args:

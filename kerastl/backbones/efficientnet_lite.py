@@ -59,7 +59,11 @@ def _key_map() -> dict[str, str]:
                 convs = {"_depthwise_conv": "conv_dw", "_project_conv": "conv_pw"}
                 norms = {"_bn1": "bn1", "_bn2": "bn2"}
             else:
-                convs = {"_expand_conv": "conv_pw", "_depthwise_conv": "conv_dw", "_project_conv": "conv_pwl"}
+                convs = {
+                    "_expand_conv": "conv_pw",
+                    "_depthwise_conv": "conv_dw",
+                    "_project_conv": "conv_pwl",
+                }
                 norms = {"_bn0": "bn1", "_bn1": "bn2", "_bn2": "bn3"}
             for old, new in convs.items():
                 mapping[f"{source}{old}.weight"] = f"{target}{new}.weight"
@@ -69,7 +73,9 @@ def _key_map() -> dict[str, str]:
     return mapping
 
 
-def rename_to_timm(state_dict: dict[str, np.ndarray], path: str = "<state dict>") -> dict[str, np.ndarray]:
+def rename_to_timm(
+    state_dict: dict[str, np.ndarray], path: str = "<state dict>"
+) -> dict[str, np.ndarray]:
     """Renames an efficientnet_pytorch Lite0 state dict to timm's layout.
 
     Args:

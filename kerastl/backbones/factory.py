@@ -8,7 +8,7 @@ from typing import Any
 import keras
 
 from kerastl.backbones import assets
-from kerastl.backbones.hub_access import load_from_hub, preset_host
+from kerastl.backbones.hub_access import load_from_hub
 from kerastl.backbones.registry import get_spec
 from kerastl.backbones.spec import APPLICATIONS, IMAGE, BackboneSpec
 
@@ -76,7 +76,9 @@ def _check_input_shape(spec: BackboneSpec, input_shape):
             f"`input_shape` must be (height, width, channels) with 3 channels for "
             f"{spec.name!r}. Received: input_shape={input_shape}."
         )
-    too_small = [side for side in input_shape[:2] if side is not None and side < spec.min_input_size]
+    too_small = [
+        side for side in input_shape[:2] if side is not None and side < spec.min_input_size
+    ]
     if too_small:
         raise ValueError(
             f"{spec.name!r} needs inputs of at least {spec.min_input_size}x{spec.min_input_size}. "
@@ -89,7 +91,9 @@ def _create_application(spec, weights, input_shape, include_top, **kwargs):
     # Some builders read `name` to pick their architecture (EfficientNetV2),
     # so the registry name is given after building.
     def builder(weights):
-        model = spec.builder(weights=weights, include_top=include_top, input_shape=input_shape, **kwargs)
+        model = spec.builder(
+            weights=weights, include_top=include_top, input_shape=input_shape, **kwargs
+        )
         model.name = spec.name
         return model
 

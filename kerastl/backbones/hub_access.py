@@ -13,9 +13,16 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _CONNECT_TIMEOUT_S = 3.0
-_NETWORK_ERRORS = ("URL fetch failure", "Name or service not known", "Failed to resolve",
-                   "Max retries exceeded", "Temporary failure in name resolution",
-                   "Network is unreachable", "Connection refused", "timed out")
+_NETWORK_ERRORS = (
+    "URL fetch failure",
+    "Name or service not known",
+    "Failed to resolve",
+    "Max retries exceeded",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "Connection refused",
+    "timed out",
+)
 
 
 class HubUnavailableError(RuntimeError):

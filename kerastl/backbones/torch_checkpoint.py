@@ -71,10 +71,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             signature = file.read(4)
     except OSError as error:
         raise CheckpointError(path, f"cannot open it ({error}).") from error
-    if signature == _ZIP_SIGNATURE:
-        result = _read_zip(path)
-    else:
-        result = _read_legacy(path)
+    result = _read_zip(path) if signature == _ZIP_SIGNATURE else _read_legacy(path)
     if not isinstance(result, dict) or not all(
         isinstance(key, str) and isinstance(value, _TensorRef) for key, value in result.items()
     ):
@@ -101,12 +98,16 @@ class _TensorRef:
         if data is None:
             raise CheckpointError(path, "a tensor's storage is missing from the file.")
         if len(self.size) != len(self.stride) or self.offset < 0:
-            raise CheckpointError(path, f"a tensor has an invalid layout {self.size}/{self.stride}.")
+            raise CheckpointError(
+                path, f"a tensor has an invalid layout {self.size}/{self.stride}."
+            )
         if any(s == 0 for s in self.size):
             return np.zeros(self.size, dtype=_output_dtype(data.dtype))
-        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
         if min(self.stride, default=0) < 0 or last >= data.size:
-            raise CheckpointError(path, "a tensor reaches past the end of its storage (truncated?).")
+            raise CheckpointError(
+                path, "a tensor reaches past the end of its storage (truncated?)."
+            )
         view = np.lib.stride_tricks.as_strided(
             data[self.offset :],
             shape=self.size,
@@ -189,7 +190,9 @@ def _unpickle(path, file, storage_loader=None):
     except (EOFError, struct.error) as error:
         raise CheckpointError(path, "the file ends early (truncated).") from error
     except Exception as error:  # malformed opcodes raise many types
-        raise CheckpointError(path, f"malformed pickle data ({type(error).__name__}: {error}).") from error
+        raise CheckpointError(
+            path, f"malformed pickle data ({type(error).__name__}: {error})."
+        ) from error
 
 
 def _read_zip(path):
@@ -207,14 +210,14 @@ def _read_zip(path):
             payload = archive.read(pickles[0])
         except (zipfile.BadZipFile, OSError) as error:
             raise CheckpointError(path, f"the archive is corrupt ({error}).") from error
-        result = _unpickle(
-            path, io.BytesIO(payload), lambda pid: _storage_from_pid(pid, storages)
-        )
+        result = _unpickle(path, io.BytesIO(payload), lambda pid: _storage_from_pid(pid, storages))
         for key, storage in storages.items():
             try:
                 raw = archive.read(f"{prefix}data/{key}")
             except KeyError as error:
-                raise CheckpointError(path, f"storage {key!r} is missing from the archive.") from error
+                raise CheckpointError(
+                    path, f"storage {key!r} is missing from the archive."
+                ) from error
             except (zipfile.BadZipFile, OSError) as error:
                 raise CheckpointError(path, f"the archive is corrupt ({error}).") from error
             storage.data = _storage_array(path, raw, storage, key)
@@ -256,6 +259,7 @@ def _storage_array(path, raw: bytes, storage: _Storage, key: str, numel: int | N
     expected = storage.numel if numel is None else numel
     if len(raw) != expected * itemsize:
         raise CheckpointError(
-            path, f"storage {key!r} holds {len(raw)} bytes, expected {expected * itemsize} (truncated?)."
+            path,
+            f"storage {key!r} holds {len(raw)} bytes, expected {expected * itemsize} (truncated?).",
         )
     return np.frombuffer(raw, dtype=storage.dtype)
