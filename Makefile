@@ -21,7 +21,8 @@ $(BIN)/.kerastl-installed: setup.cfg pyproject.toml
 install: $(BIN)/.kerastl-installed
 
 demo: install
-	$(BIN)/kerastl describe efficientnet-lite0 --predict
+	$(BIN)/kerastl describe efficientnet-lite0
+	$(BIN)/python recipes/classify_imagenet.py --backbone efficientnet-lite0
 
 lint: install
 	$(BIN)/ruff check $(LINTED)
