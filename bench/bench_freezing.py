@@ -62,8 +62,10 @@ def main() -> None:
     y = rng.integers(0, 5, args.batch)
     results = [(name, time_plan(model, plan, x, y, args.steps)) for name, plan in PLANS]
     full = results[-1][1]
-    print(f"EfficientNet-Lite0, {args.size}x{args.size}, batch {args.batch}, "
-          f"median of {args.steps} steps, {os.cpu_count()} CPUs")
+    print(
+        f"EfficientNet-Lite0, {args.size}x{args.size}, batch {args.batch}, "
+        f"median of {args.steps} steps, {os.cpu_count()} CPUs"
+    )
     print(f"{'what trains':<20} {'step (ms)':>10} {'speed-up vs all':>16}")
     for name, seconds in results:
         print(f"{name:<20} {seconds * 1000:>10.1f} {full / seconds:>15.2f}x")

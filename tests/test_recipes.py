@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_classify_imagenet_recipe_reproduces_its_documented_result():
     result = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "classify_imagenet.py")],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert "china.jpg: top-5 classes [442, 663, 698, 497, 832]" in result.stdout
