@@ -40,7 +40,7 @@ def describe(model: keras.Model, granularity: str = COARSE) -> str:
             for s in layer._flatten_layers(include_self=True)
             if isinstance(s, keras.layers.BatchNormalization)
         ]
-        training = sum(1 for s in norms if s.trainable and id(s.gamma) in trainable_ids)
+        training = sum(1 for s in norms if any(id(v) in trainable_ids for v in s.weights))
         bn = "-" if not norms else f"{training}/{len(norms)} training"
         count = sum(1 for layer in layers if not isinstance(layer, keras.layers.InputLayer))
         rows.append((name, f"{count}", f"{params:,}", f"{trainable:,}", states[name], bn))

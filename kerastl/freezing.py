@@ -13,6 +13,7 @@ passed when calling a nested backbone (keras-team/keras#20285), so
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import keras
@@ -197,10 +198,17 @@ def _refresh_compilation(model: keras.Model, recompile: bool) -> None:
     if not getattr(model, "compiled", False):
         return
     if recompile:
-        config = model.get_compile_config()
-        if config is None:
-            model.compiled = False
-            return
-        model.compile_from_config(config)
-    else:
-        model.compiled = False
+        try:
+            config = model.get_compile_config()
+            if config is not None:
+                model.compile_from_config(config)
+                return
+            reason = "it has no compile config"
+        except Exception as error:  # a loss or metric that does not serialize
+            reason = f"{type(error).__name__}: {error}"
+        warnings.warn(
+            f"Trainable flags changed but model {model.name!r} could not be recompiled "
+            f"automatically ({reason}). Call model.compile(...) before the next fit.",
+            stacklevel=3,
+        )
+    model.compiled = False

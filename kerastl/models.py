@@ -19,6 +19,7 @@ MULTILABEL = "multilabel"
 REGRESSION = "regression"
 _TASKS = (CLASSIFICATION, MULTILABEL, REGRESSION)
 _IMAGE_POOLING = ("avg", "max")
+_IMAGE_TOKEN_POOLING = ("cls", "avg", "max")  # ViT-style backbones output tokens
 _TEXT_POOLING = ("cls", "mean", "pooled")
 
 
@@ -40,8 +41,9 @@ class TransferModel(keras.Model):
             `"multilabel"` (independent sigmoid logits) or `"regression"`.
         weights: backbone weights when `backbone` is a name; see `create_backbone`.
         input_shape: image input shape; default: the backbone's size.
-        pooling: `"avg"`/`"max"` for images; `"cls"`, `"mean"` (masked) or
-            `"pooled"` (the backbone's own pooler) for text.
+        pooling: `"avg"`/`"max"` for images (and `"cls"`, the default, for
+            backbones that output tokens, such as ViT); `"cls"`, `"mean"`
+            (masked) or `"pooled"` (the backbone's own pooler) for text.
         dropout: dropout rate before the head.
         class_names: optional class labels, kept in the saved model.
         preprocessing: override the registry's preprocessing (a
@@ -85,8 +87,12 @@ class TransferModel(keras.Model):
             )
         spec = find_spec(backbone_name or backbone.name)
         modality = spec.modality if spec is not None else _guess_modality(backbone)
-        pooling = pooling or ("avg" if modality != TEXT else "cls")
-        valid_pooling = _TEXT_POOLING if modality == TEXT else _IMAGE_POOLING
+        tokens = modality != TEXT and len(backbone.output_shape) == 3
+        pooling = pooling or ("cls" if modality == TEXT or tokens else "avg")
+        if modality == TEXT:
+            valid_pooling = _TEXT_POOLING
+        else:
+            valid_pooling = _IMAGE_TOKEN_POOLING if tokens else _IMAGE_POOLING
         if pooling not in valid_pooling:
             raise ValueError(
                 f"`pooling` must be one of {valid_pooling} for a {modality} backbone. "
@@ -97,15 +103,7 @@ class TransferModel(keras.Model):
         # === Layers ===
         self.backbone = backbone
         self.preprocessing_layer = preprocessing.layer() if modality != TEXT else None
-        self.pooling_layer = (
-            TokenPooling(pooling, name="pooling")
-            if modality == TEXT
-            else (
-                keras.layers.GlobalAveragePooling2D(name="pooling")
-                if pooling == "avg"
-                else keras.layers.GlobalMaxPooling2D(name="pooling")
-            )
-        )
+        self.pooling_layer = _pooling_layer(pooling, modality == TEXT, tokens)
         self.dropout_layer = keras.layers.Dropout(dropout, name="head_dropout")
         self.head_layer = keras.layers.Dense(num_classes, dtype="float32", name="head_dense")
 
@@ -121,7 +119,7 @@ class TransferModel(keras.Model):
             shape = tuple(input_shape) if input_shape is not None else backbone.input_shape[1:]
             inputs = keras.Input(shape=shape, name="image")
             x = backbone(self.preprocessing_layer(inputs))
-            x = self.pooling_layer(x)
+            x = self.pooling_layer({"sequence": x} if tokens and pooling == "cls" else x)
         x = self.dropout_layer(x)
         outputs = self.head_layer(x)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -200,6 +198,22 @@ class TokenPooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+def _pooling_layer(pooling: str, text: bool, tokens: bool) -> keras.layers.Layer:
+    if text or pooling == "cls":
+        return TokenPooling(pooling, name="pooling")
+    if tokens:
+        layers = {
+            "avg": keras.layers.GlobalAveragePooling1D,
+            "max": keras.layers.GlobalMaxPooling1D,
+        }
+    else:
+        layers = {
+            "avg": keras.layers.GlobalAveragePooling2D,
+            "max": keras.layers.GlobalMaxPooling2D,
+        }
+    return layers[pooling](name="pooling")
 
 
 def _text_input_names(backbone) -> list[str]:

@@ -118,6 +118,19 @@ def test_recompile_false_makes_the_next_fit_raise_until_compile():
     assert _fit_one_step(model) == {"head_dense/kernel", "head_dense/bias"}
 
 
+def test_a_model_that_cannot_be_recompiled_warns_and_must_be_compiled_again():
+    model = _model()
+
+    def unregistered_loss(y_true, y_pred):
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+
+    model.compile(keras.optimizers.SGD(0.05), unregistered_loss)
+    with pytest.warns(UserWarning, match="could not be recompiled automatically"):
+        kerastl.freeze(model)
+    with pytest.raises(ValueError, match="compile"):
+        model.fit(*_data(), epochs=1, verbose=0)
+
+
 def test_freeze_to_accepts_fastai_style_negative_indices():
     model = _model()
     assert kerastl.freeze_to(model, -2) == ["top_conv", "head"]

@@ -51,6 +51,38 @@ def test_lite0_transfer_model_round_trip_keeps_the_tf_padding(tmp_path):
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
 
 
+def test_saved_lite0_model_loads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    model = kerastl.TransferModel("efficientnet-lite0", num_classes=2, input_shape=(64, 64, 3))
+    path = tmp_path / "lite0.keras"
+    model.save(path)
+    x = _images(64)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", model.predict(x, verbose=0))
+    script = (
+        "import sys, numpy as np, keras, kerastl\n"
+        "m = keras.models.load_model(sys.argv[1], safe_mode=True)\n"
+        "assert type(m.backbone).__name__ == 'TFSamePaddingEfficientNetBackbone'\n"
+        "out = m.predict(np.load(sys.argv[2]), verbose=0)\n"
+        "np.testing.assert_array_equal(out, np.load(sys.argv[3]))\n"
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(path),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "expected.npy"),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+
+
 def test_preprocessing_runs_inside_the_model_on_raw_pixels():
     model = kerastl.TransferModel("vgg16", num_classes=2, weights=None, input_shape=(32, 32, 3))
     x = _images()

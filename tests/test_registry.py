@@ -126,3 +126,23 @@ def test_weights_file_for_another_architecture_names_both(tmp_path):
     kerastl.create_backbone("mobilenet", weights=None, input_shape=(32, 32, 3)).save_weights(path)
     with pytest.raises(ValueError, match=r"do not fit 'vgg16'"):
         kerastl.create_backbone("vgg16", weights=path, input_shape=(32, 32, 3))
+
+
+def test_keras_hub_backbone_loads_from_a_local_preset_directory(tmp_path):
+    from tests.checks import TINY_TEXT
+
+    source = kerastl.create_backbone(
+        "bert_base_en_uncased", weights=None, max_sequence_length=16, **TINY_TEXT
+    )
+    source.save_to_preset(str(tmp_path / "preset"))
+    loaded = kerastl.create_backbone("bert_base_en_uncased", weights=tmp_path / "preset")
+    assert loaded.name == "bert_base_en_uncased"
+    inputs = {
+        "token_ids": np.array([[2, 7, 9, 3]], "int32"),
+        "padding_mask": np.ones((1, 4), "int32"),
+        "segment_ids": np.zeros((1, 4), "int32"),
+    }
+    np.testing.assert_array_equal(
+        source.predict(inputs, verbose=0)["sequence_output"],
+        loaded.predict(inputs, verbose=0)["sequence_output"],
+    )

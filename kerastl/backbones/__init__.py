@@ -1,5 +1,7 @@
 """The backbone registry: specs, listing, creation."""
 
+# Registers the saved-model name of the Lite0 backbone class (see efficientnet_lite.py).
+from kerastl.backbones import efficientnet_lite  # noqa: F401
 from kerastl.backbones.factory import create_backbone
 from kerastl.backbones.hub_access import HubUnavailableError
 from kerastl.backbones.registry import get_spec, list_backbones, register

@@ -154,6 +154,9 @@ def _hub_efficientnet_class():
     return keras_hub.models.EfficientNetBackbone
 
 
+_REGISTERED_NAME = "kerastl>TFSamePaddingEfficientNetBackbone"
+
+
 def _make_backbone_class():
     base = _hub_efficientnet_class()
 
@@ -176,12 +179,24 @@ _BACKBONE_CLASS = None
 
 
 def backbone_class():
-    """Returns `TFSamePaddingEfficientNetBackbone` (defined on first use, since
-    it subclasses a KerasHub class and keras_hub is imported lazily)."""
+    """Returns `TFSamePaddingEfficientNetBackbone`, defined on first use: it
+    subclasses a KerasHub class, and keras_hub is imported lazily."""
     global _BACKBONE_CLASS
     if _BACKBONE_CLASS is None:
-        _BACKBONE_CLASS = _make_backbone_class()
+        _BACKBONE_CLASS = _make_backbone_class()  # its registration replaces the stand-in
     return _BACKBONE_CLASS
+
+
+class _DeferredBackboneClass:
+    """Holds the backbone class's registered name until the class exists, so
+    `keras.models.load_model` finds it in a fresh process after `import kerastl`."""
+
+    @classmethod
+    def from_config(cls, config):
+        return backbone_class().from_config(config)
+
+
+keras.saving.get_custom_objects().setdefault(_REGISTERED_NAME, _DeferredBackboneClass)
 
 
 def apply_tf_same_padding(model: keras.Model) -> int:

@@ -227,6 +227,8 @@ def create_hub_backbone(spec: BackboneSpec, weights, input_shape, include_top: b
     if os.path.isdir(location):
         return _from_preset(spec, location, **kwargs)
     if os.path.exists(location) or location.endswith((".weights.h5", ".h5")):
+        if not os.path.isfile(location):
+            raise FileNotFoundError(f"Weights file not found. Received: weights={location!r}.")
         model = build_from_config(spec, **kwargs)
         model.load_weights(location)
         return model
