@@ -283,12 +283,5 @@ def merge_stages(
     return coarse
 
 
-def group_of_layers(
-    groups: dict[str, list[keras.layers.Layer]],
-) -> dict[int, str]:
-    """Maps `id(layer)` to its group name, for every layer of every group."""
-    return {id(layer): name for name, layers in groups.items() for layer in layers}
-
-
 def _has_weights(op) -> bool:
     return isinstance(op, keras.layers.Layer) and bool(op.weights)

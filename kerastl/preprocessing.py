@@ -61,14 +61,6 @@ class Preprocessing:
             f"Received: mode={mode!r}."
         )
 
-    @property
-    def is_identity(self) -> bool:
-        return (
-            all(s == 1.0 for s in self.scale)
-            and all(o == 0.0 for o in self.offset)
-            and not self.reverse_channels
-        )
-
     def layer(self, name: str = "preprocessing") -> ImagePreprocessing:
         """Returns the Keras layer that applies this preprocessing."""
         return ImagePreprocessing(

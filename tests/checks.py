@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import keras
 import numpy as np
 
@@ -104,10 +102,6 @@ def run_freeze_test(model: keras.Model) -> None:
         if isinstance(s, keras.layers.BatchNormalization) and s.scale
     }
     assert not (batch_norm_gammas & actual_trainable()), "BN must stay frozen by default"
-
-
-def group_names_match(names, pattern: str) -> bool:
-    return all(re.fullmatch(pattern, name) for name in names)
 
 
 def weights_snapshot(model: keras.Model) -> dict[str, np.ndarray]:

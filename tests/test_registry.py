@@ -146,3 +146,8 @@ def test_keras_hub_backbone_loads_from_a_local_preset_directory(tmp_path):
         source.predict(inputs, verbose=0)["sequence_output"],
         loaded.predict(inputs, verbose=0)["sequence_output"],
     )
+
+
+def test_include_top_without_a_pretrained_classifier_says_why():
+    with pytest.raises(ValueError, match=r"needs pretrained weights.*weights=None"):
+        kerastl.create_backbone("efficientnet-lite0", weights=None, include_top=True)

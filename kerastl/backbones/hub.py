@@ -215,8 +215,9 @@ def create_hub_backbone(spec: BackboneSpec, weights, input_shape, include_top: b
     """Builds a KerasHub backbone; see `create_backbone`."""
     if include_top:
         raise ValueError(
-            f"`include_top=True` is only available for backbones whose weights carry a "
-            f"classifier (e.g. 'efficientnet-lite0'). Received: name={spec.name!r}."
+            "`include_top=True` needs pretrained weights that carry a classifier: Keras "
+            "Applications weights or the 'efficientnet-lite0' asset. "
+            f"Received: name={spec.name!r}, weights={weights!r}."
         )
     kwargs = dict(overrides)
     if spec.modality != TEXT and input_shape is not None:
