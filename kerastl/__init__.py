@@ -20,29 +20,48 @@ from kerastl.backbones.hub import create_text_preprocessor
 from kerastl.describe import describe
 from kerastl.freezing import freeze, freeze_to, set_trainable_groups, trainable_groups, unfreeze
 from kerastl.groups import GroupRules, layer_groups
+from kerastl.lr_finder import LRFindResult, lr_find
 from kerastl.models import TransferModel
+from kerastl.optimizers import (
+    discriminative_optimizer,
+    group_learning_rates,
+    group_optimizer,
+    group_variables,
+)
 from kerastl.preprocessing import Preprocessing, load_image
+from kerastl.schedules import OneCycle, one_cycle, warmup_cosine
+from kerastl.unfreezing import GradualUnfreezing
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackboneSpec",
     "CheckpointError",
+    "GradualUnfreezing",
     "GroupRules",
     "HubUnavailableError",
+    "LRFindResult",
+    "OneCycle",
     "Preprocessing",
     "TransferModel",
     "create_backbone",
     "create_text_preprocessor",
     "describe",
+    "discriminative_optimizer",
     "freeze",
     "freeze_to",
     "get_spec",
+    "group_learning_rates",
+    "group_optimizer",
+    "group_variables",
     "layer_groups",
     "list_backbones",
     "load_image",
+    "lr_find",
+    "one_cycle",
     "read_state_dict",
     "set_trainable_groups",
     "trainable_groups",
     "unfreeze",
+    "warmup_cosine",
 ]

@@ -38,8 +38,11 @@ def set_trainable_groups(
             then update) inside the trainable groups.
         granularity: which group names `trainable` refers to.
         recompile: if the model is compiled, recompile it with a fresh copy
-            of its optimizer, loss and metrics. If False, the model is marked
-            uncompiled, so the next `fit` raises until `compile()` is called.
+            of its optimizer, loss and metrics, carrying over the optimizer
+            state (slots such as Adam's moments, iteration counts) of every
+            variable that was already training; newly trainable variables
+            start with fresh slots. If False, the model is marked uncompiled,
+            so the next `fit` raises until `compile()` is called.
 
     Returns:
         The names of the trainable groups, in model order.
@@ -201,7 +204,9 @@ def _refresh_compilation(model: keras.Model, recompile: bool) -> None:
         try:
             config = model.get_compile_config()
             if config is not None:
+                state = _optimizer_state(model.optimizer)
                 model.compile_from_config(config)
+                _restore_optimizer_state(model.optimizer, state)
                 return
             reason = "it has no compile config"
         except Exception as error:  # a loss or metric that does not serialize
@@ -212,3 +217,20 @@ def _refresh_compilation(model: keras.Model, recompile: bool) -> None:
             stacklevel=3,
         )
     model.compiled = False
+
+
+def _optimizer_state(optimizer) -> dict[str, object]:
+    """Optimizer variables by path: `{name}/{variable path}_{slot}`, `{name}/iteration`.
+    A recompiled optimizer from the same config has the same paths."""
+    if optimizer is None or not optimizer.built:
+        return {}
+    return {variable.path: variable.value for variable in optimizer.variables}
+
+
+def _restore_optimizer_state(optimizer, state: dict[str, object]) -> None:
+    if not state or optimizer is None or not optimizer.built:
+        return
+    for variable in optimizer.variables:
+        value = state.get(variable.path)
+        if value is not None and tuple(value.shape) == tuple(variable.shape):
+            variable.assign(value)

@@ -1,0 +1,66 @@
+"""Gradual unfreezing inside `fit`: one more layer group trains every few epochs."""
+
+from __future__ import annotations
+
+import keras
+
+from kerastl.freezing import freeze_to, trainable_groups
+from kerastl.groups import COARSE
+
+
+class GradualUnfreezing(keras.callbacks.Callback):
+    """Unfreezes the next group below the trainable ones every `every` epochs.
+
+    Each step goes through `freeze_to`, which recompiles with a fresh
+    optimizer built from the same config (a `group_optimizer` keeps its
+    per-group rates) and carries over the optimizer state of the variables
+    already training, so the head's Adam moments and step counts continue.
+    The training function is rebuilt for the rest of `fit`.
+
+    Args:
+        every: epochs between two unfreezing steps (the first at epoch `every`).
+        max_groups: stop once this many groups train (default: all).
+        train_bn: see `set_trainable_groups`.
+        granularity: the groups stepped through.
+        verbose: print each step.
+
+    Example:
+        >>> kerastl.freeze(model)
+        >>> model.fit(ds, epochs=6, callbacks=[kerastl.GradualUnfreezing(every=2)])
+    """
+
+    def __init__(
+        self,
+        every: int = 1,
+        max_groups: int | None = None,
+        train_bn: bool = False,
+        granularity: str = COARSE,
+        verbose: bool = True,
+    ):
+        super().__init__()
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"`every` must be a positive integer. Received: every={every!r}.")
+        if max_groups is not None and max_groups < 1:
+            raise ValueError(f"`max_groups` must be >= 1. Received: max_groups={max_groups}.")
+        self.every = every
+        self.max_groups = max_groups
+        self.train_bn = train_bn
+        self.granularity = granularity
+        self.verbose = verbose
+        self.history: list[tuple[int, list[str]]] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 0 or epoch % self.every:
+            return
+        states = list(trainable_groups(self.model, self.granularity).items())
+        training = [i for i, (_, state) in enumerate(states) if state != "frozen"]
+        first = min(training) if training else len(states)
+        if first == 0 or (self.max_groups and len(states) - first >= self.max_groups):
+            return
+        trained = freeze_to(
+            self.model, first - 1, train_bn=self.train_bn, granularity=self.granularity
+        )
+        self.model.make_train_function(force=True)
+        self.history.append((epoch, trained))
+        if self.verbose:
+            print(f"\nGradualUnfreezing: epoch {epoch + 1} trains {trained}")
