@@ -156,13 +156,26 @@ class TransferModel(keras.Model):
                 "offset": list(self.preprocessing.offset),
                 "reverse_channels": self.preprocessing.reverse_channels,
             },
+            # KerasHub backbones serialize constructor arguments only, not their
+            # layers' trainable flags: keep which layers are frozen here.
+            "frozen_layers": [
+                index
+                for index, layer in enumerate(self._flatten_layers(include_self=False))
+                if not layer.trainable
+            ],
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        frozen = set(config.pop("frozen_layers", []))
+        model = cls(**config)
+        # Pre-order: a frozen container is set before its sublayers.
+        for index, layer in enumerate(model._flatten_layers(include_self=False)):
+            if index in frozen:
+                layer.trainable = False
+        return model
 
 
 @keras.saving.register_keras_serializable(package="kerastl")

@@ -36,8 +36,9 @@ def test_save_load_round_trip_in_safe_mode_gives_identical_outputs(tmp_path, tas
     assert kerastl.trainable_groups(loaded) == kerastl.trainable_groups(model)
 
 
-def test_lite0_transfer_model_round_trip_keeps_the_tf_padding(tmp_path):
+def test_lite0_transfer_model_round_trip_keeps_the_tf_padding_and_frozen_layers(tmp_path):
     model = kerastl.TransferModel("efficientnet-lite0", num_classes=2, input_shape=(64, 64, 3))
+    kerastl.freeze_to(model, "block7")  # a KerasHub backbone: its config has no layer flags
     path = tmp_path / "lite0.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
@@ -47,6 +48,8 @@ def test_lite0_transfer_model_round_trip_keeps_the_tf_padding(tmp_path):
         if isinstance(layer, keras.layers.ZeroPadding2D)
     }
     assert pads["stem_conv_pad"] == ((0, 1), (0, 1))
+    assert kerastl.trainable_groups(loaded) == kerastl.trainable_groups(model)
+    assert {v.path for v in loaded.trainable_weights} == {v.path for v in model.trainable_weights}
     x = _images(64)
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
 
