@@ -29,6 +29,7 @@ from kerastl.optimizers import (
     group_variables,
 )
 from kerastl.preprocessing import Preprocessing, load_image
+from kerastl.saving import load_model
 from kerastl.schedules import OneCycle, one_cycle, warmup_cosine
 from kerastl.unfreezing import GradualUnfreezing
 
@@ -57,6 +58,7 @@ __all__ = [
     "layer_groups",
     "list_backbones",
     "load_image",
+    "load_model",
     "lr_find",
     "one_cycle",
     "read_state_dict",

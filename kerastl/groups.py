@@ -102,8 +102,9 @@ def layer_groups(
     """Returns the model's named layer groups, ordered from input to output.
 
     Args:
-        model: a `TransferModel`, a backbone made by `create_backbone`, or any
-            functional model when `rules` is given.
+        model: a `TransferModel`, a backbone made by `create_backbone`, a
+            model wrapping such a backbone as `model.backbone` (e.g. a KerasHub
+            task), or any functional model when `rules` is given.
         granularity: `"coarse"` (stages) or `"fine"` (blocks).
         rules: group rules to use instead of the registry's.
 
@@ -121,10 +122,11 @@ def layer_groups(
             f"`granularity` must be 'coarse' or 'fine'. Received: granularity={granularity!r}."
         )
     backbone = getattr(model, "backbone", None)
-    if isinstance(backbone, keras.Model) and getattr(model, "_kerastl_transfer", False):
-        rules = rules or model.group_rules
-        if rules is None:  # an unregistered backbone is one group
-            return _with_head(model, backbone, {"backbone": [backbone]})
+    if isinstance(backbone, keras.Model) and any(layer is backbone for layer in model.layers):
+        if getattr(model, "_kerastl_transfer", False):
+            rules = rules or model.group_rules
+            if rules is None:  # an unregistered backbone is one group
+                return _with_head(model, backbone, {"backbone": [backbone]})
         return _with_head(model, backbone, _backbone_groups(backbone, granularity, rules))
     return _backbone_groups(model, granularity, rules)
 
@@ -137,9 +139,9 @@ def _backbone_groups(model, granularity, rules):
 
 
 def _registered_rules(model) -> GroupRules:
-    from kerastl.backbones.registry import find_spec
+    from kerastl.backbones.registry import find_spec, find_spec_by_class
 
-    spec = find_spec(model.name)
+    spec = find_spec(model.name) or find_spec_by_class(type(model).__name__)
     if spec is None:
         raise ValueError(
             f"No group rules are registered for a model named {model.name!r}. Build it "

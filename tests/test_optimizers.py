@@ -214,6 +214,7 @@ def test_save_load_restores_types_rates_iterations_and_slots(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert isinstance(loaded.optimizer, keras.optimizers.MultiOptimizer)
+    assert len(loaded.optimizer.optimizers) == len(model.optimizer.optimizers) == 3
     ours = {v.path: v.numpy() for v in model.optimizer.variables}
     theirs = {v.path: v.numpy() for v in loaded.optimizer.variables}
     assert ours.keys() == theirs.keys() and len(ours) > 10
@@ -251,3 +252,17 @@ def test_one_cycle_rises_to_the_peak_and_falls():
     assert all(a <= b for a, b in itertools.pairwise(values[: peak + 1]))
     clone = kerastl.OneCycle.from_config(schedule.get_config())
     assert float(clone(40)) == pytest.approx(values[40], rel=1e-6)
+
+
+def test_ema_clipping_and_accumulation_pass_through_to_every_group():
+    model = _vgg()
+    template = keras.optimizers.Adam(clipnorm=1.0, use_ema=True, gradient_accumulation_steps=2)
+    optimizer = kerastl.discriminative_optimizer(model, 1e-3, optimizer=template)
+    model.compile(optimizer, LOSS)
+    model.fit(*_batch(), batch_size=2, epochs=1, verbose=0)
+    subs = [o for o in model.optimizer.optimizers if o.built]
+    assert len(subs) == 6
+    for sub in subs:
+        assert sub.clipnorm == 1.0 and sub.use_ema and sub.gradient_accumulation_steps == 2
+        assert sub._model_variables_moving_average  # EMA copies exist and were used
+    assert int(model.optimizer.iterations.numpy()) == 2

@@ -39,6 +39,19 @@ def find_spec(name: str) -> BackboneSpec | None:
     return _REGISTRY.get(name.lower())
 
 
+def find_spec_by_class(class_name: str) -> BackboneSpec | None:
+    """Returns the first KerasHub spec built by the class `class_name`, or None.
+
+    A KerasHub backbone loaded from a preset carries the preset's name
+    (`"bert_backbone"`), not a registry name; its family's rules still apply.
+    """
+    _load_builtin_specs()
+    for spec in _REGISTRY.values():
+        if getattr(spec.builder, "class_name", None) == class_name:
+            return spec
+    return None
+
+
 def get_spec(name: str) -> BackboneSpec:
     """Returns the spec registered under `name`.
 
