@@ -106,3 +106,12 @@ def run_freeze_test(model: keras.Model) -> None:
 
 def weights_snapshot(model: keras.Model) -> dict[str, np.ndarray]:
     return {v.path: np.array(v.numpy()) for v in model.weights}
+
+
+def assert_same_optimizer_state(expected, actual) -> None:
+    """Same optimizer variables (paths and values: slots, iterations, rates)."""
+    ours = {v.path: v.numpy() for v in expected.variables}
+    theirs = {v.path: v.numpy() for v in actual.variables}
+    assert ours.keys() == theirs.keys()
+    for path, value in ours.items():
+        np.testing.assert_array_equal(value, theirs[path], err_msg=path)

@@ -95,17 +95,28 @@ def test_keras_ignores_training_false_on_a_nested_backbone():
     assert any("moving_mean" in path for path in changed)
 
 
-def test_changing_what_trains_recompiles_with_a_fresh_optimizer():
+def test_changing_what_trains_recompiles_with_a_fresh_optimizer_that_keeps_state():
     model = _model()
+    model.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     _fit_one_step(model)
     old_optimizer = model.optimizer
+    momentum = {v.path: v.numpy().copy() for v in old_optimizer.variables}
     assert int(old_optimizer.iterations.numpy()) == 1
     kerastl.freeze(model)
     assert model.compiled and model.optimizer is not old_optimizer
     assert isinstance(model.optimizer, keras.optimizers.SGD)
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)
-    assert _fit_one_step(model) == {"head_dense/kernel", "head_dense/bias"}
+    # The head kept training: its momentum and the step count carry over.
+    carried = {v.path: v.numpy() for v in model.optimizer.variables}
+    head_slots = [p for p in carried if "head_dense" in p]
+    assert head_slots and all(np.array_equal(carried[p], momentum[p]) for p in head_slots)
     assert int(model.optimizer.iterations.numpy()) == 1
+    assert _fit_one_step(model) == {"head_dense/kernel", "head_dense/bias"}
+    assert int(model.optimizer.iterations.numpy()) == 2
     assert "accuracy" in model.evaluate(*_data(), verbose=0, return_dict=True)
 
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import kerastl
 from kerastl.optimizers import group_variables
-from tests.checks import TINY_TEXT
+from tests.checks import TINY_TEXT, assert_same_optimizer_state
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -215,11 +215,8 @@ def test_save_load_restores_types_rates_iterations_and_slots(tmp_path):
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert isinstance(loaded.optimizer, keras.optimizers.MultiOptimizer)
     assert len(loaded.optimizer.optimizers) == len(model.optimizer.optimizers) == 3
-    ours = {v.path: v.numpy() for v in model.optimizer.variables}
-    theirs = {v.path: v.numpy() for v in loaded.optimizer.variables}
-    assert ours.keys() == theirs.keys() and len(ours) > 10
-    for path, value in ours.items():
-        np.testing.assert_array_equal(value, theirs[path], err_msg=path)
+    assert len(model.optimizer.variables) > 10
+    assert_same_optimizer_state(model.optimizer, loaded.optimizer)
     kinds = {type(o).__name__: float(o.learning_rate.numpy()) for o in loaded.optimizer.optimizers}
     assert kinds == pytest.approx({"Adam": 1e-3, "RMSprop": 1e-4, "SGD": 1e-5})
     loaded.fit(x, y, epochs=1, verbose=0)
