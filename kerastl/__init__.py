@@ -19,14 +19,13 @@ from kerastl.backbones import (
 from kerastl.backbones.hub import create_text_preprocessor
 from kerastl.describe import describe
 from kerastl.freezing import freeze, freeze_to, set_trainable_groups, trainable_groups, unfreeze
-from kerastl.groups import GroupRules, layer_groups
+from kerastl.groups import GroupRules, group_variables, layer_groups
 from kerastl.lr_finder import LRFindResult, lr_find
 from kerastl.models import TransferModel
 from kerastl.optimizers import (
     discriminative_optimizer,
     group_learning_rates,
     group_optimizer,
-    group_variables,
 )
 from kerastl.preprocessing import Preprocessing, load_image
 from kerastl.saving import load_model

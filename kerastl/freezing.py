@@ -1,6 +1,7 @@
 """Freezing at layer-group boundaries: `freeze`, `freeze_to`, `unfreeze`.
 
-Everything goes through `set_trainable_groups`, which sets the flags, keeps
+Every function here goes through the same step (`set_trainable_groups`,
+on groups resolved once per call), which sets the flags, keeps
 BatchNormalization in inference mode where it must be, and recompiles the
 model with a fresh optimizer: in Keras, `trainable` changes take effect only
 at `compile()`, and a built optimizer refuses a new variable list.
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 
 import keras
 
-from kerastl.groups import COARSE, HEAD, layer_groups
+from kerastl.groups import COARSE, HEAD, group_variables, layer_groups
 
 
 def set_trainable_groups(
@@ -58,6 +59,11 @@ def set_trainable_groups(
             f"Unknown layer groups {unknown}. Valid groups ({granularity}): {list(groups)}. "
             f"Received: trainable={wanted}."
         )
+    return _apply_trainable(model, groups, wanted, train_bn, recompile)
+
+
+def _apply_trainable(model, groups, wanted, train_bn: bool, recompile: bool) -> list[str]:
+    """`set_trainable_groups` on groups already resolved and names already checked."""
     model.trainable = True
     for name, layers in groups.items():
         train = name in wanted
@@ -85,9 +91,7 @@ def freeze(model: keras.Model, *, train_bn: bool = False, recompile: bool = True
         ['head']
     """
     groups = layer_groups(model)
-    return set_trainable_groups(
-        model, [HEAD] if HEAD in groups else [], train_bn=train_bn, recompile=recompile
-    )
+    return _apply_trainable(model, groups, [HEAD] if HEAD in groups else [], train_bn, recompile)
 
 
 def freeze_to(
@@ -115,7 +119,8 @@ def freeze_to(
         >>> kerastl.freeze_to(model, "conv5")
         ['conv5', 'head']
     """
-    names = list(layer_groups(model, granularity))
+    groups = layer_groups(model, granularity)
+    names = list(groups)
     if isinstance(group, bool) or not isinstance(group, (str, int)):
         raise TypeError(f"`group` must be a group name or an index. Received: group={group!r}.")
     if isinstance(group, int):
@@ -132,9 +137,7 @@ def freeze_to(
             f"Unknown layer group {group!r}. Valid groups ({granularity}): {names}. "
             f"Received: group={group!r}."
         )
-    return set_trainable_groups(
-        model, names[start:], train_bn=train_bn, granularity=granularity, recompile=recompile
-    )
+    return _apply_trainable(model, groups, names[start:], train_bn, recompile)
 
 
 def unfreeze(model: keras.Model, *, train_bn: bool = False, recompile: bool = True) -> list[str]:
@@ -151,9 +154,8 @@ def unfreeze(model: keras.Model, *, train_bn: bool = False, recompile: bool = Tr
     Example:
         >>> kerastl.unfreeze(model)
     """
-    return set_trainable_groups(
-        model, list(layer_groups(model)), train_bn=train_bn, recompile=recompile
-    )
+    groups = layer_groups(model)
+    return _apply_trainable(model, groups, list(groups), train_bn, recompile)
 
 
 def trainable_groups(model: keras.Model, granularity: str = COARSE) -> dict[str, str]:
@@ -175,14 +177,7 @@ def trainable_groups(model: keras.Model, granularity: str = COARSE) -> dict[str,
     """
     trainable_ids = {id(v) for v in model.trainable_weights}
     states = {}
-    for name, layers in layer_groups(model, granularity).items():
-        variables = [
-            v
-            for layer in layers
-            for sub in layer._flatten_layers(include_self=True)
-            if not isinstance(sub, keras.layers.BatchNormalization) and not sub._layers
-            for v in sub._trainable_variables
-        ]
+    for name, variables in group_variables(model, granularity, batch_norm=False).items():
         count = sum(id(v) in trainable_ids for v in variables)
         if count == 0:
             states[name] = "frozen"
@@ -224,7 +219,7 @@ def _optimizer_state(optimizer) -> dict[str, object]:
     A recompiled optimizer from the same config has the same paths."""
     if optimizer is None or not optimizer.built:
         return {}
-    return {variable.path: variable.value for variable in optimizer.variables}
+    return {variable.path: variable.numpy() for variable in optimizer.variables}
 
 
 def _restore_optimizer_state(optimizer, state: dict[str, object]) -> None:

@@ -285,5 +285,40 @@ def merge_stages(
     return coarse
 
 
+def group_variables(
+    model: keras.Model, granularity: str = COARSE, *, batch_norm: bool = True
+) -> dict[str, list[keras.Variable]]:
+    """Returns each group's trainable-kind variables (frozen or not), in model order.
+
+    BatchNorm moving statistics and other non-trainable state are left out.
+
+    Args:
+        model: a `TransferModel`, a registered backbone, or a model wrapping one.
+        granularity: `"coarse"` or `"fine"`.
+        batch_norm: include BatchNormalization scales and offsets.
+
+    Returns:
+        An ordered dict from group name to its variables.
+
+    Example:
+        >>> [v.path for v in group_variables(model)["head"]]
+        ['head_dense/kernel', 'head_dense/bias']
+    """
+    result: dict[str, list[keras.Variable]] = {}
+    seen: set[int] = set()
+    for name, layers in layer_groups(model, granularity).items():
+        variables = []
+        for layer in layers:
+            for sublayer in layer._flatten_layers(include_self=True):
+                if not batch_norm and isinstance(sublayer, keras.layers.BatchNormalization):
+                    continue
+                for variable in sublayer._trainable_variables:
+                    if id(variable) not in seen:
+                        seen.add(id(variable))
+                        variables.append(variable)
+        result[name] = variables
+    return result
+
+
 def _has_weights(op) -> bool:
     return isinstance(op, keras.layers.Layer) and bool(op.weights)

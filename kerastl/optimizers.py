@@ -21,34 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import keras
 
-from kerastl.groups import COARSE, FINE, layer_groups
+from kerastl.groups import COARSE, FINE, group_variables, layer_groups
 
 Optimizer = keras.optimizers.Optimizer
-
-
-def group_variables(
-    model: keras.Model, granularity: str = COARSE
-) -> dict[str, list[keras.Variable]]:
-    """Returns each group's trainable-kind variables (frozen or not), in model order.
-
-    BatchNorm moving statistics and other non-trainable state are left out.
-
-    Example:
-        >>> [v.path for v in group_variables(model)["head"]]
-        ['head_dense/kernel', 'head_dense/bias']
-    """
-    result: dict[str, list[keras.Variable]] = {}
-    seen: set[int] = set()
-    for name, layers in layer_groups(model, granularity).items():
-        variables = []
-        for layer in layers:
-            for sublayer in layer._flatten_layers(include_self=True):
-                for variable in sublayer._trainable_variables:
-                    if id(variable) not in seen:
-                        seen.add(id(variable))
-                        variables.append(variable)
-        result[name] = variables
-    return result
 
 
 def group_optimizer(

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import kerastl
-from kerastl.optimizers import group_variables
+from kerastl.groups import group_variables
 from tests.checks import TINY_TEXT, assert_same_optimizer_state
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
