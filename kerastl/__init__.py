@@ -18,6 +18,18 @@ from kerastl.backbones import (
 )
 from kerastl.backbones.hub import create_text_preprocessor
 from kerastl.describe import describe
+from kerastl.distribute import (
+    ResumableBackup,
+    apply_keras_fixes,
+    check_model_in_scope,
+    fit_resumable,
+    get_strategy,
+    global_batch_size,
+    scale_learning_rate,
+    set_precision,
+    split_cpu,
+    to_strategy,
+)
 from kerastl.freezing import freeze, freeze_to, set_trainable_groups, trainable_groups, unfreeze
 from kerastl.groups import GroupRules, group_variables, layer_groups
 from kerastl.lr_finder import LRFindResult, lr_find
@@ -43,14 +55,20 @@ __all__ = [
     "LRFindResult",
     "OneCycle",
     "Preprocessing",
+    "ResumableBackup",
     "TransferModel",
+    "apply_keras_fixes",
+    "check_model_in_scope",
     "create_backbone",
     "create_text_preprocessor",
     "describe",
     "discriminative_optimizer",
+    "fit_resumable",
     "freeze",
     "freeze_to",
     "get_spec",
+    "get_strategy",
+    "global_batch_size",
     "group_learning_rates",
     "group_optimizer",
     "group_variables",
@@ -61,7 +79,11 @@ __all__ = [
     "lr_find",
     "one_cycle",
     "read_state_dict",
+    "scale_learning_rate",
+    "set_precision",
     "set_trainable_groups",
+    "split_cpu",
+    "to_strategy",
     "trainable_groups",
     "unfreeze",
     "warmup_cosine",

@@ -11,6 +11,7 @@ import keras
 from kerastl.backbones.factory import DEFAULT, create_backbone
 from kerastl.backbones.registry import find_spec
 from kerastl.backbones.spec import TEXT
+from kerastl.distribute.strategies import check_model_in_scope
 from kerastl.groups import GroupRules
 from kerastl.preprocessing import Preprocessing
 
@@ -133,6 +134,15 @@ class TransferModel(keras.Model):
         self.class_names = list(class_names) if class_names is not None else None
         self.preprocessing = preprocessing
         self.modality = modality
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, after checking the model belongs to the strategy in use.
+
+        A model built outside `strategy.scope()` and trained inside it gets a
+        clear error here instead of Keras's `colocate_vars_with` one.
+        """
+        check_model_in_scope(self, self.distribute_strategy)
+        return super().fit(*args, **kwargs)
 
     @property
     def group_rules(self) -> GroupRules | None:

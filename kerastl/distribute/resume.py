@@ -1,0 +1,321 @@
+"""Training that survives being killed: rerun the same command and it resumes.
+
+Keras's `BackupAndRestore` gets most of the way. What it lacks, added here:
+
+- mid-epoch resume: Keras records the batch but restarts the epoch from its
+  first batch, so the resumed run trains on those batches twice;
+- atomic backups: Keras overwrites its files in place, so a kill during a
+  save leaves a torn file (its `double_checkpoint` only keeps one spare);
+- random state: dropout's seed generators are not in the weights file, so
+  the resumed run draws other masks;
+- a NaN guard: Keras saves the NaN weights at the end of the epoch that
+  diverged, and deletes its backup when `TerminateOnNaN` ends training;
+- multi-worker: only the chief writes; every worker restores the chief's
+  backup (`backup_dir` must be on storage all workers see).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kerastl.distribute.keras_fixes import apply_keras_fixes
+from kerastl.distribute.strategies import check_model_in_scope
+
+STATE_FILE = "state.json"
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that resumes mid-epoch, saves atomically and skips NaN.
+
+    Use it through `fit_resumable`, which restores the backup, skips the
+    batches already trained and plans the `fit` calls. The backup is a
+    weights file (model and optimizer) plus `state.json` (epoch, batches done
+    in it, seed generator states, the weights file's name), each written to
+    a temporary file, fsynced and renamed, `state.json` last.
+
+    Args:
+        backup_dir: where the backup lives.
+        save_freq: `"epoch"`, or a number of batches between backups (a
+            backup is also written at the end of every epoch).
+
+    Example:
+        >>> backup = ResumableBackup("runs/a/backup", save_freq=50)
+    """
+
+    def __init__(self, backup_dir: str | os.PathLike, save_freq: str | int = "epoch"):
+        if isinstance(save_freq, bool) or (isinstance(save_freq, int) and save_freq < 1):
+            raise ValueError(
+                "`save_freq` must be 'epoch' or a positive integer. "
+                f"Received: save_freq={save_freq!r}."
+            )
+        super().__init__(
+            os.fspath(backup_dir),
+            save_freq=save_freq,
+            delete_checkpoint=False,
+            double_checkpoint=False,
+        )
+        self.step_offset = 0
+        self.diverged = False
+        self._epoch = 0
+        self._steps_done = 0
+        self._steps_at_last_save = 0
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.backup_dir) / STATE_FILE
+
+    def read_state(self) -> dict | None:
+        """The saved state, or None when there is no backup yet."""
+        if not self.state_path.exists():
+            return None
+        state = json.loads(self.state_path.read_text())
+        if not (Path(self.backup_dir) / state["weights"]).exists():
+            raise FileNotFoundError(
+                f"Backup state {self.state_path} names {state['weights']}, which is missing. "
+                "Delete the backup directory to start over."
+            )
+        return state
+
+    def restore(self, model: keras.Model) -> tuple[int, int]:
+        """Loads the backup into `model` (weights, optimizer, seed generators).
+
+        Returns:
+            `(epoch, step)`: the epoch to continue and the batches of it already
+            trained; `(0, 0)` without a backup.
+        """
+        state = self.read_state()
+        if state is None:
+            return 0, 0
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(Path(self.backup_dir) / state["weights"])
+        generators = _seed_generators(model)
+        for path, value in state["seed_states"].items():
+            if path in generators:
+                generators[path].assign(np.asarray(value, dtype=generators[path].dtype))
+        return state["epoch"], state["step"]
+
+    def on_train_begin(self, logs=None):
+        self._steps_at_last_save = self.step_offset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._steps_done = self.step_offset
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps_done = self.step_offset + batch + 1
+        if not _finite_loss(logs):
+            self.diverged = True
+        elif self.save_freq != "epoch" and (
+            self._steps_done - self._steps_at_last_save >= self.save_freq
+        ):
+            self._save(self._epoch, self._steps_done)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.step_offset = 0
+        if _finite_loss(logs):
+            self._save(epoch + 1, 0)
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def _save(self, epoch: int, step: int) -> None:
+        self._steps_at_last_save = step
+        if self.diverged or not _finite_weights(self.model):
+            self.diverged = True
+            return
+        if not _is_chief(self.model):
+            return
+        directory = Path(self.backup_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        previous = self.read_state()
+        iterations = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else 0
+        weights = f"weights-{iterations:09d}.weights.h5"
+        _write_atomically(directory / weights, self.model.save_weights)
+        state = {
+            "epoch": epoch,
+            "step": step,
+            "iterations": iterations,
+            "weights": weights,
+            "seed_states": {
+                path: generator.numpy().tolist()
+                for path, generator in _seed_generators(self.model).items()
+            },
+        }
+        _write_atomically(self.state_path, lambda path: Path(path).write_text(json.dumps(state)))
+        if previous and previous["weights"] != weights:
+            (directory / previous["weights"]).unlink(missing_ok=True)
+
+
+def fit_resumable(
+    model: keras.Model,
+    data,
+    *,
+    epochs: int,
+    backup_dir: str | os.PathLike,
+    save_freq: str | int = "epoch",
+    steps_per_epoch: int | None = None,
+    validation_data=None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: str | int = "auto",
+    keep_backup: bool = False,
+) -> keras.callbacks.History:
+    """`model.fit` that a rerun of the same command resumes where it was killed.
+
+    The first call trains from scratch and backs up to `backup_dir`; after a
+    crash, the same call restores weights, optimizer and seed generator
+    states, skips the batches of the interrupted epoch already trained and
+    continues, so the final weights equal those of an uninterrupted run
+    (given deterministic data order and ops). A NaN loss stops training and
+    the last good backup is kept. On success the backup is removed unless
+    `keep_backup`.
+
+    Resuming mid-epoch needs each epoch's batches in the same order: pass a
+    dataset whose order does not change between iterations (no
+    `reshuffle_each_iteration`), or a function `epoch -> dataset` that
+    shuffles with a seed derived from the epoch.
+
+    Args:
+        model: a compiled model, built inside the scope of the strategy it trains under.
+        data: a batched `tf.data.Dataset`, or a callable `epoch -> Dataset`.
+        epochs: the total number of epochs.
+        backup_dir: where backups live (shared storage for multi-worker runs).
+        save_freq: `"epoch"`, or every N batches (plus every epoch end).
+        steps_per_epoch: batches per epoch; needed when the dataset's length
+            is unknown and a mid-epoch backup is resumed.
+        validation_data: passed to `fit`.
+        callbacks: further Keras callbacks.
+        verbose: passed to `fit`.
+        keep_backup: keep the backup after training completes.
+
+    Returns:
+        A `History` over all epochs trained by this call; its `resumed_from`
+        attribute is `(epoch, step)` of the backup it started from.
+
+    Example:
+        >>> history = kerastl.fit_resumable(model, train_ds, epochs=10,
+        ...                                 backup_dir="runs/a/backup", save_freq=100)
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"`epochs` must be a positive integer. Received: epochs={epochs!r}.")
+    if not model.compiled:
+        raise ValueError(f"Model {model.name!r} must be compiled before `fit_resumable`.")
+    apply_keras_fixes()
+    check_model_in_scope(model, model.distribute_strategy)
+    epoch_data: Callable[[int], object] = data if callable(data) else (lambda _: data)
+    backup = ResumableBackup(backup_dir, save_freq=save_freq)
+    epoch, step = backup.restore(model)
+    history = keras.callbacks.History()
+    history.resumed_from = (epoch, step)
+    history.history = {}
+    history.epoch = []
+    if epoch or step:
+        print(f"Resuming from {backup.backup_dir}: epoch {epoch + 1}, after {step} batches.")
+    hooks = [backup, keras.callbacks.TerminateOnNaN(), *callbacks]
+
+    def run(dataset, first_epoch, last_epoch, steps):
+        result = model.fit(
+            dataset,
+            initial_epoch=first_epoch,
+            epochs=last_epoch,
+            steps_per_epoch=steps,
+            validation_data=validation_data,
+            callbacks=hooks,
+            verbose=verbose,
+            shuffle=False,
+        )
+        history.epoch.extend(result.epoch)
+        for key, values in result.history.items():
+            history.history.setdefault(key, []).extend(values)
+
+    if step and epoch < epochs:
+        dataset = epoch_data(epoch)
+        total = steps_per_epoch or _known_length(dataset)
+        if total is None:
+            raise ValueError(
+                "Resuming mid-epoch needs the number of batches per epoch: the dataset's "
+                "length is unknown, so pass `steps_per_epoch`. Received: steps_per_epoch=None."
+            )
+        backup.step_offset = step
+        if step < total:
+            run(dataset.skip(step), epoch, epoch + 1, total - step)
+        epoch += 1
+    if epoch < epochs and not backup.diverged:
+        if callable(data):
+            stream = epoch_data(epoch)
+            for later in range(epoch + 1, epochs):
+                stream = stream.concatenate(epoch_data(later))
+            steps = steps_per_epoch or _known_length(epoch_data(epoch))
+        else:
+            stream, steps = data, steps_per_epoch
+        run(stream, epoch, epochs, steps)
+    if not backup.diverged and not keep_backup and _is_chief(model):
+        shutil.rmtree(backup.backup_dir, ignore_errors=True)
+    return history
+
+
+def _known_length(dataset) -> int | None:
+    cardinality = int(dataset.cardinality())
+    return cardinality if cardinality >= 0 else None
+
+
+def _finite_loss(logs) -> bool:
+    loss = (logs or {}).get("loss")
+    return loss is None or math.isfinite(float(loss))
+
+
+def _finite_weights(model: keras.Model) -> bool:
+    return all(
+        np.isfinite(np.asarray(v)).all() for v in model.weights if v.dtype.startswith("float")
+    )
+
+
+def _seed_generators(model: keras.Model) -> dict:
+    """State variables of every seed generator in the model, by a stable path."""
+    states = {}
+    for layer in model._flatten_layers(include_self=True):
+        for index, generator in enumerate(getattr(layer, "_seed_generators", [])):
+            states[f"{layer.path}/seed_generator_{index}"] = generator.state
+    return states
+
+
+def _is_chief(model: keras.Model) -> bool:
+    resolver = getattr(model.distribute_strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and ("chief" not in resolver.cluster_spec().as_dict())
+    )
+
+
+def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
+    """Writes through `write(temporary_path)`, fsyncs, then renames onto `path`."""
+    suffix = "".join(path.suffixes) or ".tmp"
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -1,0 +1,3 @@
+import sys
+
+exec(sys.argv[1])
