@@ -11,7 +11,9 @@ Keras's `BackupAndRestore` gets most of the way. What it lacks, added here:
 - a NaN guard: Keras saves the NaN weights at the end of the epoch that
   diverged, and deletes its backup when `TerminateOnNaN` ends training;
 - multi-worker: only the chief writes; every worker restores the chief's
-  backup (`backup_dir` must be on storage all workers see).
+  backup (`backup_dir` must be on storage all workers see); BatchNorm
+  moving statistics, which Keras 3 keeps per replica, are averaged across
+  replicas before each backup and at the end, so all workers agree.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import keras
 import numpy as np
 
 from kerastl.distribute.keras_fixes import apply_keras_fixes
+from kerastl.distribute.replicas import sync_batch_norm_statistics
 from kerastl.distribute.strategies import check_model_in_scope
 
 STATE_FILE = "state.json"
@@ -95,13 +98,14 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         state = self.read_state()
         if state is None:
             return 0, 0
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(Path(self.backup_dir) / state["weights"])
-        generators = _seed_generators(model)
-        for path, value in state["seed_states"].items():
-            if path in generators:
-                generators[path].assign(np.asarray(value, dtype=generators[path].dtype))
+        with model.distribute_strategy.scope():
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(Path(self.backup_dir) / state["weights"])
+            generators = _seed_generators(model)
+            for path, value in state["seed_states"].items():
+                if path in generators:
+                    generators[path].assign(np.asarray(value, dtype=generators[path].dtype))
         return state["epoch"], state["step"]
 
     def on_train_begin(self, logs=None):
@@ -130,7 +134,10 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     def _save(self, epoch: int, step: int) -> None:
         self._steps_at_last_save = step
-        if self.diverged or not _finite_weights(self.model):
+        if self.diverged:
+            return
+        sync_batch_norm_statistics(self.model)
+        if not _finite_weights(self.model):
             self.diverged = True
             return
         if not _is_chief(self.model):
@@ -233,6 +240,7 @@ def fit_resumable(
             verbose=verbose,
             shuffle=False,
         )
+        sync_batch_norm_statistics(model)
         history.epoch.extend(result.epoch)
         for key, values in result.history.items():
             history.history.setdefault(key, []).extend(values)

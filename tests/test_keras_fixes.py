@@ -1,0 +1,74 @@
+"""The Keras bugs `kerastl.apply_keras_fixes` repairs: each shown failing with the
+fixes switched off (KERASTL_KERAS_FIXES=0) and passing with them.
+
+If one of the "without the fix" tests starts failing, a Keras release has
+repaired that bug: set the fix's `fixed_in` in kerastl/distribute/keras_fixes.py.
+"""
+
+import json
+import time
+
+import pytest
+from processes import finish, run_script, workers
+
+from kerastl.distribute import keras_fixes
+
+
+def _mixed_precision_run(fixes: str) -> dict:
+    result = run_script("mirrored_mixed_precision.py", timeout=300, KERASTL_KERAS_FIXES=fixes)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_mirrored_mixed_float16_stays_finite_and_the_loss_scale_settles():
+    run = _mixed_precision_run("1")
+    assert run["wrapped"] == "LossScaleOptimizer"
+    assert len(run["finite_losses"]) == 40 and all(run["finite_losses"])
+    assert run["finite_weights"] and run["finite_batch_norm"] and run["batch_norm_statistics"] == 4
+    assert run["steps"] == 37  # three overflowing steps skipped, as on one device
+    scales = run["scales"]
+    assert scales[2] == 4096.0 and set(scales[2:]) == {4096.0}
+
+
+@pytest.mark.slow
+def test_without_the_fix_mirrored_mixed_float16_turns_the_weights_nan():
+    run = _mixed_precision_run("0")
+    assert not run["finite_weights"] and not run["finite_batch_norm"]
+    assert not any(run["finite_losses"][1:])
+
+
+@pytest.mark.slow
+def test_without_the_fix_multi_worker_fit_fails_on_per_replica_values(tmp_path):
+    start = time.monotonic()
+    with workers(
+        "multi_worker_training.py",
+        str(tmp_path / "b"),
+        str(tmp_path / "w"),
+        KERASTL_KERAS_FIXES="0",
+    ) as processes:
+        outputs = finish(processes, deadline=start + 120)
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode != 0
+        assert "unsupported type (<class 'tensorflow.python.distribute.values.PerReplica'>)" in (
+            output
+        ), output[-3000:]
+
+
+def test_fixes_apply_to_keras_3_until_the_release_that_repairs_them():
+    fix = keras_fixes._Fix("f", "issue", fixed_in=(3, 16), install=lambda: None)
+    assert fix.applies_to((3, 15, 1)) and not fix.applies_to((3, 16, 0))
+    assert not fix.applies_to((2, 15, 0))
+    assert keras_fixes._version("3.15.1") == (3, 15, 1)
+    assert keras_fixes._version("3.16.0.dev2026") == (3, 16, 0)
+    assert all(fix.fixed_in is None for fix in keras_fixes.FIXES)  # none fixed as of 3.15.1
+
+
+def test_apply_keras_fixes_installs_each_fix_once():
+    first = keras_fixes.apply_keras_fixes()
+    assert first == ("multi_worker_fit", "loss_scale_all_replicas")
+    import keras
+
+    patched = keras.optimizers.LossScaleOptimizer.check_finite
+    assert keras_fixes.apply_keras_fixes() == first
+    assert keras.optimizers.LossScaleOptimizer.check_finite is patched
