@@ -28,6 +28,7 @@ from kerastl.distribute import (
     scale_learning_rate,
     set_precision,
     split_cpu,
+    sync_batch_norm_statistics,
     to_strategy,
 )
 from kerastl.freezing import freeze, freeze_to, set_trainable_groups, trainable_groups, unfreeze
@@ -83,6 +84,7 @@ __all__ = [
     "set_precision",
     "set_trainable_groups",
     "split_cpu",
+    "sync_batch_norm_statistics",
     "to_strategy",
     "trainable_groups",
     "unfreeze",

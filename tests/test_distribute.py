@@ -2,6 +2,7 @@
 
 import json
 import types
+import warnings
 
 import keras
 import numpy as np
@@ -143,6 +144,34 @@ def test_set_precision_validates_and_warns_on_cpu():
         assert model.output.dtype == "float32"
     finally:
         kerastl.set_precision("float32")
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_xla_with_a_group_optimizer_trains_like_the_graph_path(precision):
+    inputs = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+    labels = np.arange(16) % 2
+    heads = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            kerastl.set_precision(precision)
+        for jit_compile in (False, True):
+            keras.utils.set_random_seed(0)
+            model = kerastl.TransferModel(_backbone(), 2, preprocessing="tf")
+            optimizer = kerastl.group_optimizer(
+                model, {"head": keras.optimizers.SGD(0.1)}, default=keras.optimizers.SGD(0.01)
+            )
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            model.compile(optimizer, loss, jit_compile=jit_compile)
+            assert model.jit_compile is jit_compile
+            before = np.array(model.head_layer.kernel)
+            model.fit(inputs, labels, batch_size=8, epochs=2, verbose=0)
+            heads.append(np.array(model.head_layer.kernel))
+            assert np.isfinite(heads[-1]).all() and np.abs(heads[-1] - before).max() > 1e-4
+    finally:
+        kerastl.set_precision("float32")
+    tolerance = 1e-6 if precision == "float32" else 2e-2
+    np.testing.assert_allclose(heads[0], heads[1], atol=tolerance)
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_backup(tmp_path):

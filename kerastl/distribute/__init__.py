@@ -10,6 +10,7 @@ Example:
 
 from kerastl.distribute.keras_fixes import apply_keras_fixes
 from kerastl.distribute.precision import set_precision
+from kerastl.distribute.replicas import sync_batch_norm_statistics
 from kerastl.distribute.resume import ResumableBackup, fit_resumable
 from kerastl.distribute.strategies import (
     check_model_in_scope,
@@ -30,5 +31,6 @@ __all__ = [
     "scale_learning_rate",
     "set_precision",
     "split_cpu",
+    "sync_batch_norm_statistics",
     "to_strategy",
 ]
