@@ -11,6 +11,7 @@ import keras
 from kerastl.backbones.factory import DEFAULT, create_backbone
 from kerastl.backbones.registry import find_spec
 from kerastl.backbones.spec import TEXT
+from kerastl.distribute.keras_fixes import apply_keras_fixes
 from kerastl.distribute.strategies import check_model_in_scope
 from kerastl.groups import GroupRules
 from kerastl.preprocessing import Preprocessing
@@ -139,8 +140,10 @@ class TransferModel(keras.Model):
         """`keras.Model.fit`, after checking the model belongs to the strategy in use.
 
         A model built outside `strategy.scope()` and trained inside it gets a
-        clear error here instead of Keras's `colocate_vars_with` one.
+        clear error here instead of Keras's `colocate_vars_with` one; the
+        Keras fixes for distributed training (`apply_keras_fixes`) are installed.
         """
+        apply_keras_fixes()
         check_model_in_scope(self, self.distribute_strategy)
         return super().fit(*args, **kwargs)
 

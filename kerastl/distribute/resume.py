@@ -225,7 +225,11 @@ def fit_resumable(
     history.resumed_from = (epoch, step)
     history.history = {}
     history.epoch = []
-    if epoch or step:
+    if epoch >= epochs:
+        print(
+            f"Nothing to train: the backup in {backup.backup_dir} is at epoch {epoch} of {epochs}."
+        )
+    elif epoch or step:
         print(f"Resuming from {backup.backup_dir}: epoch {epoch + 1}, after {step} batches.")
     hooks = [backup, keras.callbacks.TerminateOnNaN(), *callbacks]
 
