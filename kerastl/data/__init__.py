@@ -1,4 +1,5 @@
-"""Data: the bundled offline datasets as TFDS builders, and loading from TFDS.
+"""Data sources: TFDS (with the two bundled offline datasets), image folders,
+text tables; bad records are skipped and reported, or raise with `strict=True`.
 
 Example:
     >>> import kerastl.data  # registers `elpv` and `rotten_tomatoes` with TFDS
@@ -7,6 +8,18 @@ Example:
 """
 
 from kerastl.data.builders import Elpv, RottenTomatoes, stratified_split
+from kerastl.data.images import image_folder
+from kerastl.data.report import BadRecordError, DataReport
+from kerastl.data.text import text_table
 from kerastl.data.tfds_source import load_tfds
 
-__all__ = ["Elpv", "RottenTomatoes", "load_tfds", "stratified_split"]
+__all__ = [
+    "BadRecordError",
+    "DataReport",
+    "Elpv",
+    "RottenTomatoes",
+    "image_folder",
+    "load_tfds",
+    "stratified_split",
+    "text_table",
+]

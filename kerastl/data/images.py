@@ -1,0 +1,116 @@
+"""Image folders (`root/<class>/<image>`) as datasets that survive bad files.
+
+`keras.utils.image_dataset_from_directory` decodes inside the pipeline, so
+one corrupt file stops training in the middle of an epoch. Here every file
+is decoded once up front: unreadable or undecodable files and unusable
+channel counts are skipped and named in a `DataReport` (or, with
+`strict=True`, raise at once), and only good files reach the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kerastl.data.report import DataReport
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+USABLE_CHANNELS = (1, 3, 4)  # grey and RGBA become RGB
+
+
+def image_folder(
+    directory: str | os.PathLike,
+    image_size: tuple[int, int],
+    *,
+    class_names: list[str] | None = None,
+    strict: bool = False,
+):
+    """Lists, checks and loads an image folder as `(image, label)` pairs.
+
+    Images are decoded, converted to RGB and resized (bilinear) to
+    `image_size`, as float32 pixels in [0, 255]: a `TransferModel`
+    preprocesses them itself. Batch, shuffle and augment afterwards.
+
+    Args:
+        directory: a folder with one sub-folder per class.
+        image_size: `(height, width)` of the output images.
+        class_names: the classes, in label order (default: the sub-folders,
+            sorted). A listed class without a folder is an error.
+        strict: raise `BadRecordError` at the first bad file instead of
+            skipping it.
+
+    Returns:
+        `(dataset, class_names, report)`: a `tf.data.Dataset` of
+        `(float32 [H, W, 3], int32)` pairs in a fixed file order, the class
+        names, and the `DataReport` of what was skipped.
+
+    Example:
+        >>> ds, names, report = kerastl.data.image_folder("flowers/", (224, 224))
+        >>> print(report.summary())
+    """
+    import tensorflow as tf
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Image folder not found. Received: directory={os.fspath(directory)!r}."
+        )
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    names = list(class_names) if class_names is not None else folders
+    missing = [name for name in names if name not in folders]
+    if missing or not names:
+        raise ValueError(
+            f"Classes without a folder in {root}: {missing or 'no class folders at all'}. "
+            f"Folders found: {folders}. Received: class_names={class_names!r}."
+        )
+    report = DataReport(source=str(root))
+    paths, labels = [], []
+    for label, name in enumerate(names):
+        found = 0
+        for path in sorted((root / name).rglob("*")):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+                continue
+            reason = _check_image(path, tf)
+            if reason:
+                report.reject(str(path), reason, strict)
+                continue
+            paths.append(str(path))
+            labels.append(label)
+            found += 1
+        if not found:
+            report.notes.append(f"class {name!r} has no usable image in {root / name}")
+    report.kept = len(paths)
+    height, width = image_size
+
+    def load(path, label):
+        contents = tf.io.read_file(path)
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), (height, width), antialias=False)
+        image.set_shape((height, width, 3))
+        return image, label
+
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(paths, tf.string), tf.constant(np.asarray(labels, "int32")))
+    ).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset, names, report
+
+
+def _check_image(path: Path, tf) -> str | None:
+    """Why the file cannot be used, or None when it decodes to a usable image."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
+    if not data:
+        return "corrupt: empty file"
+    try:
+        image = tf.io.decode_image(data, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, ValueError) as error:
+        message = str(error).splitlines()[0][:120]
+        return f"corrupt: {message}"
+    channels = int(image.shape[-1])
+    if channels not in USABLE_CHANNELS:
+        return f"wrong channels: {channels} (expected one of {USABLE_CHANNELS})"
+    return None

@@ -1,0 +1,111 @@
+"""Image folders and text tables: bad records are skipped and named, never crash a run."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kerastl.data
+from kerastl.data import BadRecordError
+
+
+def _png(path, channels, value=100):
+    image = np.full((12, 10, channels), value, "uint8")
+    image[0, 0] = 0
+    path.write_bytes(tf.io.encode_png(image).numpy())
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "images"
+    for name in ("cats", "dogs", "empty"):
+        (root / name).mkdir(parents=True)
+    _png(root / "cats" / "rgb.png", 3)
+    _png(root / "cats" / "grey.png", 1, value=50)
+    _png(root / "cats" / "rgba.png", 4)
+    (root / "cats" / "grey.jpg").write_bytes(
+        tf.io.encode_jpeg(np.full((8, 8, 1), 9, "uint8")).numpy()
+    )
+    _png(root / "dogs" / "dog.png", 3)
+    (root / "dogs" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (root / "dogs" / "empty.png").write_bytes(b"")
+    _png(root / "dogs" / "two_channel.png", 2)
+    truncated = tf.io.encode_png(np.ones((40, 40, 3), "uint8")).numpy()
+    (root / "dogs" / "truncated.png").write_bytes(truncated[: len(truncated) // 2])
+    (root / "dogs" / "notes.txt").write_text("not an image, not counted")
+    return root
+
+
+def test_image_folder_skips_and_names_bad_files_and_reads_the_rest(folder):
+    dataset, names, report = kerastl.data.image_folder(folder, (16, 16))
+    assert names == ["cats", "dogs", "empty"]
+    assert report.kept == 5
+    skipped = {path.split("/")[-1]: reason for path, reason in report.skipped}
+    assert set(skipped) == {"corrupt.jpg", "empty.png", "two_channel.png", "truncated.png"}
+    assert skipped["two_channel.png"].startswith("wrong channels: 2")
+    assert report.counts() == {"corrupt": 3, "wrong channels": 1}
+    assert any("'empty' has no usable image" in note for note in report.notes)
+    assert "skipped 4" in report.summary()
+    images, labels = zip(*[(x.numpy(), int(y)) for x, y in dataset], strict=True)
+    assert labels == (0, 0, 0, 0, 1)
+    assert all(x.shape == (16, 16, 3) and x.dtype == np.float32 for x in images)
+    grey = images[1]  # cats/grey.png: the same value in the three channels
+    np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
+    assert min(x.min() for x in images) >= 0 and max(x.max() for x in images) <= 255
+
+
+def test_keras_image_dataset_from_directory_stops_midway_on_the_same_folder(folder):
+    dataset = keras.utils.image_dataset_from_directory(folder, image_size=(16, 16), shuffle=False)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        for _ in dataset:
+            pass
+
+
+def test_image_folder_strict_raises_on_the_first_bad_file(folder):
+    with pytest.raises(BadRecordError, match=r"dogs/corrupt.jpg: corrupt"):
+        kerastl.data.image_folder(folder, (16, 16), strict=True)
+
+
+def test_image_folder_rejects_classes_without_folders(folder):
+    with pytest.raises(ValueError, match=r"Classes without a folder.*\['birds'\]"):
+        kerastl.data.image_folder(folder, (16, 16), class_names=["cats", "birds"])
+    with pytest.raises(FileNotFoundError, match="Received: directory="):
+        kerastl.data.image_folder(folder / "nope", (16, 16))
+
+
+def test_csv_table_reports_missing_fields_and_unknown_labels_by_row(tmp_path):
+    table = tmp_path / "reviews.csv"
+    table.write_text(
+        'text,label\ngreat film,fresh\n,fresh\ndull,\nodd one,meh\n"long, with a comma",rotten\n'
+    )
+    dataset, names, report = kerastl.data.text_table(table, class_names=["rotten", "fresh"])
+    assert names == ["rotten", "fresh"]
+    rows = [(t.numpy().decode(), int(y)) for t, y in dataset]
+    assert rows == [("great film", 1), ("long, with a comma", 0)]
+    assert [where.rsplit(":", 1)[1] for where, _ in report.skipped] == ["3", "4", "5"]
+    assert report.counts() == {"missing field": 2, "unknown label": 1}
+
+
+def test_jsonl_table_skips_malformed_lines_and_infers_classes(tmp_path):
+    table = tmp_path / "reviews.jsonl"
+    lines = [
+        json.dumps({"review": "fine", "y": "pos"}),
+        "{not json",
+        json.dumps(["a", "list"]),
+        json.dumps({"review": "bad"}),
+        json.dumps({"review": "awful", "y": "neg"}),
+    ]
+    table.write_text("\n".join(lines) + "\n")
+    dataset, names, report = kerastl.data.text_table(table, text="review", label="y")
+    assert names == ["neg", "pos"]
+    assert [int(y) for _, y in dataset] == [1, 0]
+    assert report.counts() == {"malformed row": 2, "missing field": 1}
+    with pytest.raises(BadRecordError, match=r"reviews.jsonl:2: malformed row"):
+        kerastl.data.text_table(table, text="review", label="y", strict=True)
+
+
+def test_text_table_rejects_other_formats(tmp_path):
+    with pytest.raises(ValueError, match=r"Expected a .csv or .jsonl file. Received: path="):
+        kerastl.data.text_table(tmp_path / "reviews.tsv")
