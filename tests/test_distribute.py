@@ -41,10 +41,11 @@ def test_unknown_strategy_name_is_rejected_with_the_valid_names():
         kerastl.get_strategy("gpus")
 
 
-def test_multi_worker_without_tf_config_says_what_it_needs(monkeypatch):
+@pytest.mark.parametrize("name", ["multi_worker", "parameter_server"])
+def test_cluster_strategies_without_tf_config_say_what_they_need(monkeypatch, name):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(ValueError, match=r"needs TF_CONFIG.*Received: TF_CONFIG=None"):
-        kerastl.get_strategy("multi_worker")
+    with pytest.raises(ValueError, match=rf"{name}' needs TF_CONFIG.*Received: TF_CONFIG=None"):
+        kerastl.get_strategy(name)
 
 
 def test_malformed_tf_config_is_reported(monkeypatch):

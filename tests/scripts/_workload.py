@@ -1,5 +1,7 @@
 """The small training job the distribution scripts share."""
 
+import time
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -39,6 +41,31 @@ def small_backbone() -> keras.Model:
 def transfer_model(dropout: float = 0.3) -> kerastl.TransferModel:
     """A TransferModel (groups `backbone`, `head`) on `small_backbone`."""
     return kerastl.TransferModel(small_backbone(), CLASSES, dropout=dropout, preprocessing="tf")
+
+
+def compiled_transfer_model(**compile_kwargs) -> kerastl.TransferModel:
+    """`transfer_model()` (seed 0) compiled with a group optimizer: Adam 1e-3 on the
+    head, 1e-4 elsewhere. Call it inside the strategy's scope."""
+    keras.utils.set_random_seed(0)
+    model = transfer_model()
+    optimizer = kerastl.group_optimizer(
+        model, {"head": keras.optimizers.Adam(1e-3)}, default=keras.optimizers.Adam(1e-4)
+    )
+    model.compile(
+        optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), **compile_kwargs
+    )
+    return model
+
+
+class Pause(keras.callbacks.Callback):
+    """Sleeps after every batch, so that a test can kill training in the middle."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(self.seconds)
 
 
 def flat_weights(model) -> np.ndarray:

@@ -9,12 +9,10 @@ OUT_PREFIX-<task index>.npy.
 import json
 import os
 import sys
-import time
 
-import keras
 import numpy as np
 import tensorflow as tf
-from _workload import epoch_dataset, flat_weights, images, transfer_model
+from _workload import Pause, compiled_transfer_model, epoch_dataset, flat_weights, images
 
 import kerastl
 
@@ -26,22 +24,8 @@ strategy = kerastl.get_strategy()
 assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy), strategy
 assert strategy.num_replicas_in_sync == 2
 with strategy.scope():
-    keras.utils.set_random_seed(0)
-    model = transfer_model()
-    model.compile(
-        kerastl.group_optimizer(
-            model, {"head": keras.optimizers.Adam(1e-3)}, default=keras.optimizers.Adam(1e-4)
-        ),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    model = compiled_transfer_model(metrics=["accuracy"])
 x, y = images(48)
-
-
-class Pause(keras.callbacks.Callback):
-    def on_train_batch_end(self, batch, logs=None):
-        time.sleep(pause)
-
 
 options = tf.data.Options()
 options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -51,7 +35,7 @@ history = kerastl.fit_resumable(
     epochs=3,
     backup_dir=backup_dir,
     save_freq=2,
-    callbacks=[Pause()],
+    callbacks=[Pause(pause)],
     verbose=0,
     keep_backup=True,
 )
