@@ -31,8 +31,10 @@ from kerastl.distribute import (
     sync_batch_norm_statistics,
     to_strategy,
 )
+from kerastl.finetune import FineTuner, Stage, fine_tune
 from kerastl.freezing import freeze, freeze_to, set_trainable_groups, trainable_groups, unfreeze
 from kerastl.groups import GroupRules, group_variables, layer_groups
+from kerastl.losses import SparseSmoothedCrossentropy
 from kerastl.lr_finder import LRFindResult, lr_find
 from kerastl.models import TransferModel
 from kerastl.optimizers import (
@@ -50,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneSpec",
     "CheckpointError",
+    "FineTuner",
     "GradualUnfreezing",
     "GroupRules",
     "HubUnavailableError",
@@ -57,6 +60,8 @@ __all__ = [
     "OneCycle",
     "Preprocessing",
     "ResumableBackup",
+    "SparseSmoothedCrossentropy",
+    "Stage",
     "TransferModel",
     "apply_keras_fixes",
     "check_model_in_scope",
@@ -64,6 +69,7 @@ __all__ = [
     "create_text_preprocessor",
     "describe",
     "discriminative_optimizer",
+    "fine_tune",
     "fit_resumable",
     "freeze",
     "freeze_to",
