@@ -130,7 +130,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             self._save(epoch + 1, 0)
 
     def on_train_end(self, logs=None):
-        pass
+        """Keeps the backup: `fit_resumable` removes it once every epoch has run."""
 
     def _save(self, epoch: int, step: int) -> None:
         self._steps_at_last_save = step
