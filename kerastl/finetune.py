@@ -22,6 +22,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from kerastl._validation import check_positive_int
 from kerastl.freezing import freeze, freeze_to, unfreeze
 from kerastl.losses import SparseSmoothedCrossentropy
 from kerastl.optimizers import discriminative_optimizer
@@ -63,10 +64,7 @@ class Stage:
     train_bn: bool = False
 
     def __post_init__(self):
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(
-                f"`epochs` must be a positive integer. Received: epochs={self.epochs!r}."
-            )
+        check_positive_int("epochs", self.epochs)
         if not self.lr > 0:
             raise ValueError(f"`lr` must be positive. Received: lr={self.lr!r}.")
         if self.optimizer not in OPTIMIZERS:

@@ -8,6 +8,7 @@ from typing import Any
 
 import keras
 
+from kerastl._validation import check_positive_int
 from kerastl.backbones.factory import DEFAULT, create_backbone
 from kerastl.backbones.registry import find_spec
 from kerastl.backbones.spec import TEXT
@@ -290,10 +291,7 @@ def _resolve_preprocessing(preprocessing, spec) -> Preprocessing:
 
 
 def _validate(num_classes, task, dropout, class_names):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(
-            f"`num_classes` must be a positive integer. Received: num_classes={num_classes!r}."
-        )
+    check_positive_int("num_classes", num_classes)
     if task not in _TASKS:
         raise ValueError(f"`task` must be one of {_TASKS}. Received: task={task!r}.")
     if not 0.0 <= dropout < 1.0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from kerastl._validation import check_positive_int
 from kerastl.freezing import freeze_to, trainable_groups
 from kerastl.groups import COARSE
 
@@ -38,8 +39,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         verbose: bool = True,
     ):
         super().__init__()
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"`every` must be a positive integer. Received: every={every!r}.")
+        check_positive_int("every", every)
         if max_groups is not None and max_groups < 1:
             raise ValueError(f"`max_groups` must be >= 1. Received: max_groups={max_groups}.")
         self.every = every

@@ -29,6 +29,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kerastl._validation import check_positive_int
 from kerastl.distribute.keras_fixes import apply_keras_fixes
 from kerastl.distribute.replicas import sync_batch_norm_statistics
 from kerastl.distribute.strategies import check_model_in_scope
@@ -212,8 +213,7 @@ def fit_resumable(
         >>> history = kerastl.fit_resumable(model, train_ds, epochs=10,
         ...                                 backup_dir="runs/a/backup", save_freq=100)
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`epochs` must be a positive integer. Received: epochs={epochs!r}.")
+    check_positive_int("epochs", epochs)
     if not model.compiled:
         raise ValueError(f"Model {model.name!r} must be compiled before `fit_resumable`.")
     apply_keras_fixes()

@@ -19,6 +19,7 @@ import warnings
 
 import keras
 
+from kerastl._validation import check_positive_int
 from kerastl.distribute.keras_fixes import apply_keras_fixes
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
@@ -45,10 +46,7 @@ def split_cpu(num_devices: int) -> list[str]:
     """
     import tensorflow as tf
 
-    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
-        raise ValueError(
-            f"`num_devices` must be a positive integer. Received: num_devices={num_devices!r}."
-        )
+    check_positive_int("num_devices", num_devices)
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu) or []
     if len(current) != num_devices:
@@ -132,15 +130,7 @@ def global_batch_size(per_replica_batch_size: int, strategy) -> int:
     Example:
         >>> dataset = dataset.batch(kerastl.global_batch_size(32, strategy))
     """
-    if (
-        isinstance(per_replica_batch_size, bool)
-        or not isinstance(per_replica_batch_size, int)
-        or per_replica_batch_size < 1
-    ):
-        raise ValueError(
-            "`per_replica_batch_size` must be a positive integer. "
-            f"Received: per_replica_batch_size={per_replica_batch_size!r}."
-        )
+    check_positive_int("per_replica_batch_size", per_replica_batch_size)
     return per_replica_batch_size * strategy.num_replicas_in_sync
 
 
