@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -25,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import tensorflow as tf
+from _timing import interleaved_times
 
 import kerastl
 
@@ -51,13 +51,11 @@ def precision_table(x, y, args) -> None:
     models = {p: build(args.size, p, train_all=True) for p in PRECISIONS}
     for model in models.values():
         model.train_on_batch(x, y)
-    times = {p: [] for p in models}
-    for _ in range(args.rounds):
-        for precision, model in models.items():
-            for _ in range(args.steps):
-                started = time.perf_counter()
-                model.train_on_batch(x, y)
-                times[precision].append(time.perf_counter() - started)
+    times = interleaved_times(
+        {p: lambda _, m=model: m.train_on_batch(x, y) for p, model in models.items()},
+        args.rounds,
+        args.steps,
+    )
     base = statistics.median(times["float32"])
     print(
         f"\nLite0 {args.size}px batch {args.batch}, all layers training, "
@@ -74,28 +72,24 @@ def backup_table(x, y, args) -> None:
     batches = int(dataset.cardinality())
     model = build(args.size, "float32", train_all=False)
     model.fit(dataset, epochs=1, verbose=0)
-    plans = {
-        "model.fit": None,
-        "fit_resumable, backup every 10 batches": 10,
-        "fit_resumable, backup every batch": 1,
-    }
-    times = {name: [] for name in plans}
     with tempfile.TemporaryDirectory() as root:
-        for round_ in range(args.rounds):
-            for name, every in plans.items():
-                started = time.perf_counter()
-                if every is None:
-                    model.fit(dataset, epochs=1, verbose=0)
-                else:
-                    kerastl.fit_resumable(
-                        model,
-                        dataset,
-                        epochs=1,
-                        save_freq=every,
-                        verbose=0,
-                        backup_dir=os.path.join(root, f"{every}-{round_}"),
-                    )
-                times[name].append(time.perf_counter() - started)
+
+        def resumable(every):
+            return lambda round_: kerastl.fit_resumable(
+                model,
+                dataset,
+                epochs=1,
+                save_freq=every,
+                verbose=0,
+                backup_dir=os.path.join(root, f"{every}-{round_}"),
+            )
+
+        runs = {
+            "model.fit": lambda _: model.fit(dataset, epochs=1, verbose=0),
+            "fit_resumable, backup every 10 batches": resumable(10),
+            "fit_resumable, backup every batch": resumable(1),
+        }
+        times = interleaved_times(runs, args.rounds)
     base = statistics.median(times["model.fit"])
     print(
         f"\nLite0 {args.size}px head only, one epoch of {batches} batches of {args.batch}, "

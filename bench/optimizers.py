@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
+from _timing import interleaved_times
 
 import kerastl
 
@@ -67,13 +67,11 @@ def main() -> None:
     }
     for model in models.values():
         model.train_on_batch(x, y)  # trace and build
-    times = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            for _ in range(args.steps):
-                started = time.perf_counter()
-                model.train_on_batch(x, y)
-                times[name].append(time.perf_counter() - started)
+    times = interleaved_times(
+        {name: lambda _, m=model: m.train_on_batch(x, y) for name, model in models.items()},
+        args.rounds,
+        args.steps,
+    )
     base = statistics.median(times["single Adam"])
     print(
         f"EfficientNet-Lite0 {args.size}x{args.size}, batch {args.batch}, all layers training, "
