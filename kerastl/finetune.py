@@ -2,33 +2,42 @@
 
 Each `Stage` says what trains (`"head"`, `"all"`, or a group and every
 group after it), for how many epochs, with which optimizer and learning
-rates (one rate, or a discriminative spread with `lr_mult`), and with which
-regularization (weight decay, label smoothing, early stopping). Changing
-what trains goes through `set_trainable_groups`'s rules (BatchNorm stays
-frozen unless `train_bn`) and recompiles with a fresh optimizer.
+rates (one rate, a discriminative spread with `lr_mult`, or layer-wise decay
+with `lr_decay`), warm-up, and regularization (weight decay, label
+smoothing, early stopping). Changing what trains goes through
+`set_trainable_groups`'s rules (BatchNorm stays frozen unless `train_bn`)
+and recompiles with a fresh optimizer.
 
-Feature caching: a stage that trains only the head runs the frozen backbone
-once over the data, keeps the pooled features, and trains the head layers on
-them (30-70x faster per epoch); later stages continue end to end. The head
-layers are shared, so the full model holds the trained head afterwards. Do
-not cache when the input pipeline augments (`cache_features=False`): cached
-features would freeze one augmentation.
+Feature caching: a stage whose lower layers are all frozen runs them once
+over the data and trains the upper part on the stored outputs (pooled
+features for a head stage, the last frozen group's output for a top-group
+stage). The upper layers are shared, so the model holds what was trained.
+Augmentation (`augmentation=`) rules caching out: cached features would
+freeze one random draw.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
 import keras
 import numpy as np
 
+from kerastl import run_directory
 from kerastl._validation import check_positive_int
+from kerastl.feature_cache import FeatureCache, split_model
 from kerastl.freezing import freeze, freeze_to, unfreeze
+from kerastl.groups import layer_groups
 from kerastl.losses import SparseSmoothedCrossentropy
+from kerastl.metrics import BalancedAccuracy
 from kerastl.optimizers import discriminative_optimizer
+from kerastl.schedules import warmup_cosine
 
 HEAD, ALL = "head", "all"
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,17 +46,22 @@ class Stage:
 
     Args:
         epochs: epochs in this stage.
-        train: `"head"`, `"all"`, or a coarse group name: that group and every
-            group after it train (`freeze_to`).
-        lr: the head's learning rate.
-        lr_mult: spread rates over the training groups, the first at
-            `lr / lr_mult` (fastai `slice`); None: one rate for all.
+        train: `"head"`, `"all"`, or a group name (coarse, or fine such as
+            `transformer_layer_4`): that group and every group after it
+            train (`freeze_to`).
+        lr: the head's (peak) learning rate.
+        lr_mult: spread rates over the coarse training groups, the first at
+            `lr / lr_mult` (fastai `slice`).
+        lr_decay: layer-wise decay instead: each fine group below the head
+            gets `lr_decay` times the rate of the one above it.
         optimizer: `adam`, `adamw` or `sgd` (momentum 0.9).
         weight_decay: decoupled weight decay (biases and norms exempt).
         label_smoothing: in [0, 1).
         patience: stop after this many epochs without a better validation
-            loss and restore the best weights (needs validation data).
+            loss and restore the stage's best weights (needs validation data).
         train_bn: let BatchNormalization layers in training groups update.
+        warmup: fraction of the stage's steps spent rising linearly to `lr`.
+        schedule: `constant` after warm-up, or `cosine` decay to 0.
 
     Example:
         >>> kerastl.Stage(epochs=5, train="block6", lr=1e-4, lr_mult=10, patience=2)
@@ -57,14 +71,21 @@ class Stage:
     train: str = HEAD
     lr: float = 1e-3
     lr_mult: float | None = None
+    lr_decay: float | None = None
     optimizer: str = "adam"
     weight_decay: float | None = None
     label_smoothing: float = 0.0
     patience: int | None = None
     train_bn: bool = False
+    warmup: float = 0.0
+    schedule: str = "constant"
 
     def __post_init__(self):
         check_positive_int("epochs", self.epochs)
+        if not isinstance(self.train, str) or not self.train:
+            raise ValueError(
+                f"`train` must be 'head', 'all' or a group name. Received: train={self.train!r}."
+            )
         if not self.lr > 0:
             raise ValueError(f"`lr` must be positive. Received: lr={self.lr!r}.")
         if self.optimizer not in OPTIMIZERS:
@@ -73,22 +94,58 @@ class Stage:
             )
         if self.lr_mult is not None and self.lr_mult < 1:
             raise ValueError(f"`lr_mult` must be >= 1. Received: lr_mult={self.lr_mult!r}.")
+        if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
+            raise ValueError(f"`lr_decay` must be in (0, 1]. Received: lr_decay={self.lr_decay!r}.")
+        if self.lr_mult is not None and self.lr_decay is not None:
+            raise ValueError(
+                "Give `lr_mult` or `lr_decay`, not both. "
+                f"Received: lr_mult={self.lr_mult}, lr_decay={self.lr_decay}."
+            )
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"`patience` must be >= 1. Received: patience={self.patience!r}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(
+                "`label_smoothing` must be in [0, 1). "
+                f"Received: label_smoothing={self.label_smoothing!r}."
+            )
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"`warmup` must be in [0, 1). Received: warmup={self.warmup!r}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"`schedule` must be one of {SCHEDULES}. Received: schedule={self.schedule!r}."
+            )
 
 
 class FineTuner:
-    """Runs `Stage`s on a `TransferModel`, caching backbone features for head stages.
+    """Runs `Stage`s on a `TransferModel`, caching frozen layers' outputs.
 
     Args:
         model: a classification `TransferModel` (built inside `strategy.scope()`).
         strategy: the tf.distribute strategy (default: the model's).
-        cache_features: train head-only stages on cached pooled features.
-        metrics: Keras metrics to track.
-        verbose: passed to `fit`.
+        cache_features: None (default): cache whenever a stage's lower layers
+            are frozen and there is no augmentation; True: the same, but an
+            augmentation is an error; False: never.
+        augmentation: a Keras layer applied to training inputs only
+            (`training=True`), inside the input pipeline: never part of the
+            model, so never in an export.
+        cache_memory_mb: cached features kept in memory up to this size,
+            written to `cache_dir` (or a temporary folder) beyond it.
+        cache_dir: where features beyond the memory bound go.
+        class_weight: None, `"balanced"` (inverse class frequency in
+            `train`), or a `{class: weight}` dict.
+        metrics: Keras metrics; `"balanced_accuracy"` adds `BalancedAccuracy`.
+        monitor: the logged value that picks the best epoch (default
+            `val_loss`, or `loss` without validation data).
+        restore_best: end with the best epoch's weights over all stages
+            (when the monitored value is a validation one).
+        run_dir: write history, best checkpoint, TensorBoard logs, plots and
+            `report.md` there (see `kerastl.run_directory`); None: nothing.
+        callbacks: further Keras callbacks for every stage.
+        verbose: passed to `fit`; 0 also silences caching progress.
 
     Example:
-        >>> tuner = kerastl.FineTuner(model)
+        >>> tuner = kerastl.FineTuner(model, metrics=("accuracy", "balanced_accuracy"),
+        ...                           run_dir="runs/elpv")
         >>> history = tuner.fit(train_ds, val_ds, stages=[kerastl.Stage(3),
         ...                     kerastl.Stage(5, train="block6", lr=1e-4, lr_mult=10)])
     """
@@ -98,31 +155,65 @@ class FineTuner:
         model: keras.Model,
         *,
         strategy=None,
-        cache_features: bool = True,
+        cache_features: bool | None = None,
+        augmentation: keras.layers.Layer | None = None,
+        cache_memory_mb: float = 1024,
+        cache_dir: str | os.PathLike | None = None,
+        class_weight: str | dict | None = None,
         metrics: tuple = ("accuracy",),
+        monitor: str | None = None,
+        restore_best: bool = True,
+        run_dir: str | os.PathLike | None = None,
+        callbacks: tuple = (),
         verbose: str | int = "auto",
     ):
         if not hasattr(model, "head_layer"):
             raise TypeError(f"FineTuner needs a kerastl.TransferModel. Received: model={model!r}.")
+        if cache_features and augmentation is not None:
+            raise ValueError(
+                "Cannot cache features with augmentation: the cached features would hold one "
+                "random augmentation of each input, replayed every epoch, instead of a new one. "
+                "Pass cache_features=None (cache only without augmentation) or False. "
+                f"Received: cache_features=True, augmentation={augmentation!r}."
+            )
+        if not (class_weight in (None, "balanced") or isinstance(class_weight, dict)):
+            raise ValueError(
+                "`class_weight` must be None, 'balanced' or a dict. "
+                f"Received: class_weight={class_weight!r}."
+            )
         self.model = model
         self.strategy = strategy or model.distribute_strategy
-        self.cache_features = cache_features
+        self.cache_features = cache_features is not False and augmentation is None
+        self.augmentation = augmentation
+        self.cache_memory_mb = cache_memory_mb
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
+        self.class_weight = class_weight
         self.metrics = tuple(metrics)
+        self.monitor = monitor
+        self.restore_best = restore_best
+        self.run_dir = os.fspath(run_dir) if run_dir is not None else None
+        self.callbacks = tuple(callbacks)
         self.verbose = verbose
         self.stage_starts: list[int] = []
-        self._cached = None
+        self.stage_summaries: list[dict] = []
+        self.recorder: run_directory.RunRecorder | None = None
+        self._caches: dict = {}
+        if self.verbose and augmentation is not None and cache_features is None:
+            print("kerastl: not caching features: the training inputs are augmented.")
 
     def fit(self, train, validation=None, *, stages) -> keras.callbacks.History:
         """Trains stage after stage; epochs are numbered across stages.
 
         Args:
-            train: a batched `tf.data.Dataset` of `(inputs, integer labels)`,
-                in a fixed order per epoch if features are cached.
+            train: a batched `tf.data.Dataset` of `(inputs, integer labels)`.
+                Cached stages replay the order of its first pass every epoch.
             validation: the same for validation, or None.
             stages: the `Stage`s, in order.
 
         Returns:
-            A `History` over all stages; `stage_starts` holds each stage's first epoch.
+            A `History` over all stages; `stage_starts` holds each stage's
+            first epoch. With `restore_best`, the model ends with the best
+            epoch's weights (`tuner.recorder.best_epoch`).
         """
         stages = list(stages)
         if not stages or not all(isinstance(stage, Stage) for stage in stages):
@@ -133,61 +224,184 @@ class FineTuner:
             raise ValueError(
                 "Early stopping (`patience`) needs validation data. Received: validation=None."
             )
+        for stage in stages:
+            _granularity(self.model, stage.train)  # unknown groups fail before any training
+        monitor = self.monitor or ("val_loss" if validation is not None else "loss")
+        if self.run_dir:
+            os.makedirs(self.run_dir, exist_ok=True)
+        self.recorder = run_directory.RunRecorder(self.model, self.run_dir, monitor)
+        class_weight = self._class_weight(train)
+        if self.augmentation is not None:
+            train = _augmented(train, self.augmentation)
         history = keras.callbacks.History()
         history.history, history.epoch = {}, []
         epoch = 0
-        for stage in stages:
+        for number, stage in enumerate(stages, start=1):
             self.stage_starts.append(epoch)
-            result = self._run(stage, train, validation, epoch)
+            self.recorder.stage = f"{number}:{stage.train}"
+            started = time.perf_counter()
+            result, cached = self._run(stage, train, validation, epoch, class_weight)
+            self.stage_summaries.append(
+                {
+                    "stage": self.recorder.stage,
+                    "epochs": len(result.epoch),
+                    "lr": stage.lr,
+                    "rates": _rate_rule(stage),
+                    "cached": cached or "no",
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            )
             for key, values in result.history.items():
                 history.history.setdefault(key, []).extend(values)
             history.epoch.extend(range(epoch, epoch + len(result.epoch)))
             epoch += len(result.epoch)
         history.stage_starts = list(self.stage_starts)
+        restore = self.restore_best and monitor.startswith("val_")
+        if restore and self.recorder.restore_best() and self.verbose:
+            print(
+                f"kerastl: restored epoch {self.recorder.best_epoch} "
+                f"({monitor} = {self.recorder.best:.4f})."
+            )
         return history
 
-    def _run(self, stage: Stage, train, validation, first_epoch: int):
+    def _run(self, stage: Stage, train, validation, first_epoch: int, class_weight):
         model = self.model
-        callbacks = []
+        callbacks = [self.recorder, *self.callbacks]
         if stage.patience:
             callbacks.append(
                 keras.callbacks.EarlyStopping(patience=stage.patience, restore_best_weights=True)
             )
+        if self.run_dir:
+            callbacks.append(
+                keras.callbacks.TensorBoard(os.path.join(self.run_dir, "logs"), write_graph=False)
+            )
+        granularity = _granularity(model, stage.train)
+        steps = int(train.cardinality()) * stage.epochs
         with self.strategy.scope():
-            _set_what_trains(model, stage)
-            model.compile(_optimizer(model, stage), _loss(stage), metrics=list(self.metrics))
-            cached = stage.train == HEAD and self.cache_features
+            _set_what_trains(model, stage, granularity)
+            split = None
             target = model
-            if cached:
-                target = self._head_model()
-                target.compile(_optimizer(model, stage), _loss(stage), metrics=list(self.metrics))
-        if cached:
-            train, validation = self._features(train, validation)
-        return target.fit(
+            if self.cache_features and stage.train != ALL:
+                split = split_model(model, stage.train, granularity)
+                target = split.trainer
+            for compiled in {id(model): model, id(target): target}.values():
+                compiled.compile(
+                    _optimizer(model, stage, steps), _loss(stage), metrics=self._metric_objects()
+                )
+        if split is not None:
+            if split.note and self.verbose:
+                print(f"kerastl: caching {split.boundary}: {split.note}.")
+            train, validation = self._cached(split, train, validation)
+        result = target.fit(
             train,
             validation_data=validation,
             initial_epoch=first_epoch,
             epochs=first_epoch + stage.epochs,
             callbacks=callbacks,
+            class_weight=class_weight,
             verbose=self.verbose,
         )
+        return result, split.boundary if split is not None else None
 
-    def _head_model(self) -> keras.Model:
-        """The trainable head (dropout, dense) on pooled features, sharing its layers."""
-        model = self.model
-        features = keras.Input(shape=model.pooling_layer.output.shape[1:], name="features")
-        outputs = model.head_layer(model.dropout_layer(features))
-        return keras.Model(features, outputs, name=f"{model.name}_head")
+    def _cached(self, split, train, validation):
+        """Both datasets through the split's extractor, once per boundary."""
+        if split.boundary not in self._caches:
+            if self.verbose:
+                print(f"kerastl: caching {split.boundary} (once) ...")
+            caches = []
+            for name, data in (("train", train), ("validation", validation)):
+                directory = (
+                    os.path.join(self.cache_dir, _slug(split.boundary), name)
+                    if self.cache_dir
+                    else None
+                )
+                caches.append(
+                    FeatureCache(
+                        split.extractor,
+                        data,
+                        memory_limit_mb=self.cache_memory_mb,
+                        directory=directory,
+                        verbose=bool(self.verbose),
+                    )
+                    if data is not None
+                    else None
+                )
+            self._caches[split.boundary] = caches
+        return tuple(cache.dataset() if cache else None for cache in self._caches[split.boundary])
 
-    def _features(self, train, validation):
-        """Pooled backbone features of both datasets, computed once and batched as before."""
-        if self._cached is None:
-            extractor = keras.Model(self.model.inputs, self.model.pooling_layer.output)
-            self._cached = tuple(
-                _extract(extractor, data) if data is not None else None
-                for data in (train, validation)
+    def _metric_objects(self) -> list:
+        return [
+            BalancedAccuracy(self.model.num_classes) if metric == "balanced_accuracy" else metric
+            for metric in self.metrics
+        ]
+
+    def _class_weight(self, train) -> dict | None:
+        if self.class_weight != "balanced":
+            return self.class_weight
+        counts = np.zeros(self.model.num_classes, np.int64)
+        for batch in train:
+            np.add.at(counts, np.asarray(batch[1]).reshape(-1), 1)
+        present = counts > 0
+        weights = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
+        return {index: float(weight) for index, weight in enumerate(weights)}
+
+    def write_report(
+        self,
+        validation=None,
+        *,
+        title: str = "Fine-tuning run",
+        extra_sections: tuple[str, ...] = (),
+        save_model: bool = True,
+    ) -> str:
+        """Writes the plots, the final model and `report.md` into `run_dir`.
+
+        Args:
+            validation: the validation dataset, for the confusion matrix.
+            title: the report's heading.
+            extra_sections: further Markdown sections.
+            save_model: also save the model as `model.keras`.
+
+        Returns:
+            The path of `report.md`.
+
+        Example:
+            >>> tuner.fit(train_ds, val_ds, stages=stages)
+            >>> print(open(tuner.write_report(val_ds)).read())
+        """
+        from kerastl.plots import plot_confusion_matrix, plot_learning_curves
+
+        if not self.run_dir or self.recorder is None or not self.recorder.rows:
+            raise ValueError("`write_report` needs a FineTuner with `run_dir` after `fit`.")
+        history: dict[str, list[float]] = {}
+        for row in self.recorder.rows:
+            for key, value in row.items():
+                if key not in ("epoch", "stage"):
+                    history.setdefault(key, []).append(value)
+        lengths = {len(values) for values in history.values()}
+        if len(lengths) == 1:
+            plot_learning_curves(
+                history,
+                self.stage_starts,
+                [s["stage"] for s in self.stage_summaries],
+                os.path.join(self.run_dir, run_directory.CURVES),
             )
-        return self._cached
+        matrix = None
+        names = self.model.class_names or [str(i) for i in range(self.model.num_classes)]
+        if validation is not None and self.model.task == "classification":
+            matrix = run_directory.confusion_matrix(self.model, validation, self.model.num_classes)
+            path = os.path.join(self.run_dir, run_directory.CONFUSION)
+            plot_confusion_matrix(matrix, names, path)
+        if save_model:
+            self.model.save(os.path.join(self.run_dir, "model.keras"))
+        return run_directory.write_report(
+            self.run_dir,
+            title=title,
+            stages=self.stage_summaries,
+            recorder=self.recorder,
+            matrix=matrix,
+            class_names=names,
+            extra_sections=extra_sections,
+        )
 
 
 def fine_tune(
@@ -230,16 +444,53 @@ def fine_tune(
     return FineTuner(model).fit(train, validation, stages=stages)
 
 
-def _set_what_trains(model, stage: Stage) -> None:
+def _granularity(model, group: str) -> str:
+    """`coarse` or `fine`: which kind of group `group` names."""
+    if group in (HEAD, ALL):
+        return "coarse"
+    coarse = list(layer_groups(model))
+    if group in coarse:
+        return "coarse"
+    fine = list(layer_groups(model, "fine"))
+    if group in fine:
+        return "fine"
+    raise ValueError(
+        f"Unknown layer group {group!r}. Valid groups: 'head', 'all', {coarse} "
+        f"or fine groups {fine}. Received: train={group!r}."
+    )
+
+
+def _set_what_trains(model, stage: Stage, granularity: str) -> None:
     if stage.train == HEAD:
         freeze(model, train_bn=stage.train_bn, recompile=False)
     elif stage.train == ALL:
         unfreeze(model, train_bn=stage.train_bn, recompile=False)
     else:
-        freeze_to(model, stage.train, train_bn=stage.train_bn, recompile=False)
+        freeze_to(
+            model, stage.train, train_bn=stage.train_bn, granularity=granularity, recompile=False
+        )
 
 
-def _optimizer(model, stage: Stage):
+def _rate_rule(stage: Stage) -> str:
+    if stage.train == HEAD:
+        return "one"
+    if stage.lr_mult:
+        return f"spread x{stage.lr_mult:g}"
+    if stage.lr_decay:
+        return f"decay {stage.lr_decay:g}"
+    return "one"
+
+
+def _optimizer(model, stage: Stage, steps: int):
+    schedule = None
+    if stage.warmup or stage.schedule == "cosine":
+        if steps <= 0:
+            raise ValueError(
+                "A warm-up or cosine schedule needs a training dataset of known length. "
+                f"Received: cardinality {steps // stage.epochs}."
+            )
+        alpha = 1.0 if stage.schedule == "constant" else 0.0  # CosineDecay alpha=1 is constant
+        schedule = warmup_cosine(steps, int(stage.warmup * steps), alpha=alpha)
     options = {"weight_decay": stage.weight_decay} if stage.weight_decay else {}
     if stage.optimizer == "sgd":
         template = keras.optimizers.SGD(stage.lr, momentum=0.9, **options)
@@ -247,8 +498,17 @@ def _optimizer(model, stage: Stage):
         template = keras.optimizers.AdamW(stage.lr, **{"weight_decay": 0.004, **options})
     else:
         template = keras.optimizers.Adam(stage.lr, **options)
-    if stage.lr_mult and stage.train != HEAD:
-        return discriminative_optimizer(model, stage.lr, lr_mult=stage.lr_mult, optimizer=template)
+    if stage.train != HEAD and (stage.lr_mult or stage.lr_decay):
+        return discriminative_optimizer(
+            model,
+            stage.lr,
+            lr_mult=stage.lr_mult,
+            decay=stage.lr_decay,
+            optimizer=template,
+            schedule=schedule,
+        )
+    if schedule is not None:
+        template.learning_rate = schedule(stage.lr)
     return template
 
 
@@ -258,20 +518,14 @@ def _loss(stage: Stage):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _extract(extractor: keras.Model, dataset):
-    """Runs `extractor` over `dataset` once, keeping each batch's size and order."""
+def _augmented(dataset, augmentation):
     import tensorflow as tf
 
-    features, labels, sizes = [], [], []
-    for inputs, targets in dataset:
-        features.append(np.asarray(extractor(inputs, training=False)))
-        labels.append(np.asarray(targets))
-        sizes.append(len(labels[-1]))
-    if not sizes:
-        raise ValueError("Cannot cache features of an empty dataset.")
-    if len(set(sizes[:-1])) > 1:
-        raise ValueError(
-            f"Batches of varying size cannot be cached in order. Received sizes: {sizes}."
-        )
-    cached = tf.data.Dataset.from_tensor_slices((np.concatenate(features), np.concatenate(labels)))
-    return cached.batch(sizes[0]).cache().prefetch(tf.data.AUTOTUNE)
+    def augment(inputs, *rest):
+        return (augmentation(inputs, training=True), *rest)
+
+    return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)

@@ -10,7 +10,7 @@ import keras
 
 from kerastl._validation import check_positive_int
 from kerastl.backbones.factory import DEFAULT, create_backbone
-from kerastl.backbones.registry import find_spec
+from kerastl.backbones.registry import find_spec, find_spec_by_class
 from kerastl.backbones.spec import TEXT
 from kerastl.distribute.keras_fixes import apply_keras_fixes
 from kerastl.distribute.strategies import check_model_in_scope
@@ -88,7 +88,10 @@ class TransferModel(keras.Model):
                 "`backbone` must be a registry name or a keras.Model. "
                 f"Received: backbone={backbone!r}."
             )
-        spec = find_spec(backbone_name or backbone.name)
+        # A KerasHub backbone built directly (not from the registry) gets its family's rules.
+        spec = find_spec(backbone_name or backbone.name) or find_spec_by_class(
+            type(backbone).__name__
+        )
         modality = spec.modality if spec is not None else _guess_modality(backbone)
         tokens = modality != TEXT and len(backbone.output_shape) == 3
         pooling = pooling or ("cls" if modality == TEXT or tokens else "avg")
@@ -117,14 +120,13 @@ class TransferModel(keras.Model):
                 for key in _text_input_names(backbone)
             }
             features = backbone(inputs)
-            x = self.pooling_layer(_text_pooling_inputs(features, inputs, pooling))
+            pooled = _pool(self.pooling_layer, features, inputs["padding_mask"], pooling)
         else:
             shape = tuple(input_shape) if input_shape is not None else backbone.input_shape[1:]
             inputs = keras.Input(shape=shape, name="image")
-            x = backbone(self.preprocessing_layer(inputs))
-            x = self.pooling_layer({"sequence": x} if tokens and pooling == "cls" else x)
-        x = self.dropout_layer(x)
-        outputs = self.head_layer(x)
+            features = backbone(self.preprocessing_layer(inputs))
+            pooled = _pool(self.pooling_layer, features, None, pooling, tokens)
+        outputs = self.head_layer(self.dropout_layer(pooled))
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -147,6 +149,29 @@ class TransferModel(keras.Model):
         apply_keras_fixes()
         check_model_in_scope(self, self.distribute_strategy)
         return super().fit(*args, **kwargs)
+
+    def classify(self, features, padding_mask=None):
+        """Applies the model's own pooling, dropout and head to backbone outputs.
+
+        The layers are shared with the model, so a model built on this output
+        (e.g. on cached backbone features) trains the same head weights.
+
+        Args:
+            features: backbone outputs (a tensor, or KerasHub's output dict).
+            padding_mask: the token mask, for text backbones.
+
+        Returns:
+            The head's outputs (logits).
+
+        Example:
+            >>> inputs = keras.Input((7, 7, 1280))
+            >>> head_only = keras.Model(inputs, model.classify(inputs))
+        """
+        if self.modality == TEXT and padding_mask is None:
+            raise ValueError("A text model's head needs the `padding_mask` of its tokens.")
+        tokens = self.modality != TEXT and len(self.backbone.output_shape) == 3
+        pooled = _pool(self.pooling_layer, features, padding_mask, self.pooling, tokens)
+        return self.head_layer(self.dropout_layer(pooled))
 
     @property
     def group_rules(self) -> GroupRules | None:
@@ -252,7 +277,13 @@ def _text_input_names(backbone) -> list[str]:
     )
 
 
-def _text_pooling_inputs(features, inputs, pooling):
+def _pool(layer, features, padding_mask, pooling: str, tokens: bool = False):
+    if padding_mask is not None:
+        return layer(_text_pooling_inputs(features, padding_mask, pooling))
+    return layer({"sequence": features} if tokens and pooling == "cls" else features)
+
+
+def _text_pooling_inputs(features, padding_mask, pooling):
     if isinstance(features, dict):
         if pooling == "pooled":
             if "pooled_output" not in features:
@@ -264,7 +295,7 @@ def _text_pooling_inputs(features, inputs, pooling):
         features = features["sequence_output"]
     elif pooling == "pooled":
         raise ValueError("`pooling='pooled'` needs a backbone with a pooler (e.g. BERT).")
-    return {"sequence": features, "mask": inputs["padding_mask"]}
+    return {"sequence": features, "mask": padding_mask}
 
 
 def _guess_modality(backbone) -> str:

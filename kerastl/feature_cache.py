@@ -1,0 +1,281 @@
+"""Backbone features computed once, for stages whose lower layers are frozen.
+
+A stage that trains only the head, or only the top groups, spends most of
+its time recomputing the frozen layers below. `split_model` cuts a
+`TransferModel` where the frozen part ends: an *extractor* (raw inputs →
+the tensors crossing the boundary) and a *trainer* (those tensors → logits)
+that shares the model's upper layers, so training the trainer trains the
+model. `cache_features` runs the extractor once over a dataset and replays
+the result batch by batch, in memory up to a bound and on disk beyond it.
+
+The frozen part always runs in inference mode when cached: BatchNorm
+already does so when frozen; Dropout inside frozen layers (Keras applies it
+even to frozen layers) is off, as it should be for a fixed feature extractor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+from kerastl.backbones.spec import TEXT
+from kerastl.groups import layer_groups
+
+HEAD = "head"
+
+
+class CacheRefused(ValueError):
+    """The model cannot be split for caching at the requested group."""
+
+
+@dataclasses.dataclass
+class Split:
+    """A model cut at a frozen boundary.
+
+    Args:
+        extractor: raw model inputs → the frozen part's outputs (a list).
+        trainer: those outputs → the model's logits, sharing the model's layers.
+        boundary: where the cut is (`"pooled features"` or a group name).
+        note: why the cached path may differ from the uncached one, or "".
+    """
+
+    extractor: keras.Model
+    trainer: keras.Model
+    boundary: str
+    note: str = ""
+
+
+def split_model(model, first_trained: str, granularity: str = "coarse") -> Split:
+    """Cuts `model` before the group `first_trained` (or before the head).
+
+    Args:
+        model: a `TransferModel`.
+        first_trained: `"head"` or the first training group's name.
+        granularity: the groups `first_trained` names.
+
+    Returns:
+        A `Split`.
+
+    Raises:
+        CacheRefused: the cut cannot carry what the upper part needs.
+
+    Example:
+        >>> split = split_model(model, "block6")
+        >>> split.trainer.fit(cache_features(split.extractor, train_ds), epochs=3)
+    """
+    backbone = model.backbone
+    upper = _upper_operations(model, first_trained, granularity)
+    upper_backbone = [op for op in backbone._operations if id(op) in upper]
+    if first_trained == HEAD or not upper_backbone:
+        return _head_split(model)
+    cut = _cut_tensors(backbone, upper)
+    lower = keras.Model(backbone.input, cut, name=f"{model.name}_frozen")
+    top = keras.Model(cut, backbone.output, name=f"{model.name}_top")
+    if model.modality == TEXT:
+        inputs = model.input
+        frozen = lower({name: inputs[name] for name in backbone.input})
+        mask_at = [i for i, tensor in enumerate(cut) if tensor is backbone.input["padding_mask"]]
+        if not mask_at:
+            raise CacheRefused(
+                f"Cannot cache below {first_trained!r}: the frozen part's outputs do not "
+                "carry the padding mask the upper layers and the pooling need."
+            )
+    else:
+        frozen = lower(model.preprocessing_layer(model.inputs[0]))
+        mask_at = []
+    extractor = keras.Model(model.input, frozen, name=f"{model.name}_extractor")
+    cut_inputs = [
+        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=f"frozen_{i}")
+        for i, tensor in enumerate(cut)
+    ]
+    features = top(cut_inputs)
+    logits = model.classify(features, cut_inputs[mask_at[0]] if mask_at else None)
+    trainer = keras.Model(cut_inputs, logits, name=f"{model.name}_from_{first_trained}")
+    lower_ops = [op for op in backbone._operations if id(op) not in upper]
+    return Split(extractor, trainer, first_trained, _stochastic_note(lower_ops))
+
+
+def _head_split(model) -> Split:
+    features = model.pooling_layer.output
+    extractor = keras.Model(model.input, [features], name=f"{model.name}_extractor")
+    cut_input = keras.Input(shape=features.shape[1:], dtype=features.dtype, name="features")
+    logits = model.head_layer(model.dropout_layer(cut_input))
+    trainer = keras.Model([cut_input], logits, name=f"{model.name}_head")
+    return Split(extractor, trainer, "pooled features", _stochastic_note(model.backbone.layers))
+
+
+def _upper_operations(model, first_trained: str, granularity: str) -> set[int]:
+    groups = layer_groups(model, granularity)
+    names = list(groups)
+    if first_trained != HEAD and first_trained not in names:
+        raise ValueError(
+            f"Unknown layer group {first_trained!r}. Valid groups ({granularity}): {names}."
+        )
+    start = names.index(first_trained) if first_trained != HEAD else len(names) - 1
+    return {
+        id(op)
+        for name in names[start:]
+        for op in groups[name]
+        if not isinstance(op, keras.layers.InputLayer)
+    }
+
+
+def _cut_tensors(backbone, upper: set[int]) -> list:
+    """Tensors made below the boundary and used above it (or as backbone outputs)."""
+    own_nodes = backbone._nodes
+    cut: list = []
+
+    def add(tensor):
+        if id(tensor._keras_history.operation) not in upper and all(t is not tensor for t in cut):
+            cut.append(tensor)
+
+    for op in backbone._operations:
+        if id(op) not in upper:
+            continue
+        for index, node in enumerate(op._inbound_nodes):
+            if f"{id(op)}_ib-{index}" in own_nodes:
+                for tensor in node.input_tensors:
+                    add(tensor)
+    for tensor in keras.tree.flatten(backbone.output):
+        add(tensor)
+    return cut
+
+
+def _stochastic_note(layers) -> str:
+    noisy = [
+        layer.name
+        for layer in layers
+        if isinstance(
+            layer,
+            keras.layers.Dropout | keras.layers.GaussianNoise | keras.layers.GaussianDropout,
+        )
+        and getattr(layer, "rate", getattr(layer, "stddev", 0))
+    ]
+    if not noisy:
+        return ""
+    return (
+        f"the frozen part has {len(noisy)} dropout/noise layers ({', '.join(noisy[:3])}...), "
+        "off when cached (a fixed feature extractor) and on in Keras's uncached path"
+    )
+
+
+class FeatureCache:
+    """The frozen part's outputs for every batch of a dataset, computed once.
+
+    Kept in memory up to `memory_limit_mb`; beyond it every batch is written
+    to `directory` (a temporary folder when None) and read back from there.
+    Batch sizes, order and shapes are kept exactly (text batches padded to
+    their own length stay so).
+
+    Args:
+        extractor: the `Split.extractor`.
+        dataset: batches of `(inputs, labels)` or `(inputs, labels, weights)`.
+        memory_limit_mb: the in-memory bound.
+        directory: where to spill beyond the bound.
+        verbose: show a progress bar.
+
+    Example:
+        >>> cache = FeatureCache(split.extractor, train_ds)
+        >>> split.trainer.fit(cache.dataset(), epochs=5)
+    """
+
+    def __init__(
+        self,
+        extractor: keras.Model,
+        dataset,
+        *,
+        memory_limit_mb: float = 1024,
+        directory: str | os.PathLike | None = None,
+        verbose: bool = True,
+    ):
+        import tensorflow as tf
+
+        if not memory_limit_mb >= 0:
+            raise ValueError(
+                f"`memory_limit_mb` must be >= 0. Received: memory_limit_mb={memory_limit_mb!r}."
+            )
+        self._memory: list = []
+        self._files: list[str] = []
+        self._directory = directory
+        self._temporary = None
+        self._layout: list = []
+        self._num_features = 0
+        self.nbytes = 0
+        run = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+        total = int(dataset.cardinality())
+        progress = keras.utils.Progbar(total if total > 0 else None, unit_name="batch")
+        for step, batch in enumerate(dataset):
+            inputs, rest = batch[0], tuple(np.asarray(part) for part in batch[1:])
+            features = tuple(np.asarray(array) for array in keras.tree.flatten(run(inputs)))
+            self._store((features, *rest), memory_limit_mb * 2**20)
+            if verbose:
+                progress.update(step + 1)
+        if not self._memory and not self._files:
+            raise ValueError("Cannot cache features of an empty dataset.")
+        self.in_memory = not self._files
+
+    @property
+    def num_batches(self) -> int:
+        return len(self._memory) + len(self._files)
+
+    def _store(self, element: tuple, limit_bytes: float) -> None:
+        flat = [*element[0], *element[1:]]
+        if not self._layout:
+            self._num_features = len(element[0])
+            self._layout = [(part.shape, part.dtype) for part in flat]
+        self.nbytes += sum(part.nbytes for part in flat)
+        if self._files or self.nbytes > limit_bytes:
+            for pending in self._memory:
+                self._write(pending)
+            self._memory = []
+            self._write(flat)
+        else:
+            self._memory.append(flat)
+
+    def _write(self, flat: list) -> None:
+        if self._directory is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="kerastl-features-")
+            self._directory = self._temporary.name
+        os.makedirs(self._directory, exist_ok=True)
+        path = os.path.join(self._directory, f"batch-{len(self._files):06d}.npy")
+        with open(path, "wb") as file:
+            for part in flat:
+                np.save(file, part)
+        self._files.append(path)
+
+    def _flat_batches(self):
+        yield from self._memory
+        for path in self._files:
+            with open(path, "rb") as file:
+                yield [np.load(file) for _ in self._layout]
+
+    def _elements(self):
+        for flat in self._flat_batches():
+            yield (tuple(flat[: self._num_features]), *flat[self._num_features :])
+
+    def dataset(self):
+        """The cached batches as a `tf.data.Dataset`, in the original order.
+
+        Returns:
+            A dataset of `((features...), labels[, weights])` batches.
+        """
+        import tensorflow as tf
+
+        specs = [_spec(part) for part in self._layout]
+        signature = (tuple(specs[: self._num_features]), *specs[self._num_features :])
+        dataset = tf.data.Dataset.from_generator(self._elements, output_signature=signature)
+        return dataset.apply(tf.data.experimental.assert_cardinality(self.num_batches)).prefetch(
+            tf.data.AUTOTUNE
+        )
+
+
+def _spec(layout):
+    """A TensorSpec that fixes only the last dimension (batch and length vary)."""
+    import tensorflow as tf
+
+    shape, dtype = layout
+    return tf.TensorSpec((None,) * (len(shape) - 1) + tuple(shape[-1:]), dtype)

@@ -1,0 +1,99 @@
+"""PNG figures of a run: learning curves with stage boundaries, confusion matrix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(
+    history: dict[str, list[float]],
+    stage_starts: Sequence[int],
+    stage_names: Sequence[str],
+    path: str | os.PathLike,
+) -> str:
+    """Loss and each metric per epoch (train and validation), stages marked.
+
+    Args:
+        history: Keras `History.history` (`loss`, `val_loss`, metrics...).
+        stage_starts: the first epoch of each stage.
+        stage_names: a label per stage.
+        path: the PNG to write.
+
+    Returns:
+        `path` as a string.
+
+    Example:
+        >>> plot_learning_curves(history.history, [0, 3], ["head", "block6"], "curves.png")
+    """
+    plt = _pyplot()
+    names = [key for key in history if not key.startswith("val_") and key != "learning_rate"]
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    epochs = np.arange(1, len(history[names[0]]) + 1)
+    for axis, name in zip(axes[0], names, strict=True):
+        axis.plot(epochs, history[name], marker=".", label="train")
+        if f"val_{name}" in history:
+            axis.plot(epochs, history[f"val_{name}"], marker=".", label="validation")
+        for start, label in zip(stage_starts, stage_names, strict=True):
+            axis.axvline(start + 0.5, color="grey", linestyle="--", linewidth=0.8)
+            axis.annotate(
+                label,
+                (start + 0.55, 1.0),
+                xycoords=("data", "axes fraction"),
+                va="top",
+                fontsize=8,
+                color="grey",
+            )
+        axis.set_xlabel("epoch")
+        axis.set_title(name)
+        axis.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return os.fspath(path)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike
+) -> str:
+    """The confusion matrix (rows: true class, columns: predicted), with counts.
+
+    Args:
+        matrix: `[num_classes, num_classes]` counts.
+        class_names: a name per class.
+        path: the PNG to write.
+
+    Returns:
+        `path` as a string.
+
+    Example:
+        >>> plot_confusion_matrix(np.array([[50, 3], [7, 20]]), ["ok", "defect"], "cm.png")
+    """
+    plt = _pyplot()
+    size = max(3.5, 0.5 * len(class_names) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), count in np.ndenumerate(matrix):
+        color = "white" if count > threshold else "black"
+        axis.text(column, row, str(int(count)), ha="center", va="center", color=color)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return os.fspath(path)

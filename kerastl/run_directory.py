@@ -1,0 +1,188 @@
+"""A fine-tuning run's directory: history, best checkpoint, plots and `report.md`.
+
+Files are written as the run goes (nothing is lost if it stops): the CSV
+history after every epoch, the best weights whenever the monitored value
+improves, TensorBoard logs under `logs/`; the plots, the final model and
+the report at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+HISTORY = "history.csv"
+BEST_WEIGHTS = "best.weights.h5"
+CURVES = "learning_curves.png"
+CONFUSION = "confusion_matrix.png"
+REPORT = "report.md"
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Records every epoch of every stage and keeps the best weights.
+
+    The callback is given the full model: in cached stages Keras trains a
+    smaller model that shares its layers, and the checkpoint must be the
+    whole model's.
+
+    Args:
+        model: the model whose weights are checkpointed and restored.
+        directory: where `history.csv` and `best.weights.h5` go (None: nowhere).
+        monitor: the logged value that picks the best epoch.
+    """
+
+    def __init__(self, model: keras.Model, directory: str | None, monitor: str):
+        super().__init__()
+        self.full_model = model
+        self.directory = directory
+        self.monitor = monitor
+        self.lower_is_better = monitor.endswith("loss")
+        self.rows: list[dict] = []
+        self.stage = ""
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self._best_weights: list | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {key: float(value) for key, value in (logs or {}).items()}
+        self.rows.append({"epoch": epoch + 1, "stage": self.stage, **logs})
+        if self.directory:
+            _write_history(self.rows, os.path.join(self.directory, HISTORY))
+        value = logs.get(self.monitor)
+        if value is None or not np.isfinite(value):
+            return
+        if self.best is None or (value < self.best if self.lower_is_better else value > self.best):
+            self.best, self.best_epoch = value, epoch + 1
+            self._best_weights = [np.array(w) for w in self.full_model.weights]
+            if self.directory:
+                path = os.path.join(self.directory, BEST_WEIGHTS)
+                self.full_model.save_weights(path + ".tmp.weights.h5")
+                os.replace(path + ".tmp.weights.h5", path)
+
+    def restore_best(self) -> bool:
+        """Puts the best epoch's weights back into the model; False if none was seen."""
+        if self._best_weights is None:
+            return False
+        for variable, value in zip(self.full_model.weights, self._best_weights, strict=True):
+            variable.assign(value)
+        return True
+
+
+def _write_history(rows: list[dict], path: str) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    with open(path + ".tmp", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + ".tmp", path)
+
+
+def confusion_matrix(model: keras.Model, dataset, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class) over a labelled dataset.
+
+    Args:
+        model: a classifier producing logits or probabilities.
+        dataset: batches of `(inputs, labels)`.
+        num_classes: the number of classes.
+
+    Returns:
+        An integer `[num_classes, num_classes]` matrix, rows the true class.
+
+    Example:
+        >>> confusion_matrix(model, val_ds, 2)
+        array([[440,  11], [ 38, 167]])
+    """
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    for batch in dataset:
+        predicted = np.argmax(np.asarray(model.predict_on_batch(batch[0])), axis=-1)
+        np.add.at(matrix, (np.asarray(batch[1]).reshape(-1), predicted), 1)
+    return matrix
+
+
+def balanced_accuracy(matrix: np.ndarray) -> float:
+    """Mean recall over the classes that occur (rows with a non-zero count)."""
+    support = matrix.sum(axis=1)
+    present = support > 0
+    return float(np.mean(np.diag(matrix)[present] / support[present]))
+
+
+def write_report(
+    directory: str,
+    *,
+    title: str,
+    stages: Sequence[dict],
+    recorder: RunRecorder,
+    matrix: np.ndarray | None,
+    class_names: Sequence[str] | None,
+    extra_sections: Sequence[str] = (),
+) -> str:
+    """Writes `report.md`: stages, best epoch, final validation scores, figures.
+
+    Args:
+        directory: the run directory.
+        title: the report's heading.
+        stages: one dict per stage (`stage`, `epochs`, `seconds`, `cached`, ...).
+        recorder: the run's `RunRecorder`.
+        matrix: the validation confusion matrix, or None.
+        class_names: class names for the matrix.
+        extra_sections: further Markdown sections (data report, transfer report).
+
+    Returns:
+        The report's path.
+    """
+    lines = [f"# {title}", "", "## Stages", ""]
+    columns = list(stages[0]) if stages else []
+    lines += ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in stages]
+    lines += ["", "## Result", ""]
+    if recorder.best_epoch is not None:
+        best = f"{recorder.monitor} = {recorder.best:.4f}"
+        lines.append(f"- best epoch: {recorder.best_epoch} ({best})")
+    if recorder.rows:
+        final = {k: v for k, v in recorder.rows[-1].items() if k.startswith("val_")}
+        lines.append("- last epoch: " + ", ".join(f"{k} = {v:.4f}" for k, v in final.items()))
+    if matrix is not None:
+        names = list(class_names or range(len(matrix)))
+        lines += [
+            f"- validation balanced accuracy (model as saved): {balanced_accuracy(matrix):.4f}",
+            f"- validation accuracy (model as saved): {np.trace(matrix) / matrix.sum():.4f}",
+            "",
+            "Confusion matrix (rows: true, columns: predicted):",
+            "",
+            "| | " + " | ".join(map(str, names)) + " |",
+            "|" + " --- |" * (len(names) + 1),
+        ]
+        lines += [
+            f"| {name} | " + " | ".join(str(int(c)) for c in row) + " |"
+            for name, row in zip(names, matrix, strict=True)
+        ]
+    lines += ["", "## Files", ""]
+    for name, what in (
+        (HISTORY, "every epoch's logs, with its stage"),
+        (CURVES, "loss and metrics per epoch, stage boundaries dashed"),
+        (CONFUSION, "validation confusion matrix"),
+        (BEST_WEIGHTS, "weights of the best epoch"),
+        ("model.keras", "the final model (best epoch), `keras.models.load_model`"),
+        ("config.yaml", "the fully resolved configuration"),
+        ("logs/", "TensorBoard logs (`tensorboard --logdir logs`)"),
+    ):
+        if os.path.exists(os.path.join(directory, name)):
+            lines.append(f"- `{name}`: {what}")
+    for section in extra_sections:
+        lines += ["", section]
+    path = os.path.join(directory, REPORT)
+    with open(path, "w") as file:
+        file.write("\n".join(lines) + "\n")
+    return path
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
