@@ -1,4 +1,4 @@
-"""The `kerastl` command: `list-backbones`, `describe`."""
+"""The `kerastl` command: `train`, `lr-find`, `list-backbones`, `describe`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,21 @@ def _parser() -> argparse.ArgumentParser:
         help="classify images with the pretrained ImageNet classifier (include_top)",
     )
     describe.add_argument("--top", type=int, default=5, help="classes to show with --predict")
+
+    for name, text in (
+        ("train", "fine-tune as a YAML config says; writes a run directory"),
+        ("lr-find", "learning-rate range test for the config's first stage"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("config", nargs="?", help="a YAML config (default: built-in defaults)")
+        command.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set stages.1.lr=1e-4 (repeatable)",
+        )
+        command.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     return parser
 
 
@@ -55,12 +70,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kerastl.backbones import CheckpointError, HubUnavailableError
 
     try:
+        if args.command in ("train", "lr-find"):
+            return _train(args) if args.command == "train" else _lr_find(args)
         if args.command == "list-backbones":
             return _list_backbones(args)
         return _describe(args)
     except (ValueError, FileNotFoundError, HubUnavailableError, CheckpointError) as error:
         print(f"kerastl: error: {error}", file=sys.stderr)
         return 2
+
+
+def _train(args) -> int:
+    from kerastl.config import load_config
+    from kerastl.run import train
+
+    config = load_config(args.config, args.set)
+    train(config, verbose=0 if args.quiet else 2)
+    return 0
+
+
+def _lr_find(args) -> int:
+    from kerastl.config import load_config
+    from kerastl.run import lr_find_for_config
+
+    config = load_config(args.config, args.set)
+    result, plot = lr_find_for_config(config)
+    stage = config.stages[0]
+    print(f"Suggested learning rate for stage 1 ({stage.train}): {result.suggestion:.2e}")
+    print(f"Curve: {plot}")
+    return 0
 
 
 def _list_backbones(args) -> int:

@@ -176,7 +176,7 @@ class FeatureCache:
         dataset: batches of `(inputs, labels)` or `(inputs, labels, weights)`.
         memory_limit_mb: the in-memory bound.
         directory: where to spill beyond the bound.
-        verbose: show a progress bar.
+        verbose: 0 silent, 2 one line at the end, else a progress bar (as `fit`).
 
     Example:
         >>> cache = FeatureCache(split.extractor, train_ds)
@@ -190,7 +190,7 @@ class FeatureCache:
         *,
         memory_limit_mb: float = 1024,
         directory: str | os.PathLike | None = None,
-        verbose: bool = True,
+        verbose: int | str = 1,
     ):
         import tensorflow as tf
 
@@ -207,7 +207,9 @@ class FeatureCache:
         self.nbytes = 0
         run = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
         total = int(dataset.cardinality())
-        progress = keras.utils.Progbar(total if total > 0 else None, unit_name="batch")
+        progress = keras.utils.Progbar(
+            total if total > 0 else None, unit_name="batch", verbose=2 if verbose == 2 else 1
+        )
         for step, batch in enumerate(dataset):
             inputs, rest = batch[0], tuple(np.asarray(part) for part in batch[1:])
             features = tuple(np.asarray(array) for array in keras.tree.flatten(run(inputs)))
@@ -274,8 +276,10 @@ class FeatureCache:
 
 
 def _spec(layout):
-    """A TensorSpec that fixes only the last dimension (batch and length vary)."""
+    """A TensorSpec fixing only the feature dimension (batch size and length vary)."""
     import tensorflow as tf
 
     shape, dtype = layout
+    if len(shape) < 2:
+        return tf.TensorSpec((None,) * len(shape), dtype)
     return tf.TensorSpec((None,) * (len(shape) - 1) + tuple(shape[-1:]), dtype)

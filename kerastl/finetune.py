@@ -225,7 +225,7 @@ class FineTuner:
                 "Early stopping (`patience`) needs validation data. Received: validation=None."
             )
         for stage in stages:
-            _granularity(self.model, stage.train)  # unknown groups fail before any training
+            granularity_of(self.model, stage.train)  # unknown groups fail before any training
         monitor = self.monitor or ("val_loss" if validation is not None else "loss")
         if self.run_dir:
             os.makedirs(self.run_dir, exist_ok=True)
@@ -275,10 +275,10 @@ class FineTuner:
             callbacks.append(
                 keras.callbacks.TensorBoard(os.path.join(self.run_dir, "logs"), write_graph=False)
             )
-        granularity = _granularity(model, stage.train)
+        granularity = granularity_of(model, stage.train)
         steps = int(train.cardinality()) * stage.epochs
         with self.strategy.scope():
-            _set_what_trains(model, stage, granularity)
+            set_stage_trainable(model, stage)
             split = None
             target = model
             if self.cache_features and stage.train != ALL:
@@ -321,7 +321,7 @@ class FineTuner:
                         data,
                         memory_limit_mb=self.cache_memory_mb,
                         directory=directory,
-                        verbose=bool(self.verbose),
+                        verbose=self.verbose,
                     )
                     if data is not None
                     else None
@@ -444,8 +444,20 @@ def fine_tune(
     return FineTuner(model).fit(train, validation, stages=stages)
 
 
-def _granularity(model, group: str) -> str:
-    """`coarse` or `fine`: which kind of group `group` names."""
+def granularity_of(model, group: str) -> str:
+    """`coarse` or `fine`: which kind of group `group` names.
+
+    Args:
+        model: a `TransferModel`.
+        group: `head`, `all`, or a group name.
+
+    Returns:
+        The granularity in which `group` is a group (coarse preferred).
+
+    Example:
+        >>> granularity_of(model, "transformer_layer_4")
+        'fine'
+    """
     if group in (HEAD, ALL):
         return "coarse"
     coarse = list(layer_groups(model))
@@ -460,7 +472,17 @@ def _granularity(model, group: str) -> str:
     )
 
 
-def _set_what_trains(model, stage: Stage, granularity: str) -> None:
+def set_stage_trainable(model, stage: Stage) -> None:
+    """Sets trainable flags as `stage.train` says (without recompiling).
+
+    Args:
+        model: a `TransferModel`.
+        stage: the `Stage`.
+
+    Example:
+        >>> set_stage_trainable(model, Stage(3, train="block6"))
+    """
+    granularity = granularity_of(model, stage.train)
     if stage.train == HEAD:
         freeze(model, train_bn=stage.train_bn, recompile=False)
     elif stage.train == ALL:
