@@ -36,6 +36,7 @@ from kerastl.freezing import freeze, freeze_to, set_trainable_groups, trainable_
 from kerastl.groups import GroupRules, group_variables, layer_groups
 from kerastl.losses import SparseSmoothedCrossentropy
 from kerastl.lr_finder import LRFindResult, lr_find
+from kerastl.metrics import BalancedAccuracy
 from kerastl.models import TransferModel
 from kerastl.optimizers import (
     discriminative_optimizer,
@@ -51,6 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackboneSpec",
+    "BalancedAccuracy",
     "CheckpointError",
     "FineTuner",
     "GradualUnfreezing",

@@ -68,7 +68,7 @@ def split_model(model, first_trained: str, granularity: str = "coarse") -> Split
         >>> split.trainer.fit(cache_features(split.extractor, train_ds), epochs=3)
     """
     backbone = model.backbone
-    upper = _upper_operations(model, first_trained, granularity)
+    upper = _close_upward(backbone, _upper_operations(model, first_trained, granularity))
     upper_backbone = [op for op in backbone._operations if id(op) in upper]
     if first_trained == HEAD or not upper_backbone:
         return _head_split(model)
@@ -124,9 +124,28 @@ def _upper_operations(model, first_trained: str, granularity: str) -> set[int]:
     }
 
 
+def _own_inputs(backbone, op) -> list:
+    """The tensors `op` consumes inside `backbone`'s graph."""
+    return [
+        tensor
+        for index, node in enumerate(op._inbound_nodes)
+        if f"{id(op)}_ib-{index}" in backbone._nodes
+        for tensor in node.input_tensors
+    ]
+
+
+def _close_upward(backbone, upper: set[int]) -> set[int]:
+    """Adds every operation fed by an upper one (weightless ops outside the
+    groups, such as KerasHub's `x[:, 0, :]` before BERT's pooler)."""
+    closed = set(upper)
+    for op in backbone._operations:  # topological order
+        if any(id(t._keras_history.operation) in closed for t in _own_inputs(backbone, op)):
+            closed.add(id(op))
+    return closed
+
+
 def _cut_tensors(backbone, upper: set[int]) -> list:
     """Tensors made below the boundary and used above it (or as backbone outputs)."""
-    own_nodes = backbone._nodes
     cut: list = []
 
     def add(tensor):
@@ -134,12 +153,9 @@ def _cut_tensors(backbone, upper: set[int]) -> list:
             cut.append(tensor)
 
     for op in backbone._operations:
-        if id(op) not in upper:
-            continue
-        for index, node in enumerate(op._inbound_nodes):
-            if f"{id(op)}_ib-{index}" in own_nodes:
-                for tensor in node.input_tensors:
-                    add(tensor)
+        if id(op) in upper:
+            for tensor in _own_inputs(backbone, op):
+                add(tensor)
     for tensor in keras.tree.flatten(backbone.output):
         add(tensor)
     return cut

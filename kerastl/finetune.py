@@ -27,6 +27,7 @@ import numpy as np
 
 from kerastl import run_directory
 from kerastl._validation import check_positive_int
+from kerastl.distribute.keras_fixes import apply_keras_fixes
 from kerastl.feature_cache import FeatureCache, split_model
 from kerastl.freezing import freeze, freeze_to, unfreeze
 from kerastl.groups import layer_groups
@@ -226,6 +227,7 @@ class FineTuner:
             )
         for stage in stages:
             granularity_of(self.model, stage.train)  # unknown groups fail before any training
+        apply_keras_fixes()  # the stages may train plain Keras models (cached features)
         monitor = self.monitor or ("val_loss" if validation is not None else "loss")
         if self.run_dir:
             os.makedirs(self.run_dir, exist_ok=True)
@@ -513,14 +515,18 @@ def _optimizer(model, stage: Stage, steps: int):
             )
         alpha = 1.0 if stage.schedule == "constant" else 0.0  # CosineDecay alpha=1 is constant
         schedule = warmup_cosine(steps, int(stage.warmup * steps), alpha=alpha)
+    grouped = stage.train != HEAD and bool(stage.lr_mult or stage.lr_decay)
+    # A schedule is given at construction: assigning one later replaces a
+    # tracked variable, and the model can then no longer be exported.
+    rate = schedule(stage.lr) if schedule is not None and not grouped else stage.lr
     options = {"weight_decay": stage.weight_decay} if stage.weight_decay else {}
     if stage.optimizer == "sgd":
-        template = keras.optimizers.SGD(stage.lr, momentum=0.9, **options)
+        template = keras.optimizers.SGD(rate, momentum=0.9, **options)
     elif stage.optimizer == "adamw":
-        template = keras.optimizers.AdamW(stage.lr, **{"weight_decay": 0.004, **options})
+        template = keras.optimizers.AdamW(rate, **{"weight_decay": 0.004, **options})
     else:
-        template = keras.optimizers.Adam(stage.lr, **options)
-    if stage.train != HEAD and (stage.lr_mult or stage.lr_decay):
+        template = keras.optimizers.Adam(rate, **options)
+    if grouped:
         return discriminative_optimizer(
             model,
             stage.lr,
@@ -529,8 +535,6 @@ def _optimizer(model, stage: Stage, steps: int):
             optimizer=template,
             schedule=schedule,
         )
-    if schedule is not None:
-        template.learning_rate = schedule(stage.lr)
     return template
 
 

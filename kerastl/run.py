@@ -69,17 +69,20 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     import keras
 
     from kerastl.distribute import get_strategy, set_precision
+    from kerastl.finetune import granularity_of
 
     keras.utils.set_random_seed(config.train.seed)
     set_precision(config.train.precision)
     strategy = get_strategy(config.train.strategy)
+    data = load_data(config)
+    with strategy.scope():
+        model = build_model(config, data.class_names)
+    for stage in config.stages:
+        granularity_of(model, stage.train)  # a bad group fails before the run directory exists
     run_dir = _new_run_dir(config.output_dir, config.name)
     with open(os.path.join(run_dir, "config.yaml"), "w") as file:
         file.write(to_yaml(config))
     _say(f"Run directory: {run_dir}")
-    data = load_data(config)
-    with strategy.scope():
-        model = build_model(config, data.class_names)
     tuner = _tuner(config, model, run_dir, verbose, strategy)
     started = time.perf_counter()
     history = tuner.fit(data.train, data.validation, stages=config.stages)

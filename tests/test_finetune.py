@@ -100,3 +100,149 @@ def test_sparse_label_smoothing_matches_the_one_hot_formula():
         keras.losses.serialize(kerastl.SparseSmoothedCrossentropy(0.2))
     )
     assert restored.label_smoothing == 0.2
+
+
+def _lite0(seed=0):
+    keras.utils.set_random_seed(seed)
+    return kerastl.TransferModel(
+        "efficientnet-lite0", 3, weights=None, input_shape=(32, 32, 3), class_names=list("abc")
+    )
+
+
+def _images(count=32, batch=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, (count, 32, 32, 3)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((x, rng.integers(0, 3, count))).batch(batch)
+
+
+def test_caching_below_the_first_trained_group_equals_end_to_end_training():
+    weights, summaries = [], []
+    for cache in (True, False):
+        model = _lite0()
+        frozen = _values(kerastl.layer_groups(model)["block5"][0].weights)
+        tuner = kerastl.FineTuner(model, cache_features=cache, verbose=0)
+        tuner.fit(_images(), _images(8, seed=1), stages=[kerastl.Stage(2, train="block7", lr=1e-2)])
+        after = _values(kerastl.layer_groups(model)["block5"][0].weights)
+        for before, now in zip(frozen, after, strict=True):
+            np.testing.assert_array_equal(before, now)
+        weights.append(_values(model.weights))
+        summaries.append(tuner.stage_summaries[0]["cached"])
+    assert summaries == ["block7", "no"]
+    moved = max(
+        np.abs(a - b).max() for a, b in zip(weights[0], _values(_lite0().weights), strict=True)
+    )
+    assert moved > 1e-3
+    for cached, uncached in zip(*weights, strict=True):
+        np.testing.assert_allclose(cached, uncached, atol=1e-5)
+
+
+def _tiny_bert(seed=0):
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=60,
+        num_layers=3,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=16,
+        dropout=0.0,
+    )
+    return kerastl.TransferModel(backbone, 2, pooling="mean")
+
+
+def _tokens(count=24, batch=8):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 60, (count, 12)).astype("int32")
+    mask = np.ones_like(ids)
+    mask[::2, 5:] = 0  # half the rows are padded
+    inputs = {"token_ids": ids * mask, "padding_mask": mask, "segment_ids": np.zeros_like(ids)}
+    return tf.data.Dataset.from_tensor_slices((inputs, rng.integers(0, 2, count))).batch(batch)
+
+
+def test_text_caching_below_a_transformer_layer_equals_end_to_end_training():
+    weights = []
+    for cache in (True, False):
+        model = _tiny_bert()
+        tuner = kerastl.FineTuner(model, cache_features=cache, verbose=0)
+        tuner.fit(_tokens(), stages=[kerastl.Stage(2, train="layer_2", lr=1e-2, lr_decay=0.5)])
+        assert tuner.stage_summaries[0]["cached"] == ("layer_2" if cache else "no")
+        weights.append(_values(model.weights))
+    for cached, uncached in zip(*weights, strict=True):
+        np.testing.assert_allclose(cached, uncached, atol=1e-5)
+
+
+def test_feature_cache_spills_to_disk_beyond_its_bound_and_replays_the_same(tmp_path):
+    from kerastl.feature_cache import FeatureCache, split_model
+
+    split = split_model(_tiny_bert(), "layer_1", "fine")
+    in_memory = FeatureCache(split.extractor, _tokens(), verbose=0)
+    on_disk = FeatureCache(
+        split.extractor, _tokens(), memory_limit_mb=0, directory=tmp_path, verbose=0
+    )
+    assert in_memory.in_memory and not on_disk.in_memory
+    assert len(list(tmp_path.glob("batch-*.npy"))) == 3
+    for a, b in zip(in_memory.dataset(), on_disk.dataset(), strict=True):
+        for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b), strict=True):
+            np.testing.assert_array_equal(x, y)
+    features, labels = next(iter(on_disk.dataset()))
+    assert [f.shape[-1] for f in features] == [16, 12] and labels.shape == (8,)
+
+
+def test_augmentation_refuses_caching_and_never_enters_the_model():
+    flip = keras.layers.RandomFlip("horizontal")
+    with pytest.raises(ValueError, match="cached features would hold one random augmentation"):
+        kerastl.FineTuner(_model(), cache_features=True, augmentation=flip)
+    model = _model()
+    tuner = kerastl.FineTuner(model, augmentation=flip, verbose=0)
+    tuner.fit(_data(), stages=[kerastl.Stage(1)])
+    assert tuner.stage_summaries[0]["cached"] == "no"
+    assert not any(isinstance(layer, keras.layers.RandomFlip) for layer in model._flatten_layers())
+
+
+def test_run_directory_records_every_epoch_and_restores_the_best(tmp_path):
+    model = _model()
+    tuner = kerastl.FineTuner(
+        model,
+        metrics=("accuracy", "balanced_accuracy"),
+        class_weight="balanced",
+        run_dir=tmp_path,
+        verbose=0,
+    )
+    validation = _data(16, seed=1)
+    tuner.fit(
+        _data(),
+        validation,
+        stages=[kerastl.Stage(2, lr=0.3), kerastl.Stage(2, train="all", lr=0.3)],
+    )
+    rows = (tmp_path / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,stage,") and "val_balanced_accuracy" in rows[0]
+    assert [row.split(",")[1] for row in rows[1:]] == ["1:head"] * 2 + ["2:all"] * 2
+    losses = [float(row.split(",")[rows[0].split(",").index("val_loss")]) for row in rows[1:]]
+    best = tuner.recorder.best_epoch
+    assert best == int(np.argmin(losses)) + 1
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    evaluated = model.evaluate(validation, verbose=0, return_dict=True)["loss"]
+    assert evaluated == pytest.approx(min(losses), rel=1e-5)
+    with open(tuner.write_report(validation)) as report:
+        text = report.read()
+    assert f"best epoch: {best}" in text and "| 1:head | 2 |" in text
+    for name in ("learning_curves.png", "confusion_matrix.png", "best.weights.h5", "model.keras"):
+        assert (tmp_path / name).stat().st_size > 0
+    restored = _model()
+    restored.load_weights(tmp_path / "best.weights.h5")
+    for a, b in zip(restored.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_balanced_accuracy_matches_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    labels, logits = rng.integers(0, 3, 50), rng.normal(size=(50, 3))
+    metric = kerastl.BalancedAccuracy(3)
+    metric.update_state(labels[:20], logits[:20])
+    metric.update_state(labels[20:], logits[20:])
+    expected = balanced_accuracy_score(labels, logits.argmax(-1))
+    assert float(metric.result()) == pytest.approx(expected, rel=1e-6)

@@ -66,9 +66,43 @@ def test_fixes_apply_to_keras_3_until_the_release_that_repairs_them():
 
 def test_apply_keras_fixes_installs_each_fix_once():
     first = keras_fixes.apply_keras_fixes()
-    assert first == ("multi_worker_fit", "loss_scale_all_replicas")
+    assert first == (
+        "multi_worker_fit",
+        "loss_scale_all_replicas",
+        "multi_optimizer_missing_gradients",
+    )
     import keras
 
     patched = keras.optimizers.LossScaleOptimizer.check_finite
     assert keras_fixes.apply_keras_fixes() == first
     assert keras.optimizers.LossScaleOptimizer.check_finite is patched
+
+
+_UNUSED_GROUP = """
+import keras, numpy as np, kerastl
+inputs = keras.Input((4,))
+unused = keras.layers.Dense(3, name="unused")
+keras.Model(inputs, unused(inputs))  # built, but not on the path below
+outputs = keras.layers.Dense(2, name="used")(inputs)
+model = keras.Model(inputs, [outputs])
+optimizer = keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(
+    keras.optimizers.SGD(0.1), {"unused/.*": keras.optimizers.SGD(0.1)}))
+variables = [*model.trainable_variables, *unused.trainable_variables]
+grads = [keras.ops.ones_like(v) for v in model.trainable_variables] + [None, None]
+before = [np.array(v) for v in variables]
+kerastl.apply_keras_fixes()
+optimizer.apply(grads, variables)
+moved = [bool(np.abs(np.array(v) - b).max() > 0) for v, b in zip(variables, before)]
+print("MOVED", moved)
+"""
+
+
+@pytest.mark.parametrize("fixes", ["1", "0"])
+def test_multi_optimizer_skips_a_group_without_gradients(fixes):
+    result = run_script("run_code.py", _UNUSED_GROUP, timeout=120, KERASTL_KERAS_FIXES=fixes)
+    if fixes == "1":
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "MOVED [True, True, False, False]" in result.stdout
+    else:  # the bug: the unused group's sub-optimizer raises
+        assert result.returncode != 0
+        assert "No gradients provided for any variable" in result.stderr

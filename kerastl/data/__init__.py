@@ -1,5 +1,6 @@
 """Data sources: TFDS (with the two bundled offline datasets), image folders,
-text tables; bad records are skipped and reported, or raise with `strict=True`.
+text tables, NumPy arrays; bad records are skipped and reported, or raise
+with `strict=True`. Pipelines: image preparation, batching, text batches by length.
 
 Example:
     >>> import kerastl.data  # registers `elpv` and `rotten_tomatoes` with TFDS
@@ -9,6 +10,13 @@ Example:
 
 from kerastl.data.builders import Elpv, RottenTomatoes, stratified_split
 from kerastl.data.images import image_folder
+from kerastl.data.pipeline import (
+    augmentation,
+    batched,
+    from_arrays,
+    prepare_images,
+    text_batches,
+)
 from kerastl.data.report import BadRecordError, DataReport
 from kerastl.data.text import text_table
 from kerastl.data.tfds_source import load_tfds
@@ -18,8 +26,13 @@ __all__ = [
     "DataReport",
     "Elpv",
     "RottenTomatoes",
+    "augmentation",
+    "batched",
+    "from_arrays",
     "image_folder",
     "load_tfds",
+    "prepare_images",
     "stratified_split",
+    "text_batches",
     "text_table",
 ]

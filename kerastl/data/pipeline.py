@@ -82,7 +82,7 @@ def prepare_images(dataset, image_size: Sequence[int]):
         channels = tf.shape(image)[-1]
         image = tf.cond(
             channels == 1,
-            lambda: tf.image.grayscale_to_rgb(image),
+            lambda: tf.tile(image, [1, 1, 3]),
             lambda: image[..., :3],
         )
         image = tf.image.resize(image, (height, width), antialias=True)
@@ -124,10 +124,13 @@ def batched(
         dataset = dataset.take(limit)
     if cache:
         dataset = dataset.cache()
+    size = _count(dataset)
     if shuffle:
-        size = _count(dataset)
         dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    batches = dataset.batch(batch_size)
+    if int(batches.cardinality()) < 0:  # after a filter: known to us, not to tf.data
+        batches = batches.apply(tf.data.experimental.assert_cardinality(-(-size // batch_size)))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def augmentation(names: Sequence[str], *, seed: int = 0) -> keras.Sequential:

@@ -1,11 +1,12 @@
-"""The fixes Keras needs to train correctly under tf.distribute, in one place.
+"""The fixes Keras needs to train correctly (under tf.distribute and with
+group optimizers), in one place.
 
 Each fix is a `_Fix`: what it repairs, the upstream issue, the Keras versions
 it applies to, and a function that installs it. `apply_keras_fixes()` installs
 those that apply to the Keras in use, once; `get_strategy()` calls it, and so
 should code that builds its own `tf.distribute` strategy.
 
-Both bugs are still present in Keras 3.15.1, the newest release checked
+All three bugs are still present in Keras 3.15.1, the newest release checked
 (`FIXED_IN` is `None`). The tests run each failing case in a fresh process
 with the fixes switched off (`KERASTL_KERAS_FIXES=0`) and expect the failure:
 when a Keras release repairs one, that test fails, and its `fixed_in` is set
@@ -120,6 +121,41 @@ def _install_loss_scale_all_replicas() -> None:
     keras.optimizers.LossScaleOptimizer.check_finite = check_finite
 
 
+# === Fix 3: MultiOptimizer with a group that gets no gradient ===
+# A single optimizer skips variables whose gradient is None (with a warning).
+# `MultiOptimizer.apply` hands each sub-optimizer its share unfiltered, so a
+# group whose variables all lack gradients (BERT's pooler under mean pooling,
+# a frozen branch) makes that sub-optimizer raise "No gradients provided for
+# any variable" although other groups have gradients. The fix drops the
+# None pairs before dispatching, as a single optimizer would.
+
+
+def _install_multi_optimizer_missing_gradients() -> None:
+    from keras.src.optimizers.multi_optimizer import MultiOptimizer
+
+    def apply(self, grads, trainable_variables=None):
+        if len(grads) == 0:
+            return
+        if trainable_variables is None:
+            trainable_variables = self._trainable_variables
+        if all(grad is None for grad in grads):
+            raise ValueError("No gradients provided for any variable.")
+        if not self.built:
+            self.build(trainable_variables)
+            self.built = True
+        shares = [[] for _ in self._inner_optimizers]
+        for grad, variable in zip(grads, trainable_variables, strict=True):
+            if grad is not None:
+                shares[self._var_to_optimizer_idx[self._var_key(variable)]].append((grad, variable))
+        for optimizer, share in zip(self._inner_optimizers, shares, strict=True):
+            if share:
+                optimizer.apply([g for g, _ in share], [v for _, v in share])
+        self._iterations.assign_add(1)
+
+    apply.__doc__ = MultiOptimizer.apply.__doc__
+    MultiOptimizer.apply = apply
+
+
 FIXES = (
     _Fix(
         name="multi_worker_fit",
@@ -132,6 +168,12 @@ FIXES = (
         issue="LossScaleOptimizer.check_finite sees only replica 0 before the all-reduce",
         fixed_in=None,
         install=_install_loss_scale_all_replicas,
+    ),
+    _Fix(
+        name="multi_optimizer_missing_gradients",
+        issue="MultiOptimizer.apply passes a group's all-None gradients to its sub-optimizer",
+        fixed_in=None,
+        install=_install_multi_optimizer_missing_gradients,
     ),
 )
 
@@ -149,7 +191,7 @@ def apply_keras_fixes() -> tuple[str, ...]:
 
     Example:
         >>> kerastl.apply_keras_fixes()
-        ('multi_worker_fit', 'loss_scale_all_replicas')
+        ('multi_worker_fit', 'loss_scale_all_replicas', 'multi_optimizer_missing_gradients')
     """
     if os.environ.get(DISABLE_ENV, "1") == "0" or keras.backend.backend() != "tensorflow":
         return tuple(_installed)

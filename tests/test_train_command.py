@@ -1,0 +1,103 @@
+"""`kerastl train` end to end on a tiny config: every artefact of the run directory."""
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerastl.cli import main
+from kerastl.config import load_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (40, 32, 32, 3)).astype("float32")
+    y = np.arange(40) % 2
+    x[y == 1, :16] = 255.0  # a learnable difference between the classes
+    np.savez(root / "tiny.npz", x=x, y=y)
+    (root / "tiny.yaml").write_text(
+        f"""
+name: tiny
+output_dir: {root / "runs"}
+model: {{backbone: efficientnet-lite0, weights: none, image_size: 32}}
+data: {{source: "arrays:{root / "tiny.npz"}", batch_size: 8, validation_fraction: 0.25}}
+stages:
+  - {{epochs: 2, train: head, lr: 1.0e-2}}
+  - {{epochs: 1, train: block7, lr: 1.0e-3, warmup: 0.2}}
+"""
+    )
+    assert main(["train", str(root / "tiny.yaml"), "--set", "stages.0.lr=0.02", "--quiet"]) == 0
+    return root / "runs" / "tiny"
+
+
+def test_the_run_directory_holds_every_artefact(run):
+    expected = {
+        "config.yaml",
+        "history.csv",
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "best.weights.h5",
+        "model.keras",
+        "report.md",
+        "saved_model",
+        "logs",
+    }
+    assert expected <= {path.name for path in run.iterdir()}
+    for png in ("learning_curves.png", "confusion_matrix.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_yaml_is_the_resolved_config_with_the_override(run):
+    config = load_config(run / "config.yaml")
+    assert config.stages[0].lr == 0.02 and config.stages[1].train == "block7"
+    assert config.model.weights == "none" and config.data.batch_size == 8
+
+
+def test_history_has_one_row_per_epoch_with_its_stage(run):
+    with open(run / "history.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["stage"] for row in rows] == ["1:head", "1:head", "2:block7"]
+    assert {"loss", "val_loss", "val_balanced_accuracy"} <= set(rows[0])
+
+
+def test_the_saved_models_load_and_agree(run):
+    model = keras.models.load_model(run / "model.keras")
+    served = tf.saved_model.load(str(run / "saved_model"))
+    images = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(served.serve(images), model.predict(images, verbose=0), atol=1e-5)
+    best = keras.models.load_model(run / "model.keras")
+    best.load_weights(run / "best.weights.h5")
+    np.testing.assert_allclose(best.predict(images, verbose=0), model.predict(images, verbose=0))
+
+
+def test_report_names_the_stages_the_best_epoch_and_the_confusion_matrix(run):
+    report = (run / "report.md").read_text()
+    assert "| 1:head | 2 |" in report and "| 2:block7 | 1 |" in report
+    assert "best epoch:" in report and "Confusion matrix" in report
+    assert "validation balanced accuracy (model as saved)" in report
+
+
+def test_a_second_run_never_overwrites_the_first(run):
+    config = run.parent.parent / "tiny.yaml"
+    args = ["train", str(config), "--set", "stages=[{epochs: 1}]", "--quiet"]
+    assert main(args) == 0
+    assert (run.parent / "tiny-2" / "report.md").exists() and (run / "report.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.backbon=resnet50", "Did you mean 'backbone'?"),
+        ("stages.0.lr=-1", "`lr` must be positive. Received: lr=-1.0"),
+        ("data.source=ftp:x", "must start with tfds:, folder:, table: or arrays:"),
+        ("stages.1.train=block9", "Unknown layer group 'block9'"),
+    ],
+)
+def test_bad_configs_exit_2_naming_the_problem(run, capsys, override, message):
+    config = run.parent.parent / "tiny.yaml"
+    assert main(["train", str(config), "--set", override, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
