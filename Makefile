@@ -20,9 +20,9 @@ $(BIN)/.kerastl-installed: setup.cfg pyproject.toml
 
 install: $(BIN)/.kerastl-installed
 
+# The main job: fine-tune Lite0 on elpv, offline (recipes/image_classification.py).
 demo: install
-	$(BIN)/kerastl describe efficientnet-lite0
-	$(BIN)/python recipes/classify_imagenet.py --backbone efficientnet-lite0
+	$(BIN)/python recipes/image_classification.py
 
 lint: install
 	$(BIN)/ruff check $(LINTED)

@@ -244,7 +244,11 @@ class FeatureCache:
         flat = [*element[0], *element[1:]]
         if not self._layout:
             self._num_features = len(element[0])
-            self._layout = [(part.shape, part.dtype) for part in flat]
+            self._layout = [((None, *part.shape[1:]), part.dtype) for part in flat]
+        self._layout = [  # a dimension that varies between batches (text length) is None
+            (tuple(d if d == n else None for d, n in zip(shape, part.shape, strict=True)), dtype)
+            for (shape, dtype), part in zip(self._layout, flat, strict=True)
+        ]
         self.nbytes += sum(part.nbytes for part in flat)
         if self._files or self.nbytes > limit_bytes:
             for pending in self._memory:
@@ -292,10 +296,7 @@ class FeatureCache:
 
 
 def _spec(layout):
-    """A TensorSpec fixing only the feature dimension (batch size and length vary)."""
     import tensorflow as tf
 
     shape, dtype = layout
-    if len(shape) < 2:
-        return tf.TensorSpec((None,) * len(shape), dtype)
-    return tf.TensorSpec((None,) * (len(shape) - 1) + tuple(shape[-1:]), dtype)
+    return tf.TensorSpec(shape, dtype)

@@ -152,9 +152,9 @@ def _tiny_bert(seed=0):
     return kerastl.TransferModel(backbone, 2, pooling="mean")
 
 
-def _tokens(count=24, batch=8):
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1, 60, (count, 12)).astype("int32")
+def _tokens(count=24, batch=8, width=12):
+    rng = np.random.default_rng(width)
+    ids = rng.integers(1, 60, (count, width)).astype("int32")
     mask = np.ones_like(ids)
     mask[::2, 5:] = 0  # half the rows are padded
     inputs = {"token_ids": ids * mask, "padding_mask": mask, "segment_ids": np.zeros_like(ids)}
@@ -177,17 +177,16 @@ def test_feature_cache_spills_to_disk_beyond_its_bound_and_replays_the_same(tmp_
     from kerastl.feature_cache import FeatureCache, split_model
 
     split = split_model(_tiny_bert(), "layer_1", "fine")
-    in_memory = FeatureCache(split.extractor, _tokens(), verbose=0)
-    on_disk = FeatureCache(
-        split.extractor, _tokens(), memory_limit_mb=0, directory=tmp_path, verbose=0
-    )
+    data = _tokens(16).concatenate(_tokens(8, width=7))  # batches of different lengths
+    in_memory = FeatureCache(split.extractor, data, verbose=0)
+    on_disk = FeatureCache(split.extractor, data, memory_limit_mb=0, directory=tmp_path, verbose=0)
     assert in_memory.in_memory and not on_disk.in_memory
     assert len(list(tmp_path.glob("batch-*.npy"))) == 3
     for a, b in zip(in_memory.dataset(), on_disk.dataset(), strict=True):
         for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b), strict=True):
             np.testing.assert_array_equal(x, y)
-    features, labels = next(iter(on_disk.dataset()))
-    assert [f.shape[-1] for f in features] == [16, 12] and labels.shape == (8,)
+    shapes = [[tuple(f.shape) for f in features] for features, _ in on_disk.dataset()]
+    assert shapes == [[(8, 12, 16), (8, 12)]] * 2 + [[(8, 7, 16), (8, 7)]]
 
 
 def test_augmentation_refuses_caching_and_never_enters_the_model():

@@ -22,3 +22,56 @@ def test_classify_imagenet_recipe_reproduces_its_documented_result():
     )
     assert "china.jpg: top-5 classes [442, 663, 698, 497, 832]" in result.stdout
     assert "flower.jpg: top-5 classes [985, 947, 309, 994, 310]" in result.stdout
+
+
+def _recipe(name, tmp_path, *overrides):
+    sets = [f"--set={item}" for item in (f"output_dir={tmp_path / 'runs'}", *overrides)]
+    return subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / f"{name}.py"), "--quiet", *sets],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+def _run_dir(result) -> Path:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("kerastl: Report: "))
+    return Path(line.removeprefix("kerastl: Report: ")).parent
+
+
+@pytest.mark.slow
+def test_image_recipe_runs_one_step_of_each_stage_on_tiny_data(tmp_path):
+    result = _recipe(
+        "image_classification",
+        tmp_path,
+        f"data.data_dir={tmp_path / 'tfds'}",
+        "data.limit=32",
+        "data.validation_limit=16",
+        "model.image_size=32",
+        "stages.0.epochs=1",
+        "stages.1.epochs=1",
+    )
+    run = _run_dir(result)
+    assert (run / "saved_model" / "saved_model.pb").exists()
+    rows = (run / "history.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[1] for row in rows] == ["1:head", "2:block6"]
+    assert "| functional | defective |" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_text_recipe_runs_one_step_of_each_stage_on_tiny_data(tmp_path):
+    result = _recipe(
+        "text_classification",
+        tmp_path,
+        f"data.data_dir={tmp_path / 'tfds'}",
+        "data.limit=48",
+        "data.validation_limit=16",
+        "stages.0.epochs=1",
+        "stages.1.epochs=1",
+    )
+    run = _run_dir(result)
+    rows = (run / "history.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[1] for row in rows] == ["1:head", "2:layer_4"]
+    assert "| rotten | fresh |" in (run / "report.md").read_text()
