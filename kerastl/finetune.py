@@ -199,6 +199,7 @@ class FineTuner:
         self.stage_summaries: list[dict] = []
         self.recorder: run_directory.RunRecorder | None = None
         self._caches: dict = {}
+        self._cached_data: tuple | None = None
         if self.verbose and augmentation is not None and cache_features is None:
             print("kerastl: not caching features: the training inputs are augmented.")
 
@@ -237,6 +238,7 @@ class FineTuner:
             train = _augmented(train, self.augmentation)
         history = keras.callbacks.History()
         history.history, history.epoch = {}, []
+        self.stage_starts, self.stage_summaries = [], []
         epoch = 0
         for number, stage in enumerate(stages, start=1):
             self.stage_starts.append(epoch)
@@ -306,29 +308,31 @@ class FineTuner:
         return result, split.boundary if split is not None else None
 
     def _cached(self, split, train, validation):
-        """Both datasets through the split's extractor, once per boundary."""
+        """Both datasets through the split's extractor, once per boundary and data."""
+        pair = (train, validation)
+        if self._cached_data is None or any(
+            a is not b for a, b in zip(self._cached_data, pair, strict=True)
+        ):  # another fit, other data
+            self._caches, self._cached_data = {}, pair
         if split.boundary not in self._caches:
             if self.verbose:
                 print(f"kerastl: caching {split.boundary} (once) ...")
-            caches = []
-            for name, data in (("train", train), ("validation", validation)):
-                directory = (
-                    os.path.join(self.cache_dir, _slug(split.boundary), name)
-                    if self.cache_dir
-                    else None
+            self._caches[split.boundary] = [
+                FeatureCache(
+                    split.extractor,
+                    data,
+                    memory_limit_mb=self.cache_memory_mb,
+                    directory=(
+                        os.path.join(self.cache_dir, _slug(split.boundary), name)
+                        if self.cache_dir
+                        else None
+                    ),
+                    verbose=self.verbose,
                 )
-                caches.append(
-                    FeatureCache(
-                        split.extractor,
-                        data,
-                        memory_limit_mb=self.cache_memory_mb,
-                        directory=directory,
-                        verbose=self.verbose,
-                    )
-                    if data is not None
-                    else None
-                )
-            self._caches[split.boundary] = caches
+                if data is not None
+                else None
+                for name, data in (("train", train), ("validation", validation))
+            ]
         return tuple(cache.dataset() if cache else None for cache in self._caches[split.boundary])
 
     def _metric_objects(self) -> list:

@@ -101,3 +101,12 @@ def test_bad_configs_exit_2_naming_the_problem(run, capsys, override, message):
     config = run.parent.parent / "tiny.yaml"
     assert main(["train", str(config), "--set", override, "--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_lr_find_suggests_a_rate_and_saves_its_curve(run, capsys):
+    config = run.parent.parent / "tiny.yaml"
+    assert main(["lr-find", str(config)]) == 0
+    out = capsys.readouterr().out
+    rate = float(out.split("Suggested learning rate for stage 1 (head): ")[1].split()[0])
+    assert 1e-7 <= rate <= 10
+    assert (run.parent / "tiny-lr-find" / "lr_find.png").stat().st_size > 0
