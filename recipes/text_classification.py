@@ -13,7 +13,12 @@ learning-rate decay, the output of layer 3 cached so the four lower layers
 run once. Any registered text backbone and any source (`--set
 data.source=table:reviews.csv`) work through the config.
 
-MEASURED_PLACEHOLDER
+Measured on the default (2 CPU cores; 9,606 training and 3,202 validation
+reviews): validation accuracy 0.774 after the linear probe (6 epochs, 2-10 s
+each on the cached embeddings, after 110 s of caching), 0.795 after two
+epochs of the top two layers (about 150 s each, after 115 s caching the
+layer-3 output); about 10 minutes in all. Always answering "fresh" scores
+0.578.
 """
 
 import sys

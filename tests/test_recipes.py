@@ -75,3 +75,32 @@ def test_text_recipe_runs_one_step_of_each_stage_on_tiny_data(tmp_path):
     rows = (run / "history.csv").read_text().splitlines()[1:]
     assert [row.split(",")[1] for row in rows] == ["1:head", "2:layer_4"]
     assert "| rotten | fresh |" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_on_elpv_fine_tuning_beats_the_same_network_from_scratch(tmp_path):
+    """The image recipe, shrunk (96 px, 512 training images, 3 + 1 epochs), with its
+    transfer report. Measured: scratch 0.685, fine-tuned 0.752, probe 0.765 validation
+    balanced accuracy; the margin asserted is half the measured 0.067."""
+    from kerastl.config import load_config
+    from kerastl.run import train
+
+    config = load_config(
+        ROOT / "recipes" / "image_classification.yaml",
+        [
+            f"output_dir={tmp_path}",
+            f"data.data_dir={tmp_path / 'tfds'}",
+            "transfer_report=true",
+            "export=false",
+            "model.image_size=96",
+            "data.limit=512",
+            "stages.0.epochs=3",
+            "stages.1.epochs=1",
+        ],
+    )
+    rows = {row["model"]: row for row in train(config, verbose=0).transfer}
+    assert rows["fine-tuned"]["best"] > rows["scratch"]["best"] + 0.03
+    assert rows["linear probe"]["best"] > rows["scratch"]["best"] + 0.03
+    assert rows["fine-tuned"]["negative_transfer"] is False
+    report = (tmp_path / "elpv-lite0" / "report.md").read_text()
+    assert "## Transfer report" in report and "| scratch |" in report
