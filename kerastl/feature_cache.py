@@ -269,27 +269,37 @@ class FeatureCache:
                 np.save(file, part)
         self._files.append(path)
 
-    def _flat_batches(self):
-        yield from self._memory
-        for path in self._files:
-            with open(path, "rb") as file:
-                yield [np.load(file) for _ in self._layout]
+    def _batch(self, index: int) -> tuple:
+        if index < len(self._memory):
+            flat = self._memory[index]
+        else:
+            with open(self._files[index - len(self._memory)], "rb") as file:
+                flat = [np.load(file) for _ in self._layout]
+        return (tuple(flat[: self._num_features]), *flat[self._num_features :])
 
-    def _elements(self):
-        for flat in self._flat_batches():
-            yield (tuple(flat[: self._num_features]), *flat[self._num_features :])
+    def dataset(self, shuffle_seed: int | None = None):
+        """The cached batches as a `tf.data.Dataset`.
 
-    def dataset(self):
-        """The cached batches as a `tf.data.Dataset`, in the original order.
+        Args:
+            shuffle_seed: None: the original order every epoch; an integer: a
+                new order of the batches each epoch, from this seed (the
+                examples inside a batch stay together).
 
         Returns:
             A dataset of `((features...), labels[, weights])` batches.
         """
         import tensorflow as tf
 
+        rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
+
+        def elements():
+            count = self.num_batches
+            for index in rng.permutation(count) if rng is not None else range(count):
+                yield self._batch(int(index))
+
         specs = [_spec(part) for part in self._layout]
         signature = (tuple(specs[: self._num_features]), *specs[self._num_features :])
-        dataset = tf.data.Dataset.from_generator(self._elements, output_signature=signature)
+        dataset = tf.data.Dataset.from_generator(elements, output_signature=signature)
         return dataset.apply(tf.data.experimental.assert_cardinality(self.num_batches)).prefetch(
             tf.data.AUTOTUNE
         )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -132,6 +133,11 @@ class FineTuner:
         cache_memory_mb: cached features kept in memory up to this size,
             written to `cache_dir` (or a temporary folder) beyond it.
         cache_dir: where features beyond the memory bound go.
+        cache_shuffle_seed: cached training batches come in a new order each
+            epoch from this seed (a cache stores one pass of `train`, so
+            without it every epoch would replay that pass's order); None
+            keeps the stored order (then the result equals end-to-end
+            training on the same unshuffled data).
         class_weight: None, `"balanced"` (inverse class frequency in
             `train`), or a `{class: weight}` dict.
         metrics: Keras metrics; `"balanced_accuracy"` adds `BalancedAccuracy`.
@@ -160,6 +166,7 @@ class FineTuner:
         augmentation: keras.layers.Layer | None = None,
         cache_memory_mb: float = 1024,
         cache_dir: str | os.PathLike | None = None,
+        cache_shuffle_seed: int | None = 0,
         class_weight: str | dict | None = None,
         metrics: tuple = ("accuracy",),
         monitor: str | None = None,
@@ -188,6 +195,7 @@ class FineTuner:
         self.augmentation = augmentation
         self.cache_memory_mb = cache_memory_mb
         self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
+        self.cache_shuffle_seed = cache_shuffle_seed
         self.class_weight = class_weight
         self.metrics = tuple(metrics)
         self.monitor = monitor
@@ -208,7 +216,6 @@ class FineTuner:
 
         Args:
             train: a batched `tf.data.Dataset` of `(inputs, integer labels)`.
-                Cached stages replay the order of its first pass every epoch.
             validation: the same for validation, or None.
             stages: the `Stage`s, in order.
 
@@ -260,6 +267,12 @@ class FineTuner:
             history.epoch.extend(range(epoch, epoch + len(result.epoch)))
             epoch += len(result.epoch)
         history.stage_starts = list(self.stage_starts)
+        if self.recorder.best is None:
+            warnings.warn(
+                f"`monitor={monitor!r}` never appeared in the logs, so no best epoch was "
+                f"kept. Logged: {sorted(history.history)}.",
+                stacklevel=2,
+            )
         restore = self.restore_best and monitor.startswith("val_")
         if restore and self.recorder.restore_best() and self.verbose:
             print(
@@ -333,7 +346,11 @@ class FineTuner:
                 else None
                 for name, data in (("train", train), ("validation", validation))
             ]
-        return tuple(cache.dataset() if cache else None for cache in self._caches[split.boundary])
+        train_cache, validation_cache = self._caches[split.boundary]
+        return (
+            train_cache.dataset(self.cache_shuffle_seed),
+            validation_cache.dataset() if validation_cache else None,
+        )
 
     def _metric_objects(self) -> list:
         return [

@@ -36,9 +36,9 @@ def test_cached_head_stage_matches_the_uncached_one_and_leaves_the_backbone(caps
     for cache in (True, False):
         model = _model()
         backbone = _values(model.backbone.weights)
-        history = kerastl.FineTuner(model, cache_features=cache, verbose=0).fit(
-            _data(), _data(16, seed=1), stages=[kerastl.Stage(3, lr=1e-2)]
-        )
+        history = kerastl.FineTuner(
+            model, cache_features=cache, cache_shuffle_seed=None, verbose=0
+        ).fit(_data(), _data(16, seed=1), stages=[kerastl.Stage(3, lr=1e-2)])
         assert history.epoch == [0, 1, 2] and "val_loss" in history.history
         for before, after in zip(backbone, model.backbone.weights, strict=True):
             np.testing.assert_array_equal(before, after)
@@ -120,7 +120,7 @@ def test_caching_below_the_first_trained_group_equals_end_to_end_training():
     for cache in (True, False):
         model = _lite0()
         frozen = _values(kerastl.layer_groups(model)["block5"][0].weights)
-        tuner = kerastl.FineTuner(model, cache_features=cache, verbose=0)
+        tuner = kerastl.FineTuner(model, cache_features=cache, cache_shuffle_seed=None, verbose=0)
         tuner.fit(_images(), _images(8, seed=1), stages=[kerastl.Stage(2, train="block7", lr=1e-2)])
         after = _values(kerastl.layer_groups(model)["block5"][0].weights)
         for before, now in zip(frozen, after, strict=True):
@@ -165,7 +165,7 @@ def test_text_caching_below_a_transformer_layer_equals_end_to_end_training():
     weights = []
     for cache in (True, False):
         model = _tiny_bert()
-        tuner = kerastl.FineTuner(model, cache_features=cache, verbose=0)
+        tuner = kerastl.FineTuner(model, cache_features=cache, cache_shuffle_seed=None, verbose=0)
         tuner.fit(_tokens(), stages=[kerastl.Stage(2, train="layer_2", lr=1e-2, lr_decay=0.5)])
         assert tuner.stage_summaries[0]["cached"] == ("layer_2" if cache else "no")
         weights.append(_values(model.weights))
@@ -245,3 +245,25 @@ def test_balanced_accuracy_matches_scikit_learn():
     metric.update_state(labels[20:], logits[20:])
     expected = balanced_accuracy_score(labels, logits.argmax(-1))
     assert float(metric.result()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_monitor_that_is_never_logged_is_reported():
+    tuner = kerastl.FineTuner(_model(), monitor="val_auc", verbose=0)
+    with pytest.warns(UserWarning, match=r"`monitor='val_auc'` never appeared.*'val_loss'"):
+        tuner.fit(_data(), _data(16, seed=1), stages=[kerastl.Stage(1)])
+
+
+def test_cached_training_batches_come_in_a_new_seeded_order_each_epoch():
+    from kerastl.feature_cache import FeatureCache, split_model
+
+    cache = FeatureCache(split_model(_model(), "head").extractor, _data(), verbose=0)
+
+    def epochs(seed):
+        dataset = cache.dataset(seed)
+        return [[int(labels[0] * 100 + labels[1]) for _, labels in dataset] for _ in range(2)]
+
+    stored = epochs(None)
+    assert stored[0] == stored[1]  # no seed: the stored order, every epoch
+    first, second = epochs(3)
+    assert sorted(first) == sorted(stored[0]) and first != second
+    assert epochs(3) == [first, second]
