@@ -100,6 +100,8 @@ def main() -> None:
             f"| {name} | {value:.1f} | {value / step['keras fit']:.3f} | "
             f"{statistics.median(setup[name]):.1f} |"
         )
+    for name, values in steady.items():
+        print(f"{name} epochs (s): {', '.join(f'{v:.2f}' for v in values)}")
 
 
 if __name__ == "__main__":
