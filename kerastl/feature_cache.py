@@ -65,7 +65,7 @@ def split_model(model, first_trained: str, granularity: str = "coarse") -> Split
 
     Example:
         >>> split = split_model(model, "block6")
-        >>> split.trainer.fit(cache_features(split.extractor, train_ds), epochs=3)
+        >>> split.trainer.fit(FeatureCache(split.extractor, train_ds).dataset(), epochs=3)
     """
     backbone = model.backbone
     upper = _close_upward(backbone, _upper_operations(model, first_trained, granularity))
@@ -73,20 +73,20 @@ def split_model(model, first_trained: str, granularity: str = "coarse") -> Split
     if first_trained == HEAD or not upper_backbone:
         return _head_split(model)
     cut = _cut_tensors(backbone, upper)
-    lower = keras.Model(backbone.input, cut, name=f"{model.name}_frozen")
-    top = keras.Model(cut, backbone.output, name=f"{model.name}_top")
+    mask_at = []
     if model.modality == TEXT:
-        inputs = model.input
-        frozen = lower({name: inputs[name] for name in backbone.input})
         mask_at = [i for i, tensor in enumerate(cut) if tensor is backbone.input["padding_mask"]]
         if not mask_at:
             raise CacheRefused(
                 f"Cannot cache below {first_trained!r}: the frozen part's outputs do not "
                 "carry the padding mask the upper layers and the pooling need."
             )
+    lower = keras.Model(backbone.input, cut, name=f"{model.name}_frozen")
+    top = keras.Model(cut, backbone.output, name=f"{model.name}_top")
+    if model.modality == TEXT:
+        frozen = lower({name: model.input[name] for name in backbone.input})
     else:
         frozen = lower(model.preprocessing_layer(model.inputs[0]))
-        mask_at = []
     extractor = keras.Model(model.input, frozen, name=f"{model.name}_extractor")
     cut_inputs = [
         keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=f"frozen_{i}")

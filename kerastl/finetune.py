@@ -29,7 +29,7 @@ import numpy as np
 from kerastl import run_directory
 from kerastl._validation import check_positive_int
 from kerastl.distribute.keras_fixes import apply_keras_fixes
-from kerastl.feature_cache import FeatureCache, split_model
+from kerastl.feature_cache import CacheRefused, FeatureCache, split_model
 from kerastl.freezing import freeze, freeze_to, unfreeze
 from kerastl.groups import layer_groups
 from kerastl.losses import SparseSmoothedCrossentropy
@@ -125,8 +125,9 @@ class FineTuner:
         model: a classification `TransferModel` (built inside `strategy.scope()`).
         strategy: the tf.distribute strategy (default: the model's).
         cache_features: None (default): cache whenever a stage's lower layers
-            are frozen and there is no augmentation; True: the same, but an
-            augmentation is an error; False: never.
+            are frozen and there is no augmentation, else say why not and
+            train end to end; True: the same, but an augmentation or a model
+            that cannot be cut there is an error; False: never.
         augmentation: a Keras layer applied to training inputs only
             (`training=True`), inside the input pipeline: never part of the
             model, so never in an export.
@@ -192,6 +193,7 @@ class FineTuner:
         self.model = model
         self.strategy = strategy or model.distribute_strategy
         self.cache_features = cache_features is not False and augmentation is None
+        self._cache_required = cache_features is True
         self.augmentation = augmentation
         self.cache_memory_mb = cache_memory_mb
         self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
@@ -299,8 +301,14 @@ class FineTuner:
             split = None
             target = model
             if self.cache_features and stage.train != ALL:
-                split = split_model(model, stage.train, granularity)
-                target = split.trainer
+                try:
+                    split = split_model(model, stage.train, granularity)
+                    target = split.trainer
+                except CacheRefused as refused:
+                    if self._cache_required:
+                        raise
+                    if self.verbose:
+                        print(f"kerastl: not caching: {refused}")
             for compiled in {id(model): model, id(target): target}.values():
                 compiled.compile(
                     _optimizer(model, stage, steps), _loss(stage), metrics=self._metric_objects()

@@ -267,3 +267,15 @@ def test_cached_training_batches_come_in_a_new_seeded_order_each_epoch():
     first, second = epochs(3)
     assert sorted(first) == sorted(stored[0]) and first != second
     assert epochs(3) == [first, second]
+
+
+def test_a_cut_without_the_padding_mask_falls_back_or_raises_when_caching_is_required():
+    from kerastl.feature_cache import CacheRefused
+
+    tuner = kerastl.FineTuner(_tiny_bert(), verbose=0)
+    tuner.fit(_tokens(), stages=[kerastl.Stage(1, train="pooler")])
+    assert tuner.stage_summaries[0]["cached"] == "no"
+    with pytest.raises(CacheRefused, match="do not carry the padding mask"):
+        kerastl.FineTuner(_tiny_bert(), cache_features=True, verbose=0).fit(
+            _tokens(), stages=[kerastl.Stage(1, train="pooler")]
+        )
