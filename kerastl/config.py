@@ -103,6 +103,7 @@ class TrainConfig:
         class_weight: `balanced` (inverse frequency) or null.
         metrics: logged metrics (`accuracy`, `balanced_accuracy`, ...).
         monitor: the value that picks the best epoch, restored at the end.
+        jit_compile: XLA-compile the training step (`auto`: Keras decides).
     """
 
     strategy: str = "auto"
@@ -113,6 +114,7 @@ class TrainConfig:
     class_weight: str | None = "balanced"
     metrics: tuple[str, ...] = ("accuracy", "balanced_accuracy")
     monitor: str = "val_balanced_accuracy"
+    jit_compile: bool | str = "auto"
 
 
 def _default_stages() -> tuple[Stage, ...]:

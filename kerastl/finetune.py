@@ -58,6 +58,7 @@ class Stage:
             gets `lr_decay` times the rate of the one above it.
         optimizer: `adam`, `adamw` or `sgd` (momentum 0.9).
         weight_decay: decoupled weight decay (biases and norms exempt).
+        dropout: the head's dropout rate in this stage (None: the model's).
         label_smoothing: in [0, 1).
         patience: stop after this many epochs without a better validation
             loss and restore the stage's best weights (needs validation data).
@@ -76,6 +77,7 @@ class Stage:
     lr_decay: float | None = None
     optimizer: str = "adam"
     weight_decay: float | None = None
+    dropout: float | None = None
     label_smoothing: float = 0.0
     patience: int | None = None
     train_bn: bool = False
@@ -110,6 +112,8 @@ class Stage:
                 "`label_smoothing` must be in [0, 1). "
                 f"Received: label_smoothing={self.label_smoothing!r}."
             )
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={self.dropout!r}.")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"`warmup` must be in [0, 1). Received: warmup={self.warmup!r}.")
         if self.schedule not in SCHEDULES:
@@ -149,6 +153,7 @@ class FineTuner:
         run_dir: write history, best checkpoint, TensorBoard logs, plots and
             `report.md` there (see `kerastl.run_directory`); None: nothing.
         callbacks: further Keras callbacks for every stage.
+        jit_compile: compile the training step with XLA (`compile(jit_compile=...)`).
         verbose: passed to `fit`; 0 also silences caching progress.
 
     Example:
@@ -174,6 +179,7 @@ class FineTuner:
         restore_best: bool = True,
         run_dir: str | os.PathLike | None = None,
         callbacks: tuple = (),
+        jit_compile: bool | str = "auto",
         verbose: str | int = "auto",
     ):
         if not hasattr(model, "head_layer"):
@@ -204,6 +210,7 @@ class FineTuner:
         self.restore_best = restore_best
         self.run_dir = os.fspath(run_dir) if run_dir is not None else None
         self.callbacks = tuple(callbacks)
+        self.jit_compile = jit_compile
         self.verbose = verbose
         self.stage_starts: list[int] = []
         self.stage_summaries: list[dict] = []
@@ -296,6 +303,7 @@ class FineTuner:
             )
         granularity = granularity_of(model, stage.train)
         steps = int(train.cardinality()) * stage.epochs
+        model.dropout_layer.rate = model.dropout if stage.dropout is None else stage.dropout
         with self.strategy.scope():
             set_stage_trainable(model, stage)
             split = None
@@ -311,7 +319,10 @@ class FineTuner:
                         print(f"kerastl: not caching: {refused}")
             for compiled in {id(model): model, id(target): target}.values():
                 compiled.compile(
-                    _optimizer(model, stage, steps), _loss(stage), metrics=self._metric_objects()
+                    _optimizer(model, stage, steps),
+                    _loss(stage),
+                    metrics=self._metric_objects(),
+                    jit_compile=self.jit_compile,
                 )
         if split is not None:
             if split.note and self.verbose:

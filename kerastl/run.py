@@ -301,6 +301,7 @@ def _tuner(config: RunConfig, model, run_dir, verbose, strategy):
         metrics=config.train.metrics,
         monitor=config.train.monitor,
         run_dir=run_dir,
+        jit_compile=config.train.jit_compile,
         verbose=verbose,
     )
 

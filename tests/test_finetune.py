@@ -279,3 +279,16 @@ def test_a_cut_without_the_padding_mask_falls_back_or_raises_when_caching_is_req
         kerastl.FineTuner(_tiny_bert(), cache_features=True, verbose=0).fit(
             _tokens(), stages=[kerastl.Stage(1, train="pooler")]
         )
+
+
+def test_a_stage_sets_the_head_dropout_for_its_epochs_only():
+    model = _model(dropout=0.3)
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: seen.append(model.dropout_layer.rate)
+    )
+    tuner = kerastl.FineTuner(model, callbacks=(record,), verbose=0)
+    tuner.fit(_data(), stages=[kerastl.Stage(1, dropout=0.6), kerastl.Stage(1, train="all")])
+    assert seen == [0.6, 0.3] and model.get_config()["dropout"] == 0.3
+    with pytest.raises(ValueError, match=r"Received: dropout=1\.5"):
+        kerastl.Stage(1, dropout=1.5)
