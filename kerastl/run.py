@@ -259,9 +259,9 @@ def _batches(config: RunConfig, train_raw, validation_raw):
     data = config.data
     spec = get_spec(config.model.backbone)
     if spec.modality == TEXT:
-        preprocessor = create_text_preprocessor(
-            spec.name, config.model.weights or "default", config.model.sequence_length
-        )
+        weights = config.model.weights
+        vocabulary = "default" if weights is None or weights.lower() == "none" else weights
+        preprocessor = create_text_preprocessor(spec.name, vocabulary, config.model.sequence_length)
         common = {"bucket": data.bucket_by_length, "seed": data.shuffle_seed}
         train = text_batches(
             train_raw, preprocessor, data.batch_size, shuffle=True, limit=data.limit, **common
