@@ -1,0 +1,30 @@
+"""Export: SavedModel with serving signatures, a TF Serving bundle, ONNX, parity checks.
+
+Example:
+    >>> kerastl.export.saved_model(model, "out/serving/elpv/1")
+    >>> kerastl.export.serving_bundle(model, "out/serving", "elpv", samples=val_images)
+    >>> kerastl.export.onnx(model, "out/model.onnx", samples=val_images)
+"""
+
+from kerastl.export.bundle import next_version, serving_bundle, write_models_config
+from kerastl.export.float32 import float32_copy
+from kerastl.export.onnx import UnsupportedOpsError, onnx
+from kerastl.export.parity import ParityError, ParityReport, ParityResult, check_parity
+from kerastl.export.saved_model import saved_model
+from kerastl.export.serving_ops import UnsupportedServingOpsError, scan_serving_ops
+
+__all__ = [
+    "ParityError",
+    "ParityReport",
+    "ParityResult",
+    "UnsupportedOpsError",
+    "UnsupportedServingOpsError",
+    "check_parity",
+    "float32_copy",
+    "next_version",
+    "onnx",
+    "saved_model",
+    "scan_serving_ops",
+    "serving_bundle",
+    "write_models_config",
+]

@@ -1,0 +1,79 @@
+"""Publishing files and directories atomically: write aside, fsync, rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+
+TEMP_PREFIX = ".tmp-"
+
+
+def temporary_sibling(path: str) -> str:
+    """A hidden, unique path next to `path` (same filesystem, so rename is atomic)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f"{TEMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def check_destination(path: str, overwrite: bool) -> None:
+    """Refuses an existing, non-empty destination unless `overwrite`."""
+    occupied = os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path))
+    if occupied and not overwrite:
+        raise FileExistsError(
+            f"{path!r} exists. Pass overwrite=True to replace it, or choose another path."
+        )
+
+
+def fsync_tree(path: str) -> None:
+    """Flushes every file and directory under `path` (or the file) to disk."""
+    if os.path.isfile(path):
+        _fsync(path)
+        return
+    for root, _, files in os.walk(path):
+        for name in files:
+            _fsync(os.path.join(root, name))
+        _fsync(root)
+
+
+def publish(temporary: str, path: str, overwrite: bool = False) -> None:
+    """Renames a finished `temporary` to `path`; a replaced one is removed after."""
+    fsync_tree(temporary)
+    old = None
+    if os.path.exists(path):
+        check_destination(path, overwrite)
+        old = temporary_sibling(path) + "-old"
+        os.rename(path, old)
+    os.rename(temporary, path)
+    _fsync(os.path.dirname(os.path.abspath(path)))
+    if old is not None:
+        remove(old)
+
+
+def remove(path: str) -> None:
+    """Deletes a file or directory tree, if it exists."""
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes a text file atomically."""
+    temporary = temporary_sibling(path)
+    try:
+        with open(temporary, "w") as file:
+            file.write(text)
+        publish(temporary, path, overwrite=True)
+    finally:
+        remove(temporary)
+
+
+def _fsync(path: str) -> None:
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else os.O_RDONLY
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

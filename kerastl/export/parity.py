@@ -1,0 +1,188 @@
+"""Numerical parity of exports with the Keras model they came from."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from kerastl.export.samples import model_inputs, model_samples, sample_count
+from kerastl.export.signatures import TENSOR_SIGNATURES, probabilities_of
+
+DEFAULT_TOLERANCE = 1e-4
+PARITY_FILE = "parity.json"
+
+
+class ParityError(RuntimeError):
+    """An export's outputs differ from the Keras model's beyond the tolerance.
+
+    Attributes:
+        report: the `ParityReport` that failed.
+    """
+
+    def __init__(self, report: ParityReport):
+        self.report = report
+        super().__init__(
+            f"The export was not published: it disagrees with the Keras model.\n{report.summary()}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityResult:
+    """How one export compares with the Keras model.
+
+    Attributes:
+        target: the export's path.
+        max_abs_diff: largest absolute difference of the compared output.
+        top1_agreement: fraction of samples with the same top-1 class
+            (None for regression).
+        passed: `max_abs_diff <= tolerance` and identical top-1 classes.
+    """
+
+    target: str
+    max_abs_diff: float
+    top1_agreement: float | None
+    passed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityReport:
+    """Keras vs each export on the same samples.
+
+    Attributes:
+        output: the compared output (`probabilities`, or `predictions`).
+        tolerance: the largest absolute difference allowed.
+        samples: how many samples were compared.
+        results: one `ParityResult` per export.
+    """
+
+    output: str
+    tolerance: float
+    samples: int
+    results: tuple[ParityResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        """Whether every export passed."""
+        return all(result.passed for result in self.results)
+
+    def to_dict(self) -> dict:
+        """The report as JSON-ready data."""
+        return {**dataclasses.asdict(self), "passed": self.passed}
+
+    def write(self, path: str | os.PathLike) -> str:
+        """Writes the report as JSON; returns the path."""
+        with open(path, "w") as file:
+            json.dump(self.to_dict(), file, indent=2)
+            file.write("\n")
+        return os.fspath(path)
+
+    def summary(self) -> str:
+        """One line per export, marked ok or FAILED."""
+        lines = [f"{self.output} on {self.samples} samples, tolerance {self.tolerance:g}:"]
+        for result in self.results:
+            top1 = "" if result.top1_agreement is None else f", top-1 {result.top1_agreement:.3f}"
+            mark = "ok" if result.passed else "FAILED"
+            lines.append(f"  {mark}: {result.target}: max abs diff {result.max_abs_diff:.3g}{top1}")
+        return "\n".join(lines)
+
+
+def check_parity(
+    model: keras.Model,
+    exported: str | os.PathLike | Sequence[str | os.PathLike],
+    samples=None,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    report_path: str | os.PathLike | None = None,
+) -> ParityReport:
+    """Compares Keras with SavedModel and/or ONNX exports on the same samples.
+
+    SavedModels are called through their tensor signature (`image_tensor` or
+    `token_ids`), ONNX files through onnxruntime. Probabilities are compared
+    (predictions for regression), with the top-1 class.
+
+    Args:
+        model: the Keras model.
+        exported: a SavedModel directory or `.onnx` file, or a list of them.
+        samples: model inputs (see `kerastl.export.samples.model_samples`);
+            None: deterministic random inputs.
+        tolerance: largest absolute difference allowed.
+        report_path: where to write the report as JSON (e.g. `parity.json`).
+
+    Returns:
+        A `ParityReport`; `report.passed` says whether all exports passed.
+
+    Example:
+        >>> report = kerastl.export.check_parity(model, ["out/1", "out/model.onnx"], images)
+        >>> print(report.summary())
+    """
+    if not isinstance(tolerance, int | float) or not tolerance >= 0:
+        raise ValueError(f"`tolerance` must be a number >= 0. Received: tolerance={tolerance!r}.")
+    targets = [exported] if isinstance(exported, str | os.PathLike) else list(exported)
+    if not targets:
+        raise ValueError("`exported` names no export to compare.")
+    samples = model_samples(model, samples)
+    inputs = model_inputs(samples)
+    if not isinstance(inputs, dict):  # whole pixels: exact for uint8 `image_tensor` too
+        inputs = np.clip(np.round(inputs), 0, 255).astype(np.float32)
+    regression = getattr(model, "task", "classification") == "regression"
+    output = "predictions" if regression else "probabilities"
+    logits = keras.tree.flatten(model(inputs, training=False))[0]
+    expected = np.asarray(logits if regression else probabilities_of(model, logits))
+    results = []
+    for target in targets:
+        actual = _run_export(os.fspath(target), inputs)[output]
+        diff = (
+            float(np.max(np.abs(actual - expected))) if actual.shape == expected.shape else np.inf
+        )
+        top1 = None
+        if not regression and actual.shape == expected.shape:
+            top1 = float(np.mean(actual.argmax(-1) == expected.argmax(-1)))
+        passed = diff <= tolerance and (top1 is None or top1 == 1.0)
+        results.append(ParityResult(os.fspath(target), diff, top1, passed))
+    report = ParityReport(output, float(tolerance), sample_count(samples), tuple(results))
+    if report_path is not None:
+        report.write(report_path)
+    return report
+
+
+def _run_export(target: str, inputs) -> dict[str, np.ndarray]:
+    if target.endswith(".onnx"):
+        return _run_onnx(target, inputs)
+    if os.path.isdir(target):
+        return _run_saved_model(target, inputs)
+    raise ValueError(
+        f"An export must be a SavedModel directory or an `.onnx` file. Received: {target!r}."
+    )
+
+
+def _run_saved_model(path: str, inputs) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    names = [name for name in TENSOR_SIGNATURES if name in loaded.signatures]
+    if not names:
+        raise ValueError(
+            f"{path!r} has no tensor signature ({TENSOR_SIGNATURES}) to compare. "
+            f"It has: {sorted(loaded.signatures)}."
+        )
+    function = loaded.signatures[names[0]]
+    feed = inputs if isinstance(inputs, dict) else {"images": inputs}
+    dtypes = {name: spec.dtype for name, spec in function.structured_input_signature[1].items()}
+    feed = {name: tf.cast(value, dtypes[name]) for name, value in feed.items()}
+    return {name: value.numpy() for name, value in function(**feed).items()}
+
+
+def _run_onnx(path: str, inputs) -> dict[str, np.ndarray]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    feed = inputs if isinstance(inputs, dict) else {"images": inputs}
+    types = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int32)": np.int32}
+    feed = {i.name: np.asarray(feed[i.name]).astype(types[i.type]) for i in session.get_inputs()}
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed), strict=True))

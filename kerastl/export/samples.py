@@ -1,0 +1,104 @@
+"""Sample inputs for parity checks, warmup requests and example requests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kerastl.export.signatures import is_text_model
+
+DEFAULT_COUNT = 8
+
+
+def model_samples(model, samples=None, count: int = DEFAULT_COUNT):
+    """Normalizes samples to what `model` takes, or makes deterministic ones.
+
+    Args:
+        model: the model the samples are for.
+        samples: images `[n, H, W, 3]` in [0, 255] (array or `tf.data` batches
+            of `(images, labels)` or images); for text models a dict of token
+            arrays (optionally with a `"text"` list of the raw strings). None:
+            `count` random pixel images, or random token ids over the
+            backbone's vocabulary.
+        count: how many samples at most.
+
+    Returns:
+        A float32 array (images) or a dict of int32 arrays (tokens; `"text"`
+        kept aside when given).
+    """
+    if samples is None:
+        return (
+            _random_tokens(model, count) if is_text_model(model) else _random_images(model, count)
+        )
+    if hasattr(samples, "take") and hasattr(samples, "element_spec"):
+        samples = _from_dataset(samples, count)
+    if is_text_model(model):
+        if not isinstance(samples, dict):
+            raise TypeError(
+                "Text samples must be a dict of token arrays "
+                f"({list(model.input)}). Received: {type(samples).__name__}."
+            )
+        missing = [name for name in model.input if name not in samples]
+        if missing:
+            raise ValueError(f"Text samples lack the inputs {missing}. Received: {list(samples)}.")
+        tokens = {name: np.asarray(samples[name], np.int32)[:count] for name in model.input}
+        if "text" in samples:
+            tokens["text"] = list(samples["text"])[:count]
+        return tokens
+    images = np.asarray(samples, np.float32)[:count]
+    expected = tuple(model.input_shape[1:])
+    if images.ndim != 4 or images.shape[1:] != expected:
+        raise ValueError(
+            f"Image samples must have shape [n, {', '.join(map(str, expected))}]. "
+            f"Received: shape={images.shape}."
+        )
+    return images
+
+
+def model_inputs(samples):
+    """The part of normalized samples that the Keras model itself takes."""
+    if isinstance(samples, dict):
+        return {name: value for name, value in samples.items() if name != "text"}
+    return samples
+
+
+def sample_count(samples) -> int:
+    """How many examples normalized samples hold."""
+    first = next(iter(model_inputs(samples).values())) if isinstance(samples, dict) else samples
+    return len(first)
+
+
+def _from_dataset(dataset, count: int):
+    batches = []
+    taken = 0
+    for element in dataset:
+        features = element[0] if isinstance(element, tuple) else element
+        batches.append(features)
+        taken += len(next(iter(features.values())) if isinstance(features, dict) else features)
+        if taken >= count:
+            break
+    if not batches:
+        raise ValueError("The sample dataset is empty.")
+    if isinstance(batches[0], dict):
+        return {key: np.concatenate([np.asarray(b[key]) for b in batches]) for key in batches[0]}
+    return np.concatenate([np.asarray(b) for b in batches])
+
+
+def _random_images(model, count: int):
+    shape = (count, *model.input_shape[1:])
+    return np.random.RandomState(0).uniform(0, 255, shape).astype(np.float32)
+
+
+def _random_tokens(model, count: int, length: int = 16):
+    vocabulary = int(getattr(getattr(model, "backbone", None), "vocabulary_size", 100) or 100)
+    random = np.random.RandomState(0)
+    tokens = {}
+    for name in model.input:
+        if name == "padding_mask":
+            mask = np.ones((count, length), np.int32)
+            mask[:, length // 2 :] = random.randint(0, 2, (count, 1))  # some padded
+            tokens[name] = mask
+        elif name == "segment_ids":
+            tokens[name] = np.zeros((count, length), np.int32)
+        else:
+            tokens[name] = random.randint(1, vocabulary, (count, length)).astype(np.int32)
+    return tokens

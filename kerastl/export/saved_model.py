@@ -1,0 +1,161 @@
+"""`saved_model`: a SavedModel with serving signatures, checked against Keras."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Sequence
+
+import keras
+
+from kerastl.export import _atomic
+from kerastl.export.float32 import float32_copy
+from kerastl.export.parity import DEFAULT_TOLERANCE, PARITY_FILE, ParityError, check_parity
+from kerastl.export.samples import model_samples
+from kerastl.export.signatures import TEXT, check_signatures, serving_function
+
+EXTRA_DIR = "assets.extra"
+
+
+def saved_model(
+    model: keras.Model,
+    path: str | os.PathLike,
+    signatures: str | Sequence[str] | None = None,
+    *,
+    samples=None,
+    image_dtype: str = "float32",
+    top_k: int = 5,
+    preprocessor=None,
+    sequence_length: int = 128,
+    tolerance: float = DEFAULT_TOLERANCE,
+    overwrite: bool = False,
+) -> str:
+    """Exports `model` as a SavedModel with serving signatures, if it matches Keras.
+
+    Built on `keras.export.ExportArchive`. The model runs in inference mode
+    (no dropout, no augmentation), in float32 even if trained under mixed
+    precision. The export is written beside `path`, its tensor signature is
+    compared with Keras on `samples` (the report goes to
+    `assets.extra/parity.json`), and only then renamed to `path`: a failed or
+    interrupted export leaves nothing at `path`.
+
+    Args:
+        model: a `TransferModel` (or a Keras model with one logits output).
+        path: the SavedModel directory to create.
+        signatures: signature names, the first one becoming `serving_default`;
+            images: `image_bytes`, `image_tensor`, `tf_example`; text:
+            `token_ids`, `text` (see `kerastl.export.signatures`). Default:
+            `("image_bytes", "image_tensor")` or `("token_ids",)`. The tensor
+            signature (`image_tensor`/`token_ids`) is always included.
+        samples: real inputs for the parity check (images `[n, H, W, 3]` in
+            [0, 255], token dicts, or a `tf.data` dataset); None: random ones.
+        image_dtype: `"float32"` or `"uint8"` for `image_tensor`.
+        top_k: labels in the `class_name` output.
+        preprocessor: KerasHub text preprocessor for the `text` signature
+            (default: the registered backbone's, at `sequence_length`).
+        sequence_length: token length of the default text preprocessor.
+        tolerance: largest absolute difference of probabilities allowed.
+        overwrite: replace an existing export at `path`.
+
+    Returns:
+        `path`.
+
+    Raises:
+        ParityError: the export disagrees with Keras (nothing is written).
+        FileExistsError: `path` exists and `overwrite` is False.
+
+    Example:
+        >>> kerastl.export.saved_model(model, "out/serving/flowers/1",
+        ...                            signatures=("image_bytes", "image_tensor"))
+    """
+    path = os.fspath(path)
+    _atomic.check_destination(path, overwrite)
+    temporary = _atomic.temporary_sibling(path)
+    try:
+        write_saved_model(
+            model,
+            temporary,
+            signatures,
+            samples=samples,
+            image_dtype=image_dtype,
+            top_k=top_k,
+            preprocessor=preprocessor,
+            sequence_length=sequence_length,
+            tolerance=tolerance,
+            published_as=path,
+        )
+        _atomic.publish(temporary, path, overwrite)
+    finally:
+        _atomic.remove(temporary)
+    return path
+
+
+def write_saved_model(
+    model: keras.Model,
+    directory: str,
+    signatures=None,
+    *,
+    samples=None,
+    image_dtype: str = "float32",
+    top_k: int = 5,
+    preprocessor=None,
+    sequence_length: int = 128,
+    tolerance: float = DEFAULT_TOLERANCE,
+    published_as: str | None = None,
+):
+    """Writes the SavedModel into `directory` (not atomic) and checks parity.
+
+    `published_as` names the final path in the parity report.
+
+    Returns:
+        The `ParityReport` (also in `assets.extra/parity.json`).
+
+    Raises:
+        ParityError: the export disagrees with Keras.
+    """
+    names = check_signatures(model, signatures)
+    model = float32_copy(model)
+    preprocessor = text_preprocessor(model, names, preprocessor, sequence_length)
+    if TEXT in names:
+        warnings.warn(
+            "The `text` signature tokenizes with TF-Text ops, which stock TF Serving "
+            "(and TF Lite, ONNX) cannot run: serve it with a TF Serving build that "
+            "links tensorflow-text, or send `token_ids` instead.",
+            UserWarning,
+            stacklevel=3,
+        )
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    if preprocessor is not None and TEXT in names:
+        archive.track(preprocessor)
+    for name in names:
+        function = serving_function(
+            model, name, image_dtype=image_dtype, top_k=top_k, preprocessor=preprocessor
+        )
+        archive.add_endpoint(name, function)
+    archive.write_out(directory, verbose=False)
+    os.makedirs(os.path.join(directory, EXTRA_DIR), exist_ok=True)
+    report = check_parity(model, directory, model_samples(model, samples), tolerance=tolerance)
+    if published_as is not None:
+        results = tuple(dataclasses.replace(r, target=published_as) for r in report.results)
+        report = dataclasses.replace(report, results=results)
+    report.write(os.path.join(directory, EXTRA_DIR, PARITY_FILE))
+    if not report.passed:
+        raise ParityError(report)
+    return report
+
+
+def text_preprocessor(model: keras.Model, names, preprocessor, sequence_length: int):
+    """The preprocessor the `text` signature uses (None without one)."""
+    if TEXT not in names or preprocessor is not None:
+        return preprocessor
+    from kerastl.backbones.hub import create_text_preprocessor
+
+    name = getattr(model, "backbone_name", None)
+    if name is None:
+        raise ValueError(
+            "The `text` signature needs a `preprocessor` for a model whose backbone is "
+            "not registered."
+        )
+    return create_text_preprocessor(name, sequence_length=sequence_length)

@@ -1,0 +1,74 @@
+"""Which ops of an exported SavedModel stock TF Serving cannot run.
+
+Stock TF Serving links the core TensorFlow kernels only. Ops registered by
+add-on libraries (TF-Text's tokenizers, SentencePiece, TF Addons) load into a
+Python process that imported them, so a SavedModel using them exports and
+reloads fine here, and then fails to load in the model server. The core op
+set is `tf.raw_ops`, generated when TensorFlow itself is built: add-on
+libraries cannot extend it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import tensorflow as tf
+
+
+class UnsupportedServingOpsError(RuntimeError):
+    """A SavedModel uses ops that stock TF Serving does not have.
+
+    Attributes:
+        ops: signature name → sorted unsupported op names.
+    """
+
+    def __init__(self, ops: dict[str, list[str]], path: str):
+        self.ops = ops
+        listed = "; ".join(f"{name}: {', '.join(found)}" for name, found in ops.items())
+        super().__init__(
+            f"{path!r} uses ops that stock TF Serving does not have ({listed}). Drop those "
+            "signatures (e.g. send `token_ids` instead of `text`), or pass "
+            "on_unsupported_ops='warn' for a model server built with those ops."
+        )
+
+
+@functools.cache
+def core_op_names() -> frozenset[str]:
+    """Op names of core TensorFlow (what stock TF Serving can run)."""
+    return frozenset(name for name in dir(tf.raw_ops) if not name.startswith("_"))
+
+
+def scan_serving_ops(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Lists, per signature, the ops of a SavedModel outside core TensorFlow.
+
+    Args:
+        path: a SavedModel directory.
+
+    Returns:
+        Signature name → sorted op names stock TF Serving lacks (only the
+        signatures that have some).
+
+    Example:
+        >>> kerastl.export.scan_serving_ops("out/serving/reviews/1")
+        {'text': ['FastWordpieceTokenizeWithOffsets']}
+    """
+    loaded = tf.saved_model.load(os.fspath(path))
+    core = core_op_names()
+    found = {}
+    for name, function in loaded.signatures.items():
+        unsupported = sorted(
+            op for op in graph_ops(function.graph.as_graph_def()) if op not in core
+        )
+        if unsupported:
+            found[name] = unsupported
+    return found
+
+
+def graph_ops(graph_def) -> set[str]:
+    """Op names used by a `GraphDef`, its function library included."""
+    ops = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+        ops.update(node.op for node in function.node_def)
+    library = {function.signature.name for function in graph_def.library.function}
+    return {op for op in ops if op not in library and not op.startswith("_")}
