@@ -1,4 +1,4 @@
-"""The `kerastl` command: `train`, `lr-find`, `list-backbones`, `describe`."""
+"""The `kerastl` command: `train`, `lr-find`, `export`, `list-backbones`, `describe`."""
 
 from __future__ import annotations
 
@@ -49,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
             help="override a config value, e.g. --set stages.1.lr=1e-4 (repeatable)",
         )
         command.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+
+    export = commands.add_parser("export", help="export a run's model (TF Serving bundle, ONNX)")
+    export.add_argument("run_dir", help="a run directory written by `kerastl train`")
+    export.add_argument("--format", choices=("bundle", "saved_model", "onnx"), default="bundle")
+    export.add_argument("--output", help="where to write (default: RUN_DIR/export/...)")
+    export.add_argument("--name", help="served model name for a bundle (default: the run's)")
+    export.add_argument(
+        "--signatures",
+        help="comma-separated, first is serving_default (e.g. image_bytes,image_tensor)",
+    )
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (13-18)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
     return parser
 
 
@@ -68,14 +80,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from kerastl.backbones import CheckpointError, HubUnavailableError
+    from kerastl.export import ParityError, UnsupportedOpsError, UnsupportedServingOpsError
 
+    export_errors = (ParityError, UnsupportedOpsError, UnsupportedServingOpsError, FileExistsError)
     try:
         if args.command in ("train", "lr-find"):
             return _train(args) if args.command == "train" else _lr_find(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "list-backbones":
             return _list_backbones(args)
         return _describe(args)
-    except (ValueError, FileNotFoundError, HubUnavailableError, CheckpointError) as error:
+    except (
+        ValueError,
+        FileNotFoundError,
+        HubUnavailableError,
+        CheckpointError,
+        *export_errors,
+    ) as error:
         print(f"kerastl: error: {error}", file=sys.stderr)
         return 2
 
@@ -98,6 +120,23 @@ def _lr_find(args) -> int:
     stage = config.stages[0]
     print(f"Suggested learning rate for stage 1 ({stage.train}): {result.suggestion:.2e}")
     print(f"Curve: {plot}")
+    return 0
+
+
+def _export(args) -> int:
+    from kerastl.export.run_export import export_run
+
+    signatures = tuple(args.signatures.split(",")) if args.signatures else None
+    path = export_run(
+        args.run_dir,
+        args.format,
+        output=args.output,
+        name=args.name,
+        signatures=signatures,
+        opset=args.opset,
+        overwrite=args.overwrite,
+    )
+    print(f"Exported ({args.format}): {path}")
     return 0
 
 

@@ -99,8 +99,11 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     )
     saved_model = None
     if config.export:
-        saved_model = os.path.join(run_dir, "saved_model")
-        model.export(saved_model, format="tf_saved_model", verbose=False)
+        from kerastl.export import saved_model as export_saved_model
+
+        saved_model = export_saved_model(
+            model, os.path.join(run_dir, "saved_model"), samples=data.validation
+        )
     best = (tuner.recorder.best, tuner.recorder.best_epoch)
     monitored = f"{config.train.monitor} = {_fmt(best[0])}"
     _say(f"Best epoch {best[1]}: {monitored} ({seconds:.0f}s training)")

@@ -1,6 +1,7 @@
 """`kerastl train` end to end on a tiny config: every artefact of the run directory."""
 
 import csv
+import json
 
 import keras
 import numpy as np
@@ -68,7 +69,9 @@ def test_the_saved_models_load_and_agree(run):
     model = keras.models.load_model(run / "model.keras")
     served = tf.saved_model.load(str(run / "saved_model"))
     images = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(served.serve(images), model.predict(images, verbose=0), atol=1e-5)
+    logits = served.signatures["image_tensor"](images=images)["logits"]
+    np.testing.assert_allclose(logits, model.predict(images, verbose=0), atol=1e-5)
+    assert json.loads((run / "saved_model/assets.extra/parity.json").read_text())["passed"]
     best = keras.models.load_model(run / "model.keras")
     best.load_weights(run / "best.weights.h5")
     np.testing.assert_allclose(best.predict(images, verbose=0), model.predict(images, verbose=0))
@@ -110,3 +113,18 @@ def test_lr_find_suggests_a_rate_and_saves_its_curve(run, capsys):
     rate = float(out.split("Suggested learning rate for stage 1 (head): ")[1].split()[0])
     assert 1e-7 <= rate <= 10
     assert (run.parent / "tiny-lr-find" / "lr_find.png").stat().st_size > 0
+
+
+def test_export_command_publishes_a_bundle_and_an_onnx_file(run, capsys):
+    assert main(["export", str(run), "--signatures", "image_tensor"]) == 0
+    version = run / "export" / "serving" / "tiny" / "1"
+    assert (version / "saved_model.pb").is_file()
+    assert (version / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    assert str(version) in capsys.readouterr().out
+    assert main(["export", str(run), "--format", "onnx", "--opset", "19"]) == 2
+    assert "opset=19" in capsys.readouterr().err
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    report = json.loads((run / "export" / "model.parity.json").read_text())
+    assert report["passed"] and report["samples"] == 8
+    assert main(["export", str(run / "nowhere")]) == 2
+    assert "no model.keras" in capsys.readouterr().err

@@ -126,7 +126,7 @@ def serving_bundle(
             tolerance=tolerance,
             published_as=final,
         )
-        _check_ops(temporary, on_unsupported_ops)
+        _check_ops(temporary, final, on_unsupported_ops)
         _write_requests(temporary, name, names, samples, warmup_requests, image_dtype)
         _atomic.publish(temporary, final)
     finally:
@@ -168,11 +168,11 @@ def write_models_config(base_dir: str, name: str, num_versions: int = 2) -> str:
     return path
 
 
-def _check_ops(directory: str, on_unsupported_ops: str) -> None:
+def _check_ops(directory: str, final: str, on_unsupported_ops: str) -> None:
     unsupported = scan_serving_ops(directory)
     if not unsupported:
         return
-    error = UnsupportedServingOpsError(unsupported, directory)
+    error = UnsupportedServingOpsError(unsupported, final)
     if on_unsupported_ops == "raise":
         raise error
     warnings.warn(str(error), UserWarning, stacklevel=3)
