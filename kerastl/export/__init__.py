@@ -8,9 +8,9 @@ Example:
 
 from kerastl.export.bundle import next_version, serving_bundle, write_models_config
 from kerastl.export.float32 import float32_copy
-from kerastl.export.onnx import UnsupportedOpsError, onnx
+from kerastl.export.onnx_export import UnsupportedOpsError, onnx
 from kerastl.export.parity import ParityError, ParityReport, ParityResult, check_parity
-from kerastl.export.saved_model import saved_model
+from kerastl.export.saved_model_export import saved_model
 from kerastl.export.serving_ops import UnsupportedServingOpsError, scan_serving_ops
 
 __all__ = [

@@ -25,7 +25,7 @@ from kerastl.export.requests import (
     write_warmup,
 )
 from kerastl.export.samples import model_samples
-from kerastl.export.saved_model import EXTRA_DIR, text_preprocessor, write_saved_model
+from kerastl.export.saved_model_export import EXTRA_DIR, text_preprocessor, write_saved_model
 from kerastl.export.serving_ops import UnsupportedServingOpsError, scan_serving_ops
 from kerastl.export.signatures import TEXT, check_signatures
 
@@ -135,7 +135,7 @@ def serving_bundle(
     return final
 
 
-def next_version(model_dir: str) -> int:
+def next_version(model_dir: str | os.PathLike) -> int:
     """One above the highest integer version directory in `model_dir` (1 if none)."""
     versions = [int(entry) for entry in os.listdir(model_dir) if entry.isdigit()]
     return max(versions, default=0) + 1

@@ -107,13 +107,14 @@ def onnx(
     signature = signature or tensor_signature(model)
     check_signatures(model, signature)
     _atomic.check_destination(path, overwrite)
+    samples = model_samples(model, samples)  # bad samples fail before the slow conversion
     model = float32_copy(model)
     proto = convert(model, signature, opset, image_dtype=image_dtype, fixes=fixes)
     temporary = _atomic.temporary_sibling(path) + ".onnx"
     try:
         with open(temporary, "wb") as file:
             file.write(proto.SerializeToString())
-        report = check_parity(model, temporary, model_samples(model, samples), tolerance=tolerance)
+        report = check_parity(model, temporary, samples, tolerance=tolerance)
         report_path = path[: -len(".onnx")] + ".parity.json"
         report = _relabel(report, path)
         report.write(report_path)

@@ -115,6 +115,7 @@ def write_saved_model(
         ParityError: the export disagrees with Keras.
     """
     names = check_signatures(model, signatures)
+    samples = model_samples(model, samples)  # bad samples fail before the slow export
     model = float32_copy(model)
     preprocessor = text_preprocessor(model, names, preprocessor, sequence_length)
     if TEXT in names:
@@ -136,7 +137,7 @@ def write_saved_model(
         archive.add_endpoint(name, function)
     archive.write_out(directory, verbose=False)
     os.makedirs(os.path.join(directory, EXTRA_DIR), exist_ok=True)
-    report = check_parity(model, directory, model_samples(model, samples), tolerance=tolerance)
+    report = check_parity(model, directory, samples, tolerance=tolerance)
     if published_as is not None:
         results = tuple(dataclasses.replace(r, target=published_as) for r in report.results)
         report = dataclasses.replace(report, results=results)

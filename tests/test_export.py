@@ -1,0 +1,463 @@
+"""Export: SavedModel signatures, the TF Serving bundle, ONNX, parity gate."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.python.saved_model import loader_impl
+from tensorflow_serving.config import model_server_config_pb2
+
+import kerastl
+import kerastl.export as kx
+from kerastl.export import _atomic, onnx_export
+from kerastl.export import bundle as bundle_module
+from kerastl.export.requests import (
+    encode_images,
+    predict_request,
+    read_warmup,
+    request_arrays,
+    rest_body,
+    run_signature,
+    signature_inputs,
+)
+from kerastl.export.signatures import resize_like_training
+
+SIZE = 64
+CLASSES = ["functional", "crack", "dark"]
+
+
+def _images(count, seed=0, size=SIZE):
+    return np.random.default_rng(seed).uniform(0, 255, (count, size, size, 3)).astype("float32")
+
+
+def _tiny_image_model():
+    """MobileNetV3-Small with random weights, its BatchNorm statistics set from one batch.
+
+    Random weights alone make its features vanish (~1e-11), and every export
+    would then "match" whatever it is compared with.
+    """
+    model = kerastl.TransferModel(
+        "mobilenetv3small", num_classes=2, weights=None, input_shape=(32, 32, 3)
+    )
+    layers = model._flatten_layers()
+    norms = [x for x in layers if isinstance(x, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(_images(16, seed=9, size=32), training=True)
+    for layer in norms:
+        layer.momentum = 0.99
+    assert np.ptp(model.predict(_images(4, size=32), verbose=0)) > 1.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """EfficientNet-Lite0 with its real ImageNet weights and a fitted-looking head."""
+    keras.utils.set_random_seed(0)
+    model = kerastl.TransferModel(
+        "efficientnet-lite0", num_classes=3, input_shape=(SIZE, SIZE, 3), class_names=CLASSES
+    )
+    kernel, bias = model.head_layer.get_weights()
+    model.head_layer.set_weights([np.random.default_rng(0).normal(0, 0.05, kernel.shape), bias])
+    return model
+
+
+@pytest.fixture(scope="module")
+def bundle(lite0, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serving")
+    version = kx.serving_bundle(
+        lite0,
+        base,
+        "elpv",
+        signatures=("image_bytes", "image_tensor", "tf_example"),
+        samples=_images(6),
+        warmup_requests=3,
+    )
+    return base, version
+
+
+def test_every_image_signature_reloads_and_matches_keras(lite0, bundle):
+    _, version = bundle
+    loaded = tf.saved_model.load(version)
+    assert set(loaded.signatures) == {
+        "serving_default",
+        "image_bytes",
+        "image_tensor",
+        "tf_example",
+    }
+    default_inputs = loaded.signatures["serving_default"].structured_input_signature[1]
+    assert list(default_inputs) == ["image_bytes"]  # the first named signature
+
+    images = _images(3, seed=1)
+    expected = lite0.predict(images, verbose=0)
+    out = run_signature(loaded.signatures["image_tensor"], {"images": images})
+    np.testing.assert_allclose(out["logits"], expected, atol=1e-5)
+    np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(expected), atol=1e-5)
+    assert out["logits"].dtype == np.float32
+    np.testing.assert_array_equal(out["class_id"], expected.argmax(-1))
+    names = np.array(CLASSES)[np.argsort(-expected, axis=-1)]
+    np.testing.assert_array_equal(out["class_name"].astype(str), names)
+
+
+def test_image_bytes_decodes_jpeg_and_png_of_different_sizes_like_outside_the_graph(lite0, bundle):
+    _, version = bundle
+    loaded = tf.saved_model.load(version)
+    encoded = [
+        encode_images(_images(1, seed=2, size=80), "jpeg")[0],
+        encode_images(_images(1, seed=3, size=50), "png")[0],
+        encode_images(np.zeros((1, 64, 96, 3)) + 128, "png")[0],
+    ]
+    decoded = np.stack(
+        [
+            resize_like_training(tf.io.decode_image(data, channels=3), (SIZE, SIZE)).numpy()
+            for data in encoded
+        ]
+    )
+    expected = lite0.predict(decoded, verbose=0)
+    inputs = {"image_bytes": np.array(encoded, dtype=object)}
+    np.testing.assert_allclose(
+        run_signature(loaded.signatures["image_bytes"], inputs)["logits"], expected, atol=1e-5
+    )
+    examples = signature_inputs("tf_example", decoded)
+    from_examples = run_signature(loaded.signatures["tf_example"], examples)["logits"]
+    jpeg = signature_inputs("image_bytes", decoded)  # the same JPEG bytes inside the examples
+    from_bytes = run_signature(loaded.signatures["image_bytes"], jpeg)["logits"]
+    np.testing.assert_allclose(from_examples, from_bytes, atol=1e-6)
+
+
+def test_bundle_layout_models_config_and_parity_report(bundle):
+    base, version = bundle
+    assert version == str(base / "elpv" / "1")
+    assert sorted(os.listdir(base / "elpv")) == ["1"]  # no temporary directory left
+    config = text_format.Parse(
+        (base / "models.config").read_text(), model_server_config_pb2.ModelServerConfig()
+    )
+    (entry,) = config.model_config_list.config
+    assert entry.name == "elpv" and entry.base_path == str(base / "elpv")
+    assert entry.model_version_policy.latest.num_versions == 2
+    parity = json.loads((base / "elpv/1/assets.extra/parity.json").read_text())
+    assert parity["passed"] and parity["results"][0]["max_abs_diff"] < 1e-5
+    assert parity["samples"] == 6 and parity["results"][0]["target"] == version
+
+
+def test_requests_match_the_signature_defs_and_the_recorded_responses(bundle):
+    _, version = bundle
+    signature_defs = loader_impl.parse_saved_model(version).meta_graphs[0].signature_def
+    loaded = tf.saved_model.load(version)
+    requests = os.path.join(version, "assets.extra", "requests")
+    for name in ("image_bytes", "image_tensor", "tf_example"):
+        with open(os.path.join(requests, f"{name}.json")) as file:
+            body = json.load(file)
+        with open(os.path.join(requests, f"{name}.response.json")) as file:
+            response = json.load(file)
+        assert body["signature_name"] == name
+        defined = signature_defs[name].inputs
+        assert set(body["instances"][0]) == set(defined)
+        if name != "image_tensor":
+            assert set(body["instances"][0][next(iter(defined))]) == {"b64"}
+        grpc = predict_request("elpv", name, _decode_rest_instances(body))
+        for key, tensor in grpc.inputs.items():
+            assert tensor.dtype == defined[key].dtype
+        answer = run_signature(loaded.signatures[name], request_arrays(grpc))
+        expected = np.array([row["probabilities"] for row in response["predictions"]])
+        np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-6)
+        assert response["predictions"][0]["class_name"][0] in CLASSES
+
+
+def _decode_rest_instances(body):
+    import base64
+
+    rows = body["instances"]
+    decoded = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        if isinstance(values[0], dict):
+            decoded[key] = np.array([base64.b64decode(v["b64"]) for v in values], dtype=object)
+        else:
+            decoded[key] = np.array(values, np.float32)
+    return decoded
+
+
+def test_warmup_file_parses_and_every_request_runs(bundle):
+    _, version = bundle
+    requests = read_warmup(os.path.join(version, "assets.extra", "tf_serving_warmup_requests"))
+    assert Counter(r.model_spec.signature_name for r in requests) == {
+        "image_bytes": 3,
+        "image_tensor": 3,
+        "tf_example": 3,
+    }
+    loaded = tf.saved_model.load(version)
+    for request in requests:
+        assert request.model_spec.name == "elpv"
+        out = run_signature(
+            loaded.signatures[request.model_spec.signature_name], request_arrays(request)
+        )
+        assert out["probabilities"].shape == (1, 3)
+        np.testing.assert_allclose(out["probabilities"].sum(), 1.0, atol=1e-5)
+
+
+def test_saved_model_cli_runs_the_bundle(lite0, bundle, tmp_path):
+    _, version = bundle
+    images = _images(2, seed=4)
+    np.save(tmp_path / "images.npy", images)
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    result = subprocess.run(
+        [cli, "run", "--dir", version, "--tag_set", "serve", "--signature_def", "image_tensor",
+         "--inputs", f"images={tmp_path / 'images.npy'}", "--outdir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    logits = np.load(tmp_path / "out" / "logits.npy")
+    np.testing.assert_allclose(logits, lite0.predict(images, verbose=0), atol=1e-5)
+
+
+def test_onnx_export_matches_keras_with_named_dynamic_batch(lite0, tmp_path):
+    import onnxruntime
+
+    path = kx.onnx(lite0, tmp_path / "lite0.onnx", samples=_images(4))
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (image_input,) = session.get_inputs()
+    assert image_input.name == "images" and image_input.shape == ["batch", SIZE, SIZE, 3]
+    assert {o.name for o in session.get_outputs()} == {
+        "logits", "probabilities", "class_id", "top_k_probabilities"
+    }  # fmt: skip
+    images = _images(5, seed=5)
+    probabilities = session.run(["probabilities"], {"images": images})[0]
+    expected = tf.nn.softmax(lite0.predict(images, verbose=0)).numpy()
+    assert np.abs(probabilities - expected).max() <= 1e-4
+    np.testing.assert_array_equal(probabilities.argmax(-1), expected.argmax(-1))
+    report = json.loads((tmp_path / "lite0.parity.json").read_text())
+    assert report["passed"] and report["results"][0]["top1_agreement"] == 1.0
+
+
+def test_onnx_refuses_a_graph_with_a_decode_op_and_writes_nothing(lite0, tmp_path):
+    with pytest.raises(kx.UnsupportedOpsError, match="DecodeImage") as caught:
+        kx.onnx(lite0, tmp_path / "bytes.onnx", signature="image_bytes")
+    assert "DecodeImage" in caught.value.ops
+    assert os.listdir(tmp_path) == []
+
+
+def test_undefined_op_detection_names_decode_jpeg():
+    import tf2onnx
+
+    function = tf.function(
+        lambda data: tf.cast(tf.io.decode_jpeg(data[0], channels=3), tf.float32),
+        input_signature=[tf.TensorSpec((None,), tf.string)],
+    )
+    proto, _ = tf2onnx.convert.from_function(function, function.input_signature, opset=17)
+    assert "DecodeJpeg" in onnx_export.undefined_ops(proto)
+
+
+def test_a_failing_parity_check_refuses_to_publish(tmp_path, monkeypatch):
+    model = _tiny_image_model()
+    other = _tiny_image_model()
+    kernel, bias = other.head_layer.get_weights()
+    other.head_layer.set_weights([np.random.default_rng(1).normal(size=kernel.shape), bias])
+    convert = onnx_export.convert
+    monkeypatch.setattr(onnx_export, "convert", lambda model, *a, **k: convert(other, *a, **k))
+    with pytest.raises(kx.ParityError, match="FAILED"):
+        kx.onnx(model, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
+    assert not json.loads((tmp_path / "model.parity.json").read_text())["passed"]
+
+
+def test_transpose_fix_removes_mobilenetv3_transposes_and_keeps_parity(tmp_path):
+    model = kx.float32_copy(_tiny_image_model())
+    unfixed = onnx_export.convert(model, "image_tensor", 17, fixes=False)
+    fixed = onnx_export.convert(model, "image_tensor", 17)
+    count = lambda proto: sum(n.op_type == "Transpose" for n in proto.graph.node)  # noqa: E731
+    assert count(unfixed) > 50 and count(fixed) <= 1
+    (tmp_path / "fixed.onnx").write_bytes(fixed.SerializeToString())
+    assert kx.check_parity(model, tmp_path / "fixed.onnx").passed
+
+
+def test_mixed_precision_model_exports_float32(tmp_path):
+    kerastl.set_precision("mixed_float16")
+    try:
+        mixed = _tiny_image_model()
+    finally:
+        kerastl.set_precision("float32")
+    assert mixed.backbone.layers[-1].compute_dtype == "float16"
+    copy = kx.float32_copy(mixed)
+    assert {layer.compute_dtype for layer in copy._flatten_layers()} == {"float32"}
+    for a, b in zip(copy.weights, mixed.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    path = kx.saved_model(mixed, tmp_path / "sm", signatures="image_tensor")
+    signature = tf.saved_model.load(path).signatures["image_tensor"]
+    graph = signature.graph.as_graph_def()
+    half = [n.name for f in graph.library.function for n in f.node_def if n.attr["T"].type == 19]
+    assert half == []  # 19: DT_HALF
+    images = _images(2, size=32)
+    out = signature(images=images)["logits"]
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out, copy.predict(images, verbose=0), atol=1e-5)
+
+
+_KILLED_EXPORT = """
+import sys, time
+import kerastl, kerastl.export.bundle as bundle
+def stall(*args):
+    print("POPULATED", flush=True)  # the SavedModel is in the temporary directory
+    time.sleep(600)
+bundle._check_ops = stall
+model = kerastl.TransferModel(
+    "mobilenetv3small", num_classes=2, weights=None, input_shape=(32, 32, 3)
+)
+kerastl.export.serving_bundle(model, sys.argv[1], "tiny", signatures="image_tensor")
+"""
+
+
+def test_an_export_killed_mid_write_publishes_nothing_and_the_next_succeeds(tmp_path):
+    script = tmp_path / "export.py"
+    script.write_text(textwrap.dedent(_KILLED_EXPORT))
+    base = tmp_path / "serving"
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(base)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout.readline().strip() == "POPULATED"
+        (temporary,) = os.listdir(base / "tiny")
+        assert temporary.startswith(".") and os.listdir(base / "tiny" / temporary)
+    finally:
+        process.kill()
+        process.wait()
+    assert [entry for entry in os.listdir(base / "tiny") if not entry.startswith(".")] == []
+    assert not (base / "models.config").exists()
+    version = kx.serving_bundle(_tiny_image_model(), base, "tiny", signatures="image_tensor")
+    assert version == str(base / "tiny" / "1")
+    assert os.listdir(base / "tiny") == ["1"]  # the killed export's leftovers are gone
+
+
+def test_versions_count_up_from_the_highest_integer_directory(tmp_path):
+    assert kx.next_version(tmp_path) == 1
+    for entry in ("1", "7", ".tmp-8-123-abc", "notes"):
+        (tmp_path / entry).mkdir()
+    assert kx.next_version(tmp_path) == 8
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, p: kx.saved_model(m, p, signatures=("image_bytes", "text")), "signatures"),
+        (lambda m, p: kx.onnx(m, p / "m.onnx", opset=19), "opset=19"),
+        (lambda m, p: kx.onnx(m, p / "m.pb"), "must end in '.onnx'"),
+        (lambda m, p: kx.serving_bundle(m, p, "bad name"), "name='bad name'"),
+        (lambda m, p: kx.serving_bundle(m, p, "ok", on_unsupported_ops="x"), "on_unsupported"),
+        (
+            lambda m, p: kx.saved_model(m, p, samples=np.zeros((2, 8, 8, 3))),
+            r"shape=\(2, 8, 8, 3\)",
+        ),
+        (lambda m, p: kx.saved_model(m, p, image_dtype="int8"), "image_dtype='int8'"),
+    ],
+)
+def test_bad_arguments_name_the_value(tmp_path, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(_tiny_image_model(), tmp_path)
+
+
+def test_uint8_images_and_an_existing_export_is_not_replaced_unless_asked(tmp_path):
+    model = _tiny_image_model()
+    path = kx.saved_model(model, tmp_path / "sm", signatures="image_tensor", image_dtype="uint8")
+    signature = tf.saved_model.load(path).signatures["image_tensor"]
+    pixels = np.round(_images(2, size=32)).astype(np.uint8)
+    logits = signature(images=pixels)["logits"]
+    np.testing.assert_allclose(
+        logits, model.predict(pixels.astype("float32"), verbose=0), atol=1e-5
+    )
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        kx.saved_model(model, path, signatures="image_tensor")
+
+
+def test_publishing_over_an_existing_directory_replaces_it_whole(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "stale.txt").write_text("old")
+    new = _atomic.temporary_sibling(str(tmp_path / "old"))
+    os.mkdir(new)
+    (tmp_path / new / "saved_model.pb").write_text("new")
+    with pytest.raises(FileExistsError):
+        _atomic.publish(new, str(tmp_path / "old"))
+    _atomic.publish(new, str(tmp_path / "old"), overwrite=True)
+    assert os.listdir(tmp_path) == ["old"]
+    assert os.listdir(tmp_path / "old") == ["saved_model.pb"]
+
+
+# === Text ===
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return kerastl.TransferModel(
+        "all-minilm-l6-v2", num_classes=2, pooling="mean", class_names=["rotten", "fresh"]
+    )
+
+
+@pytest.fixture(scope="module")
+def text_samples():
+    texts = ["a gripping, beautifully shot film", "dull and far too long", "fine"]
+    preprocessor = kerastl.create_text_preprocessor("all-minilm-l6-v2", sequence_length=16)
+    tokens = preprocessor(tf.constant(texts))
+    arrays = {name: np.asarray(tokens[name], np.int32) for name in tokens}
+    return arrays | {"text": texts}, preprocessor
+
+
+def test_text_signatures_match_keras_and_the_op_scan_flags_the_tokenizer(
+    minilm, text_samples, tmp_path
+):
+    samples, preprocessor = text_samples
+    with pytest.warns(UserWarning, match="stock TF Serving"):
+        path = kx.saved_model(
+            minilm, tmp_path / "sm", ("text", "token_ids"), samples=samples,
+            preprocessor=preprocessor,
+        )  # fmt: skip
+    loaded = tf.saved_model.load(path)
+    tokens = {name: samples[name] for name in minilm.input}
+    expected = minilm.predict(tokens, verbose=0)
+    from_tokens = run_signature(loaded.signatures["token_ids"], tokens)
+    np.testing.assert_allclose(from_tokens["logits"], expected, atol=1e-5)
+    from_text = run_signature(
+        loaded.signatures["text"], {"text": np.array(samples["text"], object)}
+    )
+    np.testing.assert_allclose(from_text["logits"], expected, atol=1e-5)
+    scan = kx.scan_serving_ops(path)
+    assert "FastWordpieceTokenizeWithOffsets" in scan["text"] and "token_ids" not in scan
+
+    with pytest.raises(kx.UnsupportedServingOpsError, match="FastWordpiece"):
+        bundle_module._check_ops(path, "serving/reviews/1", on_unsupported_ops="raise")
+    with pytest.warns(UserWarning, match="FastWordpiece"):
+        bundle_module._check_ops(path, "serving/reviews/1", on_unsupported_ops="warn")
+
+
+def test_text_bundle_warmup_replays_and_onnx_matches(text_samples, tmp_path):
+    samples, _ = text_samples
+    backbone = kerastl.create_backbone(
+        "all-minilm-l6-v2", weights=None, num_layers=2, num_heads=2, hidden_dim=16,
+        intermediate_dim=32,
+    )  # fmt: skip
+    model = kerastl.TransferModel(backbone, num_classes=2, pooling="mean")
+    tokens = {name: samples[name] for name in model.input}
+    version = kx.serving_bundle(model, tmp_path, "reviews", samples=tokens)
+    loaded = tf.saved_model.load(version)
+    requests = read_warmup(os.path.join(version, "assets.extra", "tf_serving_warmup_requests"))
+    assert len(requests) == 3
+    for row, request in enumerate(requests):
+        out = run_signature(loaded.signatures["token_ids"], request_arrays(request))
+        expected = model.predict({k: v[row : row + 1] for k, v in tokens.items()}, verbose=0)
+        np.testing.assert_allclose(out["logits"], expected, atol=1e-5)
+    body = rest_body("token_ids", signature_inputs("token_ids", tokens))
+    assert set(body["instances"][0]) == {"token_ids", "segment_ids", "padding_mask"}
+
+    path = kx.onnx(model, tmp_path / "text.onnx", samples=tokens)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", "sequence"]
+    logits = session.run(["logits"], tokens)[0]
+    np.testing.assert_allclose(logits, model.predict(tokens, verbose=0), atol=1e-4)
