@@ -7,6 +7,7 @@ Example:
     >>> print(kerastl.describe(model))
 """
 
+from kerastl import export
 from kerastl.backbones import (
     BackboneSpec,
     CheckpointError,
@@ -71,6 +72,7 @@ __all__ = [
     "create_text_preprocessor",
     "describe",
     "discriminative_optimizer",
+    "export",
     "fine_tune",
     "fit_resumable",
     "freeze",
