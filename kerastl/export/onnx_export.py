@@ -99,11 +99,7 @@ def onnx(
     path = os.fspath(path)
     if not path.endswith(".onnx"):
         raise ValueError(f"`path` must end in '.onnx'. Received: path={path!r}.")
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(
-            f"`opset` must be an integer from {MIN_OPSET} to {MAX_OPSET} (tf2onnx 1.17 "
-            f"supports no later opset). Received: opset={opset!r}."
-        )
+    check_opset(opset)
     signature = signature or tensor_signature(model)
     check_signatures(model, signature)
     _atomic.check_destination(path, overwrite)
@@ -124,6 +120,15 @@ def onnx(
     finally:
         _atomic.remove(temporary)
     return path
+
+
+def check_opset(opset: int) -> None:
+    """Raises `ValueError` unless `opset` is one tf2onnx 1.17 can write."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(
+            f"`opset` must be an integer from {MIN_OPSET} to {MAX_OPSET} (tf2onnx 1.17 "
+            f"supports no later opset). Received: opset={opset!r}."
+        )
 
 
 def convert(model: keras.Model, signature: str, opset: int, *, image_dtype="float32", fixes=True):

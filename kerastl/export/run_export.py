@@ -40,12 +40,15 @@ def export_run(
     """
     from kerastl import export
     from kerastl.config import load_config
+    from kerastl.export.onnx_export import check_opset
     from kerastl.run import load_data
     from kerastl.saving import load_model
 
     run_dir = os.fspath(run_dir)
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}.")
+    if format == "onnx":
+        check_opset(opset)
     model_path = os.path.join(run_dir, MODEL_FILE)
     if not os.path.isfile(model_path):
         raise FileNotFoundError(
