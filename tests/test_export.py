@@ -429,6 +429,10 @@ def test_text_signatures_match_keras_and_the_op_scan_flags_the_tokenizer(
     scan = kx.scan_serving_ops(path)
     assert "FastWordpieceTokenizeWithOffsets" in scan["text"] and "token_ids" not in scan
 
+    texts = bundle_module._detokenize(preprocessor, samples)  # warmup text from token samples
+    np.testing.assert_array_equal(
+        preprocessor(tf.constant(texts))["token_ids"], samples["token_ids"]
+    )
     with pytest.raises(kx.UnsupportedServingOpsError, match="FastWordpiece"):
         bundle_module._check_ops(path, "serving/reviews/1", on_unsupported_ops="raise")
     with pytest.warns(UserWarning, match="FastWordpiece"):

@@ -211,8 +211,8 @@ def _detokenize(preprocessor, samples) -> list[str]:
     texts = []
     for ids, keep in zip(samples["token_ids"], mask, strict=True):
         ids = [int(i) for i, k in zip(ids, keep, strict=True) if k and int(i) not in special]
-        text = tokenizer.detokenize([ids])
-        texts.append(str(np.asarray(text).reshape(-1)[0], "utf-8") if ids else "")
+        text = np.asarray(tokenizer.detokenize([ids])).reshape(-1)[0] if ids else ""
+        texts.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
     return texts
 
 

@@ -112,7 +112,7 @@ def onnx(
             file.write(proto.SerializeToString())
         report = check_parity(model, temporary, samples, tolerance=tolerance)
         report_path = path[: -len(".onnx")] + ".parity.json"
-        report = _relabel(report, path)
+        report = report.for_target(path)
         report.write(report_path)
         if not report.passed:
             raise ParityError(report)
@@ -177,13 +177,6 @@ def _name_dynamic_dims(proto) -> None:
             if dim.HasField("dim_value") and dim.dim_value > 0:
                 continue
             dim.dim_param = BATCH_DIM if axis == 0 else SEQUENCE_DIM
-
-
-def _relabel(report, path):
-    import dataclasses
-
-    results = tuple(dataclasses.replace(result, target=path) for result in report.results)
-    return dataclasses.replace(report, results=results)
 
 
 class _LoggedUnsupportedOps(logging.Handler):

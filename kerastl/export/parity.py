@@ -70,6 +70,11 @@ class ParityReport:
         """Whether every export passed."""
         return all(result.passed for result in self.results)
 
+    def for_target(self, target: str) -> ParityReport:
+        """The same report naming `target` (where a checked temporary export is published)."""
+        results = tuple(dataclasses.replace(r, target=target) for r in self.results)
+        return dataclasses.replace(self, results=results)
+
     def to_dict(self) -> dict:
         """The report as JSON-ready data."""
         return {**dataclasses.asdict(self), "passed": self.passed}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -139,8 +138,7 @@ def write_saved_model(
     os.makedirs(os.path.join(directory, EXTRA_DIR), exist_ok=True)
     report = check_parity(model, directory, samples, tolerance=tolerance)
     if published_as is not None:
-        results = tuple(dataclasses.replace(r, target=published_as) for r in report.results)
-        report = dataclasses.replace(report, results=results)
+        report = report.for_target(published_as)
     report.write(os.path.join(directory, EXTRA_DIR, PARITY_FILE))
     if not report.passed:
         raise ParityError(report)
