@@ -136,13 +136,32 @@ def serving_bundle(
 
 
 def next_version(model_dir: str | os.PathLike) -> int:
-    """One above the highest integer version directory in `model_dir` (1 if none)."""
+    """The version number a new export of a served model gets.
+
+    Args:
+        model_dir: the model's directory (`base_dir/name`).
+
+    Returns:
+        One above the highest integer version directory (1 if none);
+        hidden temporary directories and other names do not count.
+
+    Example:
+        >>> kerastl.export.next_version("serving/elpv")  # with 1/ and 2/ there
+        3
+    """
     versions = [int(entry) for entry in os.listdir(model_dir) if entry.isdigit()]
     return max(versions, default=0) + 1
 
 
 def write_models_config(base_dir: str, name: str, num_versions: int = 2) -> str:
     """Adds or updates `name` in `base_dir/models.config` (text proto), atomically.
+
+    Other models' entries are kept, so one file serves every bundle in `base_dir`.
+
+    Args:
+        base_dir: the model server's base directory.
+        name: the served model's name (its versions are in `base_dir/name`).
+        num_versions: how many of the latest versions the server keeps loaded.
 
     Returns:
         The config file's path.

@@ -191,14 +191,6 @@ def serving_function(
     return tf.function(serve, input_signature=list(specs.values()), autograph=False)
 
 
-def output_names(model: keras.Model, numeric_only: bool = False) -> list[str]:
-    """The outputs a serving function of `model` returns, sorted."""
-    if getattr(model, "task", "classification") == "regression":
-        return ["predictions"]
-    names = ["class_id", "logits", "probabilities", "top_k_probabilities"]
-    return names if numeric_only else sorted([*names, "class_name"])
-
-
 def probabilities_of(model: keras.Model, logits):
     """Softmax (single-label) or sigmoid (multi-label) of the head's logits."""
     if getattr(model, "task", "classification") == "multilabel":
