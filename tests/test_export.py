@@ -465,3 +465,17 @@ def test_text_bundle_warmup_replays_and_onnx_matches(text_samples, tmp_path):
     assert session.get_inputs()[0].shape == ["batch", "sequence"]
     logits = session.run(["logits"], tokens)[0]
     np.testing.assert_allclose(logits, model.predict(tokens, verbose=0), atol=1e-4)
+
+
+def test_models_config_keeps_other_models_and_updates_an_entry(tmp_path):
+    kx.write_models_config(tmp_path, "elpv")
+    kx.write_models_config(tmp_path, "reviews", num_versions=1)
+    kx.write_models_config(tmp_path, "elpv", num_versions=3)
+    config = text_format.Parse(
+        (tmp_path / "models.config").read_text(), model_server_config_pb2.ModelServerConfig()
+    )
+    entries = {
+        e.name: e.model_version_policy.latest.num_versions for e in config.model_config_list.config
+    }
+    assert entries == {"elpv": 3, "reviews": 1}
+    assert os.listdir(tmp_path) == ["models.config"]
