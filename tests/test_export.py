@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 from collections import Counter
 
 import keras
@@ -479,3 +480,37 @@ def test_models_config_keeps_other_models_and_updates_an_entry(tmp_path):
     }
     assert entries == {"elpv": 3, "reviews": 1}
     assert os.listdir(tmp_path) == ["models.config"]
+
+
+def test_samples_from_length_bucketed_text_batches_are_padded_to_one_length():
+    from kerastl.export.samples import model_samples
+
+    model = types.SimpleNamespace(input={"token_ids": None, "padding_mask": None})
+
+    batches = tf.data.Dataset.from_generator(
+        lambda: iter(
+            [
+                (
+                    {
+                        "token_ids": np.ones((2, 3), "int32"),
+                        "padding_mask": np.ones((2, 3), "int32"),
+                    },
+                    [0, 1],
+                ),
+                (
+                    {
+                        "token_ids": np.ones((1, 5), "int32"),
+                        "padding_mask": np.ones((1, 5), "int32"),
+                    },
+                    [1],
+                ),
+            ]
+        ),
+        output_signature=(
+            {name: tf.TensorSpec((None, None), tf.int32) for name in model.input},
+            tf.TensorSpec((None,), tf.int64),
+        ),
+    )
+    samples = model_samples(model, batches)
+    assert samples["token_ids"].shape == (3, 5)
+    np.testing.assert_array_equal(samples["padding_mask"].sum(axis=1), [3, 3, 5])

@@ -79,8 +79,19 @@ def _from_dataset(dataset, count: int):
     if not batches:
         raise ValueError("The sample dataset is empty.")
     if isinstance(batches[0], dict):
-        return {key: np.concatenate([np.asarray(b[key]) for b in batches]) for key in batches[0]}
+        return {
+            key: _concatenate_padded([np.asarray(b[key]) for b in batches]) for key in batches[0]
+        }
     return np.concatenate([np.asarray(b) for b in batches])
+
+
+def _concatenate_padded(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenates token batches padded to different lengths (length-bucketed
+    pipelines), padding with zeros: a zero `padding_mask` marks the padding."""
+    length = max(array.shape[1] for array in arrays) if arrays[0].ndim > 1 else None
+    if length is not None:
+        arrays = [np.pad(a, [(0, 0), (0, length - a.shape[1])]) for a in arrays]
+    return np.concatenate(arrays)
 
 
 def _random_images(model, count: int):
