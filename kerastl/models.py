@@ -190,6 +190,8 @@ class TransferModel(keras.Model):
             "pooling": self.pooling,
             "dropout": self.dropout,
             "class_names": self.class_names,
+            # A KerasHub backbone's config keeps (None, None, 3): keep the model's size.
+            "input_shape": list(self.input_shape[1:]) if self.modality != TEXT else None,
             "preprocessing": {
                 "scale": list(self.preprocessing.scale),
                 "offset": list(self.preprocessing.offset),

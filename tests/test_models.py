@@ -68,6 +68,7 @@ def test_saved_lite0_model_loads_in_a_fresh_process(tmp_path):
         "import sys, numpy as np, keras, kerastl\n"
         "m = keras.models.load_model(sys.argv[1], safe_mode=True)\n"
         "assert type(m.backbone).__name__ == 'TFSamePaddingEfficientNetBackbone'\n"
+        "assert m.input_shape == (None, 64, 64, 3), m.input_shape  # exports need the size\n"
         "out = m.predict(np.load(sys.argv[2]), verbose=0)\n"
         "np.testing.assert_array_equal(out, np.load(sys.argv[3]))\n"
     )
