@@ -12,8 +12,9 @@ best epoch kept, then a SavedModel export (`image_bytes` and `image_tensor`
 serving signatures, checked against Keras on validation images). It prints
 where the run directory, report, plots and SavedModel are; `kerastl export
 RUN_DIR` then writes a TF Serving bundle (`--format onnx`: an ONNX file).
-Any registered image backbone (`--set model.backbone=mobilenetv3small`) and any source (`--set
-data.source=folder:/path/to/images`) work through the config.
+Any registered image backbone (`--set model.backbone=mobilenetv3small`) and
+any source (`--set data.source=folder:/path/to/images`) work through the
+config.
 
 Measured on the default (2 CPU cores, 128 px, defective = defect probability
 >= 0.5, stratified 75/25 split, class-balanced loss), validation balanced
