@@ -18,8 +18,9 @@ from tensorflow_serving.config import model_server_config_pb2
 
 import kerastl
 import kerastl.export as kx
-from kerastl.export import _atomic, onnx_export
+from kerastl import _atomic
 from kerastl.export import bundle as bundle_module
+from kerastl.export import onnx_export
 from kerastl.export.requests import (
     encode_images,
     predict_request,

@@ -22,13 +22,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from kerastl._atomic import write_atomically, write_text
 from kerastl._validation import check_positive_int
 from kerastl.distribute.keras_fixes import apply_keras_fixes
 from kerastl.distribute.replicas import sync_batch_norm_statistics
@@ -148,7 +148,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         previous = self.read_state()
         iterations = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else 0
         weights = f"weights-{iterations:09d}.weights.h5"
-        _write_atomically(directory / weights, self.model.save_weights)
+        write_atomically(directory / weights, self.model.save_weights)
         state = {
             "epoch": epoch,
             "step": step,
@@ -159,7 +159,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 for path, generator in _seed_generators(self.model).items()
             },
         }
-        _write_atomically(self.state_path, lambda path: Path(path).write_text(json.dumps(state)))
+        write_text(self.state_path, json.dumps(state))
         if previous and previous["weights"] != weights:
             (directory / previous["weights"]).unlink(missing_ok=True)
 
@@ -311,23 +311,3 @@ def _is_chief(model: keras.Model) -> bool:
         and resolver.task_id == 0
         and ("chief" not in resolver.cluster_spec().as_dict())
     )
-
-
-def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
-    """Writes through `write(temporary_path)`, fsyncs, then renames onto `path`."""
-    suffix = "".join(path.suffixes) or ".tmp"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from kerastl import _atomic
 from kerastl._validation import check_positive_int
-from kerastl.export import _atomic
 from kerastl.export.parity import DEFAULT_TOLERANCE
 from kerastl.export.requests import (
     MAX_WARMUP_RECORDS,

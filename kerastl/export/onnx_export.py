@@ -8,7 +8,7 @@ import re
 
 import keras
 
-from kerastl.export import _atomic
+from kerastl import _atomic
 from kerastl.export.float32 import float32_copy
 from kerastl.export.parity import DEFAULT_TOLERANCE, ParityError, check_parity
 from kerastl.export.samples import model_samples

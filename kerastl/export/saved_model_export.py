@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import keras
 
-from kerastl.export import _atomic
+from kerastl import _atomic
 from kerastl.export.float32 import float32_copy
 from kerastl.export.parity import DEFAULT_TOLERANCE, PARITY_FILE, ParityError, check_parity
 from kerastl.export.samples import model_samples

@@ -1,11 +1,18 @@
-"""Publishing files and directories atomically: write aside, fsync, rename."""
+"""Publishing files and directories atomically: write aside, fsync, rename.
+
+Used by backups (`kerastl.distribute.resume`) and exports (`kerastl.export`):
+a reader never sees a half-written file or directory, and an interrupted
+write leaves only a hidden temporary sibling (`.tmp-...`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import shutil
 import uuid
+from collections.abc import Callable
 
 TEMP_PREFIX = ".tmp-"
 
@@ -37,10 +44,16 @@ def fsync_tree(path: str) -> None:
 
 
 def publish(temporary: str, path: str, overwrite: bool = False) -> None:
-    """Renames a finished `temporary` to `path`; a replaced one is removed after."""
+    """Renames a finished `temporary` to `path`.
+
+    A file replaces an existing one in a single rename, so `path` never goes
+    missing; a directory cannot, so a replaced one is renamed aside first
+    and removed after.
+    """
     fsync_tree(temporary)
     old = None
-    if os.path.exists(path):
+    replaces_file = overwrite and os.path.isfile(temporary) and os.path.isfile(path)
+    if os.path.exists(path) and not replaces_file:
         check_destination(path, overwrite)
         old = temporary_sibling(path) + "-old"
         os.rename(path, old)
@@ -59,15 +72,25 @@ def remove(path: str) -> None:
             os.remove(path)
 
 
-def write_text(path: str, text: str) -> None:
-    """Writes a text file atomically."""
-    temporary = temporary_sibling(path)
+def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Writes through `write(temporary_path)`, fsyncs, then renames onto `path`.
+
+    The temporary path keeps `path`'s suffixes (`.weights.h5`), which some
+    writers require.
+    """
+    path = os.fspath(path)
+    suffix = "".join(pathlib.Path(path).suffixes)
+    temporary = temporary_sibling(path) + suffix
     try:
-        with open(temporary, "w") as file:
-            file.write(text)
+        write(temporary)
         publish(temporary, path, overwrite=True)
     finally:
         remove(temporary)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes a text file atomically."""
+    write_atomically(path, lambda temporary: pathlib.Path(temporary).write_text(text))
 
 
 def _fsync(path: str) -> None:
