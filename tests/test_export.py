@@ -436,9 +436,9 @@ def test_text_signatures_match_keras_and_the_op_scan_flags_the_tokenizer(
         preprocessor(tf.constant(texts))["token_ids"], samples["token_ids"]
     )
     with pytest.raises(kx.UnsupportedServingOpsError, match="FastWordpiece"):
-        bundle_module._check_ops(path, "serving/reviews/1", on_unsupported_ops="raise")
+        bundle_module._check_ops(loaded, "serving/reviews/1", on_unsupported_ops="raise")
     with pytest.warns(UserWarning, match="FastWordpiece"):
-        bundle_module._check_ops(path, "serving/reviews/1", on_unsupported_ops="warn")
+        bundle_module._check_ops(loaded, "serving/reviews/1", on_unsupported_ops="warn")
 
 
 def test_text_bundle_warmup_replays_and_onnx_matches(text_samples, tmp_path):

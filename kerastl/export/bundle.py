@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from kerastl import _atomic
 from kerastl._validation import check_positive_int
@@ -26,7 +27,7 @@ from kerastl.export.requests import (
 )
 from kerastl.export.samples import model_samples
 from kerastl.export.saved_model_export import EXTRA_DIR, text_preprocessor, write_saved_model
-from kerastl.export.serving_ops import UnsupportedServingOpsError, scan_serving_ops
+from kerastl.export.serving_ops import UnsupportedServingOpsError, unsupported_ops
 from kerastl.export.signatures import TEXT, check_signatures
 
 MODELS_CONFIG = "models.config"
@@ -126,8 +127,9 @@ def serving_bundle(
             tolerance=tolerance,
             published_as=final,
         )
-        _check_ops(temporary, final, on_unsupported_ops)
-        _write_requests(temporary, name, names, samples, warmup_requests, image_dtype)
+        loaded = tf.saved_model.load(temporary)
+        _check_ops(loaded, final, on_unsupported_ops)
+        _write_requests(loaded, temporary, name, names, samples, warmup_requests, image_dtype)
         _atomic.publish(temporary, final)
     finally:
         _atomic.remove(temporary)
@@ -187,8 +189,8 @@ def write_models_config(base_dir: str, name: str, num_versions: int = 2) -> str:
     return path
 
 
-def _check_ops(directory: str, final: str, on_unsupported_ops: str) -> None:
-    unsupported = scan_serving_ops(directory)
+def _check_ops(loaded, final: str, on_unsupported_ops: str) -> None:
+    unsupported = unsupported_ops(loaded)
     if not unsupported:
         return
     error = UnsupportedServingOpsError(unsupported, final)
@@ -197,10 +199,7 @@ def _check_ops(directory: str, final: str, on_unsupported_ops: str) -> None:
     warnings.warn(str(error), UserWarning, stacklevel=3)
 
 
-def _write_requests(directory, model_name, names, samples, per_signature, image_dtype):
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(directory)
+def _write_requests(loaded, directory, model_name, names, samples, per_signature, image_dtype):
     extra = os.path.join(directory, EXTRA_DIR)
     os.makedirs(os.path.join(extra, REQUESTS_DIR), exist_ok=True)
     warmup = []

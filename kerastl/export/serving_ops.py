@@ -53,7 +53,11 @@ def scan_serving_ops(path: str | os.PathLike) -> dict[str, list[str]]:
         >>> kerastl.export.scan_serving_ops("out/serving/reviews/1")
         {'text': ['FastWordpieceTokenizeWithOffsets']}
     """
-    loaded = tf.saved_model.load(os.fspath(path))
+    return unsupported_ops(tf.saved_model.load(os.fspath(path)))
+
+
+def unsupported_ops(loaded) -> dict[str, list[str]]:
+    """`scan_serving_ops` for a SavedModel already loaded with `tf.saved_model.load`."""
     core = core_op_names()
     found = {}
     for name, function in loaded.signatures.items():
