@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from kerastl.export.samples import model_inputs, model_samples, sample_count
+from kerastl.export.samples import model_inputs, model_samples, sample_count, whole_pixels
 from kerastl.export.signatures import TENSOR_SIGNATURES, probabilities_of
 
 DEFAULT_TOLERANCE = 1e-4
@@ -133,7 +133,7 @@ def check_parity(
     samples = model_samples(model, samples)
     inputs = model_inputs(samples)
     if not isinstance(inputs, dict):  # whole pixels: exact for uint8 `image_tensor` too
-        inputs = np.clip(np.round(inputs), 0, 255).astype(np.float32)
+        inputs = whole_pixels(inputs).astype(np.float32)
     regression = getattr(model, "task", "classification") == "regression"
     output = "predictions" if regression else "probabilities"
     logits = keras.tree.flatten(model(inputs, training=False))[0]

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from kerastl.export.samples import whole_pixels
 from kerastl.export.signatures import (
     EXAMPLE_IMAGE_KEY,
     IMAGE_BYTES,
@@ -44,7 +45,7 @@ def signature_inputs(signature: str, samples, *, image_dtype: str = "float32") -
     if signature == IMAGE_TENSOR:
         images = np.asarray(samples, np.float32)
         if image_dtype == "uint8":
-            return {"images": np.clip(np.round(images), 0, 255).astype(np.uint8)}
+            return {"images": whole_pixels(images)}
         return {"images": images}
     if signature == IMAGE_BYTES:
         return {"image_bytes": _object_array(encode_images(samples))}
@@ -65,7 +66,7 @@ def encode_images(images, image_format: str = "jpeg") -> list[bytes]:
     """Encodes `[n, H, W, 3]` pixels in [0, 255] as JPEG (quality 95) or PNG."""
     import tensorflow as tf
 
-    pixels = np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)
+    pixels = whole_pixels(images)
     if image_format == "png":
         return [tf.io.encode_png(image).numpy() for image in pixels]
     if image_format == "jpeg":

@@ -57,6 +57,11 @@ def model_samples(model, samples=None, count: int = DEFAULT_COUNT):
     return images
 
 
+def whole_pixels(images) -> np.ndarray:
+    """Images rounded and clipped to uint8 pixels (what JPEG/PNG and uint8 inputs carry)."""
+    return np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)
+
+
 def model_inputs(samples):
     """The part of normalized samples that the Keras model itself takes."""
     if isinstance(samples, dict):
