@@ -2,10 +2,16 @@
 
 Trains, with the same number of epochs as the configured stages, a linear
 probe (pretrained backbone frozen, head only, on cached features) and the
-same network from a random initialisation (everything trains), then puts
-them beside the fine-tuned run: best validation value and wall time. A
-fine-tuned model worse than the one trained from scratch is negative
-transfer, and is reported loudly.
+same network from a random initialisation, then puts them beside the
+fine-tuned run: best validation value and wall time. A fine-tuned model
+worse than the one trained from scratch is negative transfer, and is
+reported loudly.
+
+The from-scratch network trains everything, BatchNorm statistics included
+(frozen statistics of a random network are mean 0, variance 1 and it cannot
+learn), with its own recipe: Adam, a linear warm-up over the first 10% of
+steps, then cosine decay, from `SCRATCH_LR` (1e-3 for images, 1e-4 for
+text transformers, which diverge at 1e-3).
 """
 
 from __future__ import annotations
@@ -13,7 +19,35 @@ from __future__ import annotations
 import time
 import warnings
 
+from kerastl.backbones.spec import TEXT
 from kerastl.finetune import ALL, HEAD, FineTuner, Stage
+
+SCRATCH_LR = {"image": 1e-3, TEXT: 1e-4}
+SCRATCH_WARMUP = 0.1
+
+
+def scratch_stage(epochs: int, modality: str = "image") -> Stage:
+    """The stage that trains the from-scratch baseline: everything, BatchNorm too.
+
+    Args:
+        epochs: the epochs (the fine-tuned run's total).
+        modality: `"image"` or `"text"`: picks the peak rate (`SCRATCH_LR`).
+
+    Returns:
+        A `Stage` with `train="all"`, `train_bn=True`, warm-up and cosine decay.
+
+    Example:
+        >>> scratch_stage(10).train_bn
+        True
+    """
+    return Stage(
+        epochs,
+        train=ALL,
+        lr=SCRATCH_LR.get(modality, SCRATCH_LR["image"]),
+        train_bn=True,
+        warmup=SCRATCH_WARMUP,
+        schedule="cosine",
+    )
 
 
 def compare(config, data, recorder, fine_tuned_seconds: float, *, verbose="auto") -> list[dict]:
@@ -27,7 +61,7 @@ def compare(config, data, recorder, fine_tuned_seconds: float, *, verbose="auto"
         verbose: Keras progress output.
 
     Returns:
-        Rows `{"model", "best", "epoch", "seconds"}` for `scratch`,
+        Rows `{"model", "training", "best", "epoch", "seconds"}` for `scratch`,
         `linear probe` and `fine-tuned`, plus `"negative_transfer"` on the
         fine-tuned row.
 
@@ -36,13 +70,15 @@ def compare(config, data, recorder, fine_tuned_seconds: float, *, verbose="auto"
     """
     import keras
 
+    from kerastl.backbones.registry import get_spec
     from kerastl.run import build_model
 
     epochs = sum(stage.epochs for stage in config.stages)
     lr = config.stages[0].lr
+    modality = get_spec(config.model.backbone).modality
     rows = []
     for label, weights, stage in (
-        ("scratch", None, Stage(epochs, train=ALL, lr=lr)),
+        ("scratch", None, scratch_stage(epochs, modality)),
         ("linear probe", "config", Stage(epochs, train=HEAD, lr=lr)),
     ):
         print(f"kerastl: transfer report: training the {label} ({epochs} epochs) ...", flush=True)
@@ -58,8 +94,8 @@ def compare(config, data, recorder, fine_tuned_seconds: float, *, verbose="auto"
         )
         started = time.perf_counter()
         tuner.fit(data.train, data.validation, stages=[stage])
-        rows.append(_row(label, tuner.recorder, time.perf_counter() - started))
-    rows.append(_row("fine-tuned", recorder, fine_tuned_seconds))
+        rows.append(_row(label, tuner.recorder, time.perf_counter() - started, stage))
+    rows.append(_row("fine-tuned", recorder, fine_tuned_seconds, None))
     lower_is_better = recorder.monitor.endswith("loss")
     scratch, tuned = rows[0]["best"], rows[-1]["best"]
     negative = None not in (scratch, tuned) and (
@@ -76,13 +112,22 @@ def compare(config, data, recorder, fine_tuned_seconds: float, *, verbose="auto"
     return rows
 
 
-def _row(label: str, recorder, seconds: float) -> dict:
+def _row(label: str, recorder, seconds: float, stage: Stage) -> dict:
     return {
         "model": label,
+        "training": _describe_stage(stage),
         "best": recorder.best,
         "epoch": recorder.best_epoch,
         "seconds": round(seconds, 1),
     }
+
+
+def _describe_stage(stage: Stage | None) -> str:
+    if stage is None:
+        return "the configured stages"
+    what = "everything, BatchNorm statistics too" if stage.train_bn else stage.train
+    schedule = f", {stage.warmup:.0%} warm-up, cosine" if stage.schedule == "cosine" else ""
+    return f"{what}; {stage.optimizer} lr {stage.lr:g}{schedule}"
 
 
 def markdown(rows: list[dict], monitor: str) -> str:
@@ -100,12 +145,14 @@ def markdown(rows: list[dict], monitor: str) -> str:
         "",
         f"Same epochs for each; best `{monitor}` over the epochs.",
         "",
-        f"| model | best {monitor} | at epoch | seconds |",
-        "| --- | --- | --- | --- |",
+        f"| model | trains | best {monitor} | at epoch | seconds |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         best = "n/a" if row["best"] is None else f"{row['best']:.4f}"
-        lines.append(f"| {row['model']} | {best} | {row['epoch']} | {row['seconds']} |")
+        lines.append(
+            f"| {row['model']} | {row['training']} | {best} | {row['epoch']} | {row['seconds']} |"
+        )
     if rows[-1].get("negative_transfer"):
         lines += ["", "**Negative transfer: fine-tuned is worse than from scratch.**"]
     return "\n".join(lines)

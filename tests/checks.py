@@ -53,9 +53,29 @@ def run_group_test(model: keras.Model) -> None:
         missing = [v.path for v in model.weights if id(v) not in seen]
         assert not missing, f"weights outside every group: {missing[:5]}"
         assert set(seen) == all_weights
+        empty = [name for name, layers in groups.items() if not any(l.weights for l in layers)]
+        assert not empty, f"groups without weights: {empty}"
+        _assert_named_layers_in_their_group(groups)
     flattened = [layer for layers in fine.values() for layer in layers]
     assert [layer for layers in coarse.values() for layer in layers] == flattened
     assert len(coarse) <= len(fine)
+
+
+# Keras names the inner concatenation of InceptionV3's last block (`mixed10`) `mixed9_1`.
+_MISLEADING_NAMES = {"mixed9_1": "mixed10"}
+
+
+def _assert_named_layers_in_their_group(groups) -> None:
+    """A layer named after a group (`conv2_block1_1_conv`, group `conv2_block1`) is in it."""
+    where = {layer.name: name for name, layers in groups.items() for layer in layers}
+    where = {layer: name for layer, name in where.items() if _MISLEADING_NAMES.get(layer) != name}
+    for group in groups:
+        misplaced = {
+            layer: found
+            for layer, found in where.items()
+            if (layer == group or layer.startswith(group + "_")) and found != group
+        }
+        assert not misplaced, f"layers named after group {group!r} lie elsewhere: {misplaced}"
 
 
 def run_freeze_test(model: keras.Model) -> None:

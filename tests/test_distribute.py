@@ -182,10 +182,13 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_backup(tmp_path):
     y = rng.integers(0, 2, 48)
 
     def data(epoch):
-        poisoned = x.copy()
+        # The loss itself is poisoned, through a NaN sample weight (IEEE multiplication
+        # propagates NaN on every CPU). A NaN input would not do: it passes a ReLU,
+        # and max(NaN, 0) is 0 on some CPUs and NaN on others.
+        weights = np.ones(48, "float32")
         if epoch == 1:
-            poisoned[24:32] = np.nan  # batch 3 of epoch 2
-        return tf.data.Dataset.from_tensor_slices((poisoned, y)).batch(8)
+            weights[24:32] = np.nan  # batch 3 of epoch 2
+        return tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(8)
 
     history = kerastl.fit_resumable(
         model, data, epochs=3, backup_dir=tmp_path, save_freq=2, verbose=0

@@ -24,13 +24,15 @@ def _stages(*block_ranges: tuple[int, int]) -> tuple[tuple[str, str], ...]:
     )
 
 
+# The stem ends at `pool1_pool`: the first block's output (`conv2_block1_out`)
+# is dominated by its own `add` (V1) or `preact_relu` (V2), not by the stem.
 RESNET = GroupRules(
-    boundaries=(until("conv2_block1_out", "stem"), through(r"(conv\d_block\d+)_out"), _TOP),
+    boundaries=(through("pool1_pool", "stem"), through(r"(conv\d_block\d+)_out"), _TOP),
     stages=((r"(conv\d)_block\d+", r"\1"),),
 )
 RESNET_V2 = GroupRules(
     boundaries=(
-        until("conv2_block1_out", "stem"),
+        through("pool1_pool", "stem"),
         through(r"(conv\d_block\d+)_out"),
         through("post_relu", "post"),
         _TOP,

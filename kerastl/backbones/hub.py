@@ -11,7 +11,7 @@ import keras
 from kerastl.backbones.hub_access import load_from_hub, preset_host
 from kerastl.backbones.registry import register
 from kerastl.backbones.spec import KERAS_HUB, TEXT, BackboneSpec
-from kerastl.groups import GroupRules, through, until
+from kerastl.groups import GroupRules, through
 from kerastl.preprocessing import Preprocessing
 
 TRANSFORMER = GroupRules(
@@ -33,7 +33,7 @@ VIT = GroupRules(
 )
 HUB_RESNET = GroupRules(
     boundaries=(
-        until("stack0_block0_out", "stem"),
+        through("pool1_pool", "stem"),
         through(r"(stack\d+_block\d+)_out"),
         through("post_relu", "post", optional=True),
     ),

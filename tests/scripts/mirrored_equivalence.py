@@ -33,22 +33,32 @@ def train(strategy, grouped):
                 default=keras.optimizers.SGD(1e-3),
             )
         else:
-            optimizer = keras.optimizers.SGD(1e-2, momentum=0.9)
+            optimizer = keras.optimizers.SGD(1e-3, momentum=0.9)
         model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (32, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 3, 32)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    before = [v.numpy() for v in model.weights]
     model.fit(dataset, epochs=1, verbose=0)
-    return [v.numpy() for v in model.weights], int(model.optimizer.iterations.numpy())
+    after = [v.numpy() for v in model.weights]
+    return before, after, int(model.optimizer.iterations.numpy())
+
+
+def relative_update_difference(before, one, two) -> float:
+    """|update_one - update_two| / |update_one|, L2 norms over all weights together."""
+    moved = np.sqrt(sum(float(np.sum((a - start) ** 2)) for start, a in zip(before, one)))
+    apart = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(one, two)))
+    return apart / moved
 
 
 mirrored_strategy = kerastl.get_strategy("mirrored")
 assert mirrored_strategy.num_replicas_in_sync == 2
 for grouped in (False, True):
-    one, steps_one = train(kerastl.get_strategy("one_device"), grouped)
-    two, steps_two = train(mirrored_strategy, grouped)
+    before, one, steps_one = train(kerastl.get_strategy("one_device"), grouped)
+    _, two, steps_two = train(mirrored_strategy, grouped)
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(one, two, strict=True))
+    relative = relative_update_difference(before, one, two)
     label = "group" if grouped else "single"
-    print(f"{label} max_abs_diff={moved:.3e} steps={steps_one},{steps_two}")
+    print(f"{label} max_abs_diff={moved:.3e} relative={relative:.3e} steps={steps_one},{steps_two}")
 sys.exit(0)
