@@ -53,7 +53,9 @@ def run_group_test(model: keras.Model) -> None:
         missing = [v.path for v in model.weights if id(v) not in seen]
         assert not missing, f"weights outside every group: {missing[:5]}"
         assert set(seen) == all_weights
-        empty = [name for name, layers in groups.items() if not any(l.weights for l in layers)]
+        empty = [
+            name for name, layers in groups.items() if not any(layer.weights for layer in layers)
+        ]
         assert not empty, f"groups without weights: {empty}"
         _assert_named_layers_in_their_group(groups)
     flattened = [layer for layers in fine.values() for layer in layers]

@@ -47,8 +47,10 @@ def train(strategy, grouped):
 
 def relative_update_difference(before, one, two) -> float:
     """|update_one - update_two| / |update_one|, L2 norms over all weights together."""
-    moved = np.sqrt(sum(float(np.sum((a - start) ** 2)) for start, a in zip(before, one)))
-    apart = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(one, two)))
+    moved = np.sqrt(
+        sum(float(np.sum((a - start) ** 2)) for start, a in zip(before, one, strict=True))
+    )
+    apart = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(one, two, strict=True)))
     return apart / moved
 
 
