@@ -236,3 +236,15 @@ def _backbone():
     x = keras.layers.Conv2D(4, 3, strides=2)(inputs)
     x = keras.layers.BatchNormalization()(x)
     return keras.Model(inputs, keras.layers.ReLU()(x), name="tiny")
+
+
+@pytest.mark.slow
+def test_a_second_mirrored_strategy_in_one_process_trains():
+    result = run_script("repeated_mirrored.py", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "same_object=True" in result.stdout
+    assert "second_loss=" in result.stdout
+
+    # Without kerastl: two MirroredStrategy objects share collective keys.
+    raw = run_script("repeated_mirrored.py", "raw", timeout=300)
+    assert raw.returncode != 0 and "collective" in raw.stderr.lower(), raw.stdout

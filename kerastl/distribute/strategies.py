@@ -22,6 +22,11 @@ import keras
 from kerastl._validation import check_positive_int
 from kerastl.distribute.keras_fixes import apply_keras_fixes
 
+# One MirroredStrategy per device set: two in one process share collective
+# instance keys (each starts at 100), and the second one's all-reduces then fail
+# with "Shape mismatch in the collective instance 100" (a notebook cell rerun).
+_MIRRORED: dict[tuple[str, ...], object] = {}
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
 LR_SCALING = ("none", "linear", "sqrt")
 
@@ -83,6 +88,9 @@ def get_strategy(name: str = "auto", *, devices: list[str] | None = None, tpu: s
 
     Returns:
         A `tf.distribute.Strategy`; build, compile and train under its `scope()`.
+        `mirrored` returns the same object for the same devices every time: a
+        second `MirroredStrategy` in one process breaks the first one's
+        collective all-reduces (TF 2.21).
 
     Example:
         >>> strategy = kerastl.get_strategy()
@@ -101,7 +109,10 @@ def get_strategy(name: str = "auto", *, devices: list[str] | None = None, tpu: s
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy((devices or _local_devices())[0])
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices or _local_devices())
+        chosen = tuple(devices or _local_devices())
+        if chosen not in _MIRRORED:
+            _MIRRORED[chosen] = tf.distribute.MirroredStrategy(list(chosen))
+        return _MIRRORED[chosen]
     if name == "multi_worker":
         _require_cluster("multi_worker", ("worker", "chief"))
         return tf.distribute.MultiWorkerMirroredStrategy()
