@@ -317,13 +317,12 @@ class FineTuner:
                         raise
                     if self.verbose:
                         print(f"kerastl: not caching: {refused}")
-            for compiled in {id(model): model, id(target): target}.values():
-                compiled.compile(
-                    _optimizer(model, stage, steps),
-                    _loss(stage),
-                    metrics=self._metric_objects(),
-                    jit_compile=self.jit_compile,
-                )
+            target.compile(
+                _optimizer(model, stage, steps),
+                _loss(stage),
+                metrics=self._metric_objects(),
+                jit_compile=self.jit_compile,
+            )
         if split is not None:
             if split.note and self.verbose:
                 print(f"kerastl: caching {split.boundary}: {split.note}.")
@@ -337,6 +336,16 @@ class FineTuner:
             class_weight=class_weight,
             verbose=self.verbose,
         )
+        if target is not model:
+            # The shared upper layers trained under the trainer's optimizer: make it
+            # the model's, so `model.optimizer` and a saved model hold its state.
+            with self.strategy.scope():
+                model.compile(
+                    target.optimizer,
+                    _loss(stage),
+                    metrics=self._metric_objects(),
+                    jit_compile=self.jit_compile,
+                )
         return result, split.boundary if split is not None else None
 
     def _cached(self, split, train, validation):

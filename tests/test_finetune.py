@@ -1,11 +1,14 @@
 """FineTuner stages, feature caching, fine_tune, label smoothing."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import kerastl
+from tests.checks import assert_same_optimizer_state
 
 
 def _backbone():
@@ -292,3 +295,22 @@ def test_a_stage_sets_the_head_dropout_for_its_epochs_only():
     assert seen == [0.6, 0.3] and model.get_config()["dropout"] == 0.3
     with pytest.raises(ValueError, match=r"Received: dropout=1\.5"):
         kerastl.Stage(1, dropout=1.5)
+
+
+@pytest.mark.parametrize("cached", ["head", "block6"])
+def test_the_saved_model_reloads_with_the_optimizer_that_trained_it(tmp_path, cached):
+    """After a cached stage the model's own optimizer is the one that trained (a
+    group optimizer for `block6`); `model.keras` reloads with its slots."""
+    model = _lite0()
+    tuner = kerastl.FineTuner(model, run_dir=tmp_path, verbose=0)
+    stages = [kerastl.Stage(1, lr=1e-2), kerastl.Stage(1, train=cached, lr=1e-3, lr_mult=3)]
+    tuner.fit(_images(16), _images(8, seed=1), stages=stages)
+    assert tuner.stage_summaries[-1]["cached"] != "no"
+    assert int(model.optimizer.iterations) == 2  # the last stage's steps
+    tuner.write_report(_images(8, seed=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = keras.models.load_model(tmp_path / "model.keras")
+    slots = [np.array(v) for v in model.optimizer.variables if "momentum" in v.path]
+    assert slots and any(np.abs(slot).max() > 0 for slot in slots)
+    assert_same_optimizer_state(model.optimizer, loaded.optimizer)
