@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,7 +60,7 @@ class TransferModel(keras.Model):
     Example:
         >>> model = kerastl.TransferModel("resnet50", num_classes=5, weights=None,
         ...                               input_shape=(64, 64, 3))
-        >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> model.compile("adam")  # cross-entropy on logits and accuracy, for the task
     """
 
     _kerastl_transfer = True
@@ -138,6 +139,42 @@ class TransferModel(keras.Model):
         self.class_names = list(class_names) if class_names is not None else None
         self.preprocessing = preprocessing
         self.modality = modality
+
+    def compile(self, optimizer="adam", loss="auto", metrics="auto", **kwargs):
+        """`keras.Model.compile` with defaults for the model's task and a logits check.
+
+        The head outputs logits: `loss="auto"` is sparse categorical (or, for
+        `multilabel`, binary) cross-entropy `from_logits=True`, and mean squared
+        error for `regression`; `metrics="auto"` is accuracy (binary accuracy at
+        logit 0 for `multilabel`, mean absolute error for `regression`). A
+        cross-entropy given with `from_logits=False` (Keras's default, which
+        would treat the logits as probabilities and train on the wrong
+        objective) is replaced by the same loss with `from_logits=True`, with a
+        warning.
+
+        Args:
+            optimizer: as in `keras.Model.compile`.
+            loss: `"auto"`, or any Keras loss.
+            metrics: `"auto"`, or a list as in `keras.Model.compile`.
+            **kwargs: further `keras.Model.compile` arguments.
+
+        Example:
+            >>> model.compile(keras.optimizers.Adam(1e-3))  # loss and accuracy for the task
+        """
+        if loss == "auto":
+            loss = _default_loss(self.task)
+        elif self.task != REGRESSION:
+            loss = _from_logits(loss)
+        if metrics == "auto":
+            metrics = _default_metrics(self.task)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        """Recompiles from a saved compile config (Keras skips models whose
+        `compile()` is overridden, so loading and recompiling would lose it)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, after checking the model belongs to the strategy in use.
@@ -321,6 +358,56 @@ def _resolve_preprocessing(preprocessing, spec) -> Preprocessing:
         "`preprocessing` must be a Preprocessing, a mode name or None. "
         f"Received: preprocessing={preprocessing!r}."
     )
+
+
+# Cross-entropies that take probabilities unless `from_logits=True`.
+_PROBABILITY_LOSSES = {
+    "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
+    "categorical_crossentropy": "CategoricalCrossentropy",
+    "binary_crossentropy": "BinaryCrossentropy",
+    "categorical_focal_crossentropy": "CategoricalFocalCrossentropy",
+    "binary_focal_crossentropy": "BinaryFocalCrossentropy",
+}
+
+
+def _default_loss(task: str):
+    if task == CLASSIFICATION:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if task == MULTILABEL:
+        return keras.losses.BinaryCrossentropy(from_logits=True)
+    return keras.losses.MeanSquaredError()
+
+
+def _default_metrics(task: str) -> list:
+    if task == CLASSIFICATION:
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if task == MULTILABEL:
+        return [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)]
+    return [keras.metrics.MeanAbsoluteError(name="mae")]
+
+
+def _from_logits(loss):
+    """`loss`, or the same cross-entropy with `from_logits=True` (with a warning)."""
+    if isinstance(loss, dict):
+        return {key: _from_logits(value) for key, value in loss.items()}
+    if isinstance(loss, list | tuple):
+        return type(loss)(_from_logits(value) for value in loss)
+    if isinstance(loss, str) or (callable(loss) and not isinstance(loss, keras.losses.Loss)):
+        name = loss if isinstance(loss, str) else getattr(loss, "__name__", "")
+        if name not in _PROBABILITY_LOSSES:
+            return loss
+        replacement = getattr(keras.losses, _PROBABILITY_LOSSES[name])(from_logits=True)
+    elif getattr(loss, "from_logits", True) is False:
+        replacement = type(loss).from_config({**loss.get_config(), "from_logits": True})
+    else:
+        return loss
+    warnings.warn(
+        "TransferModel outputs logits, but the loss expects probabilities "
+        "(from_logits=False): it would train on the wrong objective. Using "
+        f"{type(replacement).__name__}(from_logits=True) instead. Received: loss={loss!r}.",
+        stacklevel=3,
+    )
+    return replacement
 
 
 def _validate(num_classes, task, dropout, class_names):

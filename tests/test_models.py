@@ -1,5 +1,7 @@
 """TransferModel: preprocessing inside, heads, serialization round trips."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -150,3 +152,61 @@ def test_unregistered_backbone_is_one_group():
 def test_bad_arguments_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         kerastl.TransferModel("mobilenet", weights=None, input_shape=(32, 32, 3), **kwargs)
+
+
+def _tiny_image_model(task="classification"):
+    inputs = keras.Input((8, 8, 3))
+    backbone = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs), name="tiny")
+    return kerastl.TransferModel(backbone, 3, task=task, preprocessing="tf")
+
+
+def _cross_entropy_of_logits(model, x, y):
+    logits = keras.ops.convert_to_numpy(model(x))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probabilities[np.arange(len(y)), y].mean())
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        keras.losses.SparseCategoricalCrossentropy(),
+        "sparse_categorical_crossentropy",
+        keras.losses.sparse_categorical_crossentropy,
+    ],
+)
+def test_a_probability_loss_on_the_logits_is_corrected_with_a_warning(loss):
+    model = _tiny_image_model()
+    x = np.random.default_rng(0).uniform(0, 255, (6, 8, 8, 3)).astype("float32")
+    y = np.arange(6) % 3
+    with pytest.warns(UserWarning, match=r"outputs logits.*from_logits=True"):
+        model.compile("adam", loss)
+    evaluated = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    assert evaluated == pytest.approx(_cross_entropy_of_logits(model, x, y), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "task, loss, metric",
+    [
+        ("classification", "SparseCategoricalCrossentropy", "accuracy"),
+        ("multilabel", "BinaryCrossentropy", "accuracy"),
+        ("regression", "MeanSquaredError", "mae"),
+    ],
+)
+def test_compile_defaults_the_loss_and_metrics_for_the_task(task, loss, metric):
+    model = _tiny_image_model(task)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.compile(keras.optimizers.SGD(0.1))
+    assert type(model.loss).__name__ == loss
+    assert getattr(model.loss, "from_logits", True) is True
+    x = np.random.default_rng(0).uniform(0, 255, (6, 8, 8, 3)).astype("float32")
+    y = {
+        "classification": np.arange(6) % 3,
+        "multilabel": (np.arange(18).reshape(6, 3) % 2).astype("float32"),
+        "regression": np.ones((6, 3), "float32"),
+    }[task]
+    before = np.array(model.head_layer.kernel)
+    logs = model.fit(x, y, epochs=1, verbose=0).history
+    assert metric in logs
+    assert np.abs(np.array(model.head_layer.kernel) - before).max() > 1e-4
