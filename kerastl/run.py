@@ -69,8 +69,9 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     import keras
 
     from kerastl.distribute import get_strategy, set_precision
-    from kerastl.finetune import granularity_of
+    from kerastl.finetune import check_monitor, granularity_of
 
+    check_monitor(config.train.monitor, config.train.metrics, validation=True)
     keras.utils.set_random_seed(config.train.seed)
     set_precision(config.train.precision)
     strategy = get_strategy(config.train.strategy)

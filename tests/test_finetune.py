@@ -250,10 +250,20 @@ def test_balanced_accuracy_matches_scikit_learn():
     assert float(metric.result()) == pytest.approx(expected, rel=1e-6)
 
 
-def test_a_monitor_that_is_never_logged_is_reported():
-    tuner = kerastl.FineTuner(_model(), monitor="val_auc", verbose=0)
-    with pytest.warns(UserWarning, match=r"`monitor='val_auc'` never appeared.*'val_loss'"):
+def test_a_misspelled_monitor_is_refused_before_any_training():
+    model = _model()
+    before = _values(model.weights)
+    tuner = kerastl.FineTuner(
+        model, metrics=("accuracy", "balanced_accuracy"), monitor="val_balanced_acc", verbose=0
+    )
+    with pytest.raises(ValueError, match=r"Did you mean 'val_balanced_accuracy'.*val_balanced_acc"):
         tuner.fit(_data(), _data(16, seed=1), stages=[kerastl.Stage(1)])
+    for a, b in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"no validation data"):
+        kerastl.FineTuner(model, monitor="val_loss", verbose=0).fit(
+            _data(), stages=[kerastl.Stage(1)]
+        )
 
 
 def test_cached_training_batches_come_in_a_new_seeded_order_each_epoch():

@@ -98,12 +98,15 @@ def test_a_second_run_never_overwrites_the_first(run):
         ("stages.0.lr=-1", "`lr` must be positive. Received: lr=-1.0"),
         ("data.source=ftp:x", "must start with tfds:, folder:, table: or arrays:"),
         ("stages.1.train=block9", "Unknown layer group 'block9'"),
+        ("train.monitor=val_balanced_acc", "Did you mean 'val_balanced_accuracy'?"),
     ],
 )
 def test_bad_configs_exit_2_naming_the_problem(run, capsys, override, message):
     config = run.parent.parent / "tiny.yaml"
+    runs = sorted(path.name for path in run.parent.iterdir())
     assert main(["train", str(config), "--set", override, "--quiet"]) == 2
     assert message in capsys.readouterr().err
+    assert sorted(path.name for path in run.parent.iterdir()) == runs  # no run directory
 
 
 def test_lr_find_suggests_a_rate_and_saves_its_curve(run, capsys):
