@@ -56,8 +56,17 @@ class DataConfig:
         source: `tfds:NAME` (e.g. `tfds:elpv`), `folder:PATH` (one sub-folder
             per class), `table:PATH` (`.csv`/`.jsonl` text + label) or
             `arrays:PATH.npz` (arrays `x`, `y`).
+        validation_source: validation data from another folder, table or
+            arrays file (same forms as `source`), read with the training
+            classes; default: the TFDS `validation_split`, or for other
+            sources a held-out `validation_fraction`.
+        test_source: test data (same forms), evaluated once after training.
+        class_names: the classes in label order for folders and tables
+            (default: the sub-folders or labels found, sorted); a label
+            outside them is a bad record.
         train_split: TFDS split for training.
         validation_split: TFDS split for validation.
+        test_split: TFDS split evaluated once after training (default: none).
         validation_fraction: held-out fraction (stratified, seeded) for
             sources without splits.
         data_dir: TFDS `data_dir`.
@@ -66,16 +75,21 @@ class DataConfig:
         label_key: label column of a table.
         batch_size: examples per batch.
         shuffle_seed: seed of the training shuffle and the held-out split.
-        limit: use the first N training examples (quick runs).
-        validation_limit: use the first N validation examples.
+        limit: use N training examples (quick runs), each class keeping its
+            share, drawn after a shuffle seeded with `shuffle_seed`.
+        validation_limit: the same for validation examples.
         augment: image augmentations (`flip`, `rotate`, ...); they rule out caching.
         bucket_by_length: batch texts of similar length together.
         strict: stop at the first bad record instead of skipping it.
     """
 
     source: str = "tfds:elpv"
+    validation_source: str | None = None
+    test_source: str | None = None
+    class_names: tuple[str, ...] | None = None
     train_split: str = "train"
     validation_split: str = "test"
+    test_split: str | None = None
     validation_fraction: float = 0.25
     data_dir: str | None = None
     manual_dir: str | None = None

@@ -30,6 +30,7 @@ class RunResult:
         best: the best monitored value and its epoch.
         model: the trained `TransferModel` (best epoch's weights).
         transfer: the transfer report's rows, or None.
+        test: the test data's results (`evaluate_test`), or None.
     """
 
     run_dir: str
@@ -39,16 +40,18 @@ class RunResult:
     best: tuple[float | None, int | None]
     model: object
     transfer: list[dict] | None = None
+    test: dict | None = None
 
 
 @dataclasses.dataclass
 class Data:
-    """Batched training and validation data with what is known about it."""
+    """Batched training, validation and (optional) test data with what is known about it."""
 
     train: object
     validation: object
     class_names: list[str]
     reports: list = dataclasses.field(default_factory=list)
+    test: object = None
 
 
 def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
@@ -76,6 +79,11 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     set_precision(config.train.precision)
     strategy = get_strategy(config.train.strategy)
     data = load_data(config)
+    for report in data.reports:
+        if report.one_line():
+            _say(f"{report.one_line()}: see report.md")
+        for note in report.notes:
+            _say(f"note: {note}")
     with strategy.scope():
         model = build_model(config, data.class_names)
     for stage in config.stages:
@@ -95,6 +103,10 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
 
         transfer = compare(config, data, tuner.recorder, seconds, verbose=verbose)
         sections.append(markdown(transfer, config.train.monitor))
+    test_results = None
+    if data.test is not None:
+        test_results = evaluate_test(model, data.test, config.train.metrics)
+        sections.append(_test_section(test_results))
     report = tuner.write_report(
         data.validation, title=f"{config.name}: {config.model.backbone}", extra_sections=sections
     )
@@ -110,9 +122,51 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     _say(f"Best epoch {best[1]}: {monitored} ({seconds:.0f}s training)")
     _say(f"Report: {report}")
     _say(f"Plots: {os.path.join(run_dir, 'learning_curves.png')}, confusion_matrix.png")
+    if test_results:
+        _say("Test (once, best epoch's model): " + _format_results(test_results))
     if saved_model:
         _say(f"SavedModel: {saved_model}")
-    return RunResult(run_dir, report, saved_model, history, best, model, transfer)
+    return RunResult(run_dir, report, saved_model, history, best, model, transfer, test_results)
+
+
+def evaluate_test(model, test, metrics) -> dict[str, float]:
+    """The test split's accuracy and balanced accuracy (those of `metrics`), evaluated once.
+
+    Args:
+        model: the trained `TransferModel` (best epoch's weights).
+        test: batched `(inputs, labels)`.
+        metrics: the run's metric names (`accuracy`, `balanced_accuracy`, ...).
+
+    Returns:
+        `{name: value}`, e.g. `{"examples": 656, "accuracy": 0.88}`.
+
+    Example:
+        >>> evaluate_test(result.model, data.test, ("accuracy",))
+    """
+    from kerastl.run_directory import balanced_accuracy, confusion_matrix
+
+    matrix = confusion_matrix(model, test, model.num_classes)
+    results = {"examples": int(matrix.sum())}
+    for metric in metrics:
+        if metric == "accuracy":
+            results["accuracy"] = float(np.trace(matrix) / max(matrix.sum(), 1))
+        elif metric == "balanced_accuracy":
+            results["balanced_accuracy"] = balanced_accuracy(matrix)
+    return results
+
+
+def _format_results(results: dict) -> str:
+    return ", ".join(
+        f"{key} = {value:.4f}" if isinstance(value, float) else f"{key} = {value}"
+        for key, value in results.items()
+    )
+
+
+def _test_section(results: dict) -> str:
+    return (
+        "## Test\n\nEvaluated once, after training, with the best epoch's weights: "
+        f"{_format_results(results)}."
+    )
 
 
 def lr_find_for_config(config: RunConfig):
@@ -179,84 +233,102 @@ def build_model(config: RunConfig, class_names: list[str], weights: str | None =
 
 
 def load_data(config: RunConfig) -> Data:
-    """The configured source, prepared and batched for the configured backbone.
+    """The configured sources, prepared and batched for the configured backbone.
+
+    Training data comes from `data.source`; validation from
+    `data.validation_source`, else the TFDS `validation_split`, else a
+    stratified `validation_fraction` held out of the training data; test data
+    (optional) from `data.test_source` or the TFDS `test_split`. Validation and
+    test data are read with the training classes: another label is a bad record.
 
     Args:
         config: the run configuration.
 
     Returns:
-        A `Data` with batched train/validation datasets and the class names.
+        A `Data` with batched train/validation(/test) datasets and the class names.
     """
+    data = config.data
+    kind = data.source.partition(":")[0]
+    train_raw, class_names, reports = _read(data.source, config, data.class_names)
+    if data.validation_source:
+        validation_raw, _, more = _read(data.validation_source, config, class_names)
+        reports += more
+    elif kind == "tfds":
+        validation_raw = _read(data.source, config, class_names, data.validation_split)[0]
+    else:
+        train_raw, validation_raw = _held_out(train_raw, config)
+    test_raw = None
+    if data.test_source:
+        test_raw, _, more = _read(data.test_source, config, class_names)
+        reports += more
+    elif kind == "tfds" and data.test_split:
+        test_raw = _read(data.source, config, class_names, data.test_split)[0]
+    train, validation, test = _batches(config, train_raw, validation_raw, test_raw)
+    return Data(train, validation, list(class_names), reports, test)
+
+
+def _read(source: str, config: RunConfig, class_names, tfds_split: str | None = None):
+    """`(unbatched (input, label) pairs, class names, reports)` of one source
+    (for TFDS, its `tfds_split`, default the training split)."""
     import kerastl.data as kdata
 
-    source = config.data.source
     kind, _, where = source.partition(":")
-    reports = []
+    data = config.data
+    names = list(class_names) if class_names else None
     if kind == "tfds":
-        train_raw, validation_raw, class_names = _tfds(config, where)
-    elif kind == "folder":
+        raw, found = _tfds(config, where, tfds_split or data.train_split)
+        return raw, _matching(names, found, source), []
+    if kind == "folder":
         size = (config.model.image_size, config.model.image_size)
-        raw, class_names, report = kdata.image_folder(where, size, strict=config.data.strict)
-        reports.append(report)
-        train_raw, validation_raw = _held_out(raw, config)
-    elif kind == "table":
-        raw, class_names, report = kdata.text_table(
-            where,
-            text=config.data.text_key,
-            label=config.data.label_key,
-            strict=config.data.strict,
+        raw, found, report = kdata.image_folder(where, size, class_names=names, strict=data.strict)
+        return raw, found, [report]
+    if kind == "table":
+        raw, found, report = kdata.text_table(
+            where, text=data.text_key, label=data.label_key, class_names=names, strict=data.strict
         )
-        reports.append(report)
-        train_raw, validation_raw = _held_out(raw, config)
-    elif kind == "arrays":
+        return raw, found, [report]
+    if kind == "arrays":
         with np.load(where) as arrays:
             x, y = arrays["x"], arrays["y"]
-        class_names = [str(i) for i in range(int(y.max()) + 1)]
-        raw = kdata.from_arrays(x, y)
-        train_raw, validation_raw = _held_out(raw, config)
-    else:
+        found = names or [str(i) for i in range(int(y.max()) + 1)]
+        return kdata.from_arrays(x, y, num_classes=len(found)), found, []
+    raise ValueError(
+        f"A data source must start with tfds:, folder:, table: or arrays:. Received: {source!r}."
+    )
+
+
+def _matching(names, found, source):
+    if names is not None and list(names) != list(found):
         raise ValueError(
-            "`data.source` must start with tfds:, folder:, table: or arrays:. "
-            f"Received: data.source={source!r}."
+            f"`data.class_names` must match the classes of {source} in order: {found}. "
+            f"Received: class_names={names}."
         )
-    train, validation = _batches(config, train_raw, validation_raw)
-    return Data(train, validation, list(class_names), reports)
+    return found
 
 
-def _tfds(config: RunConfig, name: str):
+def _tfds(config: RunConfig, name: str, split: str):
     import tensorflow_datasets as tfds
 
     import kerastl.data as kdata
 
     options = {"data_dir": config.data.data_dir, "manual_dir": config.data.manual_dir}
-    train = kdata.load_tfds(name, config.data.train_split, **options)
-    validation = kdata.load_tfds(name, config.data.validation_split, **options)
+    raw = kdata.load_tfds(name, split, **options)
     builder = tfds.builder(name, data_dir=config.data.data_dir)
     label = builder.info.supervised_keys[1] if builder.info.supervised_keys else "label"
-    return train, validation, list(builder.info.features[label].names)
+    return raw, list(builder.info.features[label].names)
 
 
 def _held_out(raw, config: RunConfig):
-    import tensorflow as tf
-
     from kerastl.data.builders import stratified_split
+    from kerastl.data.sampling import labels_of, select
 
-    labels = np.array([int(y) for y in raw.map(lambda x, y: y).as_numpy_iterator()])
     _, held_out = stratified_split(
-        labels, config.data.validation_fraction, seed=config.data.shuffle_seed
+        labels_of(raw), config.data.validation_fraction, seed=config.data.shuffle_seed
     )
-    mask = np.zeros(len(labels), bool)
-    mask[held_out] = True
-    mask = tf.constant(mask)
-
-    def part(validation: bool):
-        chosen = raw.enumerate().filter(lambda i, _: tf.gather(mask, i) == validation)
-        return chosen.map(lambda _, example: example)
-
-    return part(False), part(True)
+    return select(raw, held_out, keep=False), select(raw, held_out)
 
 
-def _batches(config: RunConfig, train_raw, validation_raw):
+def _batches(config: RunConfig, train_raw, validation_raw, test_raw=None):
     from kerastl.backbones.hub import create_text_preprocessor
     from kerastl.data.pipeline import batched, prepare_images, text_batches
 
@@ -267,25 +339,22 @@ def _batches(config: RunConfig, train_raw, validation_raw):
         vocabulary = "default" if weights is None or weights.lower() == "none" else weights
         preprocessor = create_text_preprocessor(spec.name, vocabulary, config.model.sequence_length)
         common = {"bucket": data.bucket_by_length, "seed": data.shuffle_seed}
-        train = text_batches(
-            train_raw, preprocessor, data.batch_size, shuffle=True, limit=data.limit, **common
-        )
-        validation = text_batches(
-            validation_raw, preprocessor, data.batch_size, limit=data.validation_limit, **common
-        )
-        return train, validation
-    size = (config.model.image_size, config.model.image_size)
-    train = batched(
-        prepare_images(train_raw, size),
-        data.batch_size,
-        shuffle=True,
-        seed=data.shuffle_seed,
-        limit=data.limit,
-    )
-    validation = batched(
-        prepare_images(validation_raw, size), data.batch_size, limit=data.validation_limit
-    )
-    return train, validation
+
+        def make(raw, **options):
+            return text_batches(raw, preprocessor, data.batch_size, **common, **options)
+
+    else:
+        size = (config.model.image_size, config.model.image_size)
+
+        def make(raw, **options):
+            return batched(
+                prepare_images(raw, size), data.batch_size, seed=data.shuffle_seed, **options
+            )
+
+    train = make(train_raw, shuffle=True, limit=data.limit)
+    validation = make(validation_raw, limit=data.validation_limit)
+    test = make(test_raw) if test_raw is not None else None
+    return train, validation, test
 
 
 def _tuner(config: RunConfig, model, run_dir, verbose, strategy):

@@ -37,7 +37,9 @@ def image_folder(
         directory: a folder with one sub-folder per class.
         image_size: `(height, width)` of the output images.
         class_names: the classes, in label order (default: the sub-folders,
-            sorted). A listed class without a folder is an error.
+            sorted). A listed class without a folder is an error. Without
+            it, sub-folders that look like splits (`train/`, `val/`, or the
+            same class folders inside each) are refused.
         strict: raise `BadRecordError` at the first bad file instead of
             skipping it.
 
@@ -58,6 +60,8 @@ def image_folder(
             f"Image folder not found. Received: directory={os.fspath(directory)!r}."
         )
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if class_names is None:
+        _refuse_split_folders(root, folders)
     names = list(class_names) if class_names is not None else folders
     missing = [name for name in names if name not in folders]
     if missing or not names:
@@ -66,6 +70,9 @@ def image_folder(
             f"Folders found: {folders}. Received: class_names={class_names!r}."
         )
     report = DataReport(source=str(root))
+    ignored = [name for name in folders if name not in names]
+    if ignored:
+        report.notes.append(f"folders that are not classes, not read: {ignored}")
     paths, labels = [], []
     for label, name in enumerate(names):
         found = 0
@@ -95,6 +102,28 @@ def image_folder(
         (tf.constant(paths, tf.string), tf.constant(np.asarray(labels, "int32")))
     ).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset, names, report
+
+
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "dev", "eval", "test", "testing")
+
+
+def _refuse_split_folders(root: Path, folders: list[str]) -> None:
+    """Raises when the sub-folders look like splits (`train/`, `val/`) rather than classes:
+    named like splits, or holding the same sub-folders as each other (`train/cat`, `val/cat`)."""
+    splits = [name for name in folders if name.lower() in SPLIT_NAMES]
+    inner = {name: {p.name for p in (root / name).iterdir() if p.is_dir()} for name in folders}
+    shared = sorted(set.intersection(*inner.values())) if len(inner) > 1 else []
+    if not splits and not shared:
+        return
+    found = f"split folders {splits}" if splits else f"the same sub-folders {shared[:5]} in each"
+    first = (splits or folders)[0]
+    raise ValueError(
+        f"{root} holds {found}, not one folder per class: training on it would use the "
+        f"folder names {folders} as labels. Point the source at one split, e.g. "
+        f"folder:{root / first} (kerastl train: data.validation_source / data.test_source "
+        "for the others), or pass class_names to use these folders as classes. "
+        f"Received: directory={os.fspath(root)!r}."
+    )
 
 
 def _check_image(path: Path, tf) -> str | None:

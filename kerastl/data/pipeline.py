@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from kerastl._validation import check_positive_int
+from kerastl.data.sampling import take_stratified
 
 AUGMENTATIONS = ("flip", "flip_vertical", "rotate", "zoom", "translate", "contrast", "brightness")
 
@@ -108,7 +109,8 @@ def batched(
         shuffle: shuffle the whole dataset each epoch (training data).
         seed: the shuffle seed: the same seed gives the same epochs.
         cache: keep prepared examples in memory after the first epoch.
-        limit: use only the first `limit` examples (quick runs).
+        limit: use only `limit` examples (quick runs), each class keeping its
+            share, drawn after a shuffle with `seed`.
 
     Returns:
         A batched, prefetched dataset with a known length.
@@ -121,7 +123,7 @@ def batched(
     check_positive_int("batch_size", batch_size)
     if limit is not None:
         check_positive_int("limit", limit)
-        dataset = dataset.take(limit)
+        dataset = take_stratified(dataset, limit, seed)
     if cache:
         dataset = dataset.cache()
     size = _count(dataset)
@@ -191,7 +193,7 @@ def text_batches(
         shuffle: shuffle each epoch (seeded).
         seed: the shuffle seed.
         bucket: batch by length; False: in order, still cut to the longest.
-        limit: use only the first `limit` examples.
+        limit: use only `limit` examples, stratified and seeded as in `batched`.
 
     Returns:
         A dataset of `({"token_ids", "padding_mask", "segment_ids"?}, label)`
@@ -206,7 +208,7 @@ def text_batches(
     check_positive_int("batch_size", batch_size)
     if limit is not None:
         check_positive_int("limit", limit)
-        dataset = dataset.take(limit)
+        dataset = take_stratified(dataset, limit, seed)
     tokens = (
         dataset.batch(256)
         .map(lambda text, label: (preprocessor(text), label), num_parallel_calls=tf.data.AUTOTUNE)

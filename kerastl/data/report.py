@@ -36,6 +36,14 @@ class DataReport:
         """Skipped records per reason kind (the text before the first colon)."""
         return dict(collections.Counter(reason.split(":")[0] for _, reason in self.skipped))
 
+    def one_line(self) -> str | None:
+        """`skipped 2 of 1002 records in SOURCE (1 x corrupt, ...)`, or None if none was."""
+        if not self.skipped:
+            return None
+        kinds = ", ".join(f"{count} x {kind}" for kind, count in sorted(self.counts().items()))
+        total = self.kept + len(self.skipped)
+        return f"skipped {len(self.skipped)} of {total} records in {self.source} ({kinds})"
+
     def summary(self, limit: int = 20) -> str:
         """A readable report: totals, counts per reason, the first `limit` records.
 

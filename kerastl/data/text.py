@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import os
@@ -62,6 +63,8 @@ def text_table(
         else:
             rows.append((str(value), str(category)))
     names = list(class_names) if class_names is not None else sorted({c for _, c in rows})
+    if class_names is None:
+        _note_rare_labels(rows, report)
     index = {name: i for i, name in enumerate(names)}
     report.kept = len(rows)
     dataset = tf.data.Dataset.from_tensor_slices(
@@ -71,6 +74,21 @@ def text_table(
         )
     )
     return dataset, names, report
+
+
+def _note_rare_labels(rows, report: DataReport) -> None:
+    """Notes labels far rarer than the others: often a misspelling that became a class."""
+    counts = collections.Counter(category for _, category in rows)
+    if len(counts) < 2:
+        return
+    typical = sorted(counts.values())[len(counts) // 2]
+    for category, count in sorted(counts.items()):
+        if count * 20 < typical:
+            report.notes.append(
+                f"label {category!r} has {count} row(s), the typical class {typical}: a "
+                "misspelling? Pass class_names (kerastl train: data.class_names) to make "
+                "other labels bad records"
+            )
 
 
 def _records(source: Path, report: DataReport, strict: bool):

@@ -1,0 +1,115 @@
+"""Stratified, seeded subsets of a dataset: `data.limit` and held-out splits.
+
+A dataset read in class order (an image folder, a sorted table) cut with
+`take(n)` holds only its first classes; here each class keeps its share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from kerastl._validation import check_positive_int
+
+
+def stratified_sample(labels: Sequence[int], count: int, seed: int = 0) -> np.ndarray:
+    """Indices of `count` examples drawn after a seeded shuffle, each class keeping its share.
+
+    Shares are rounded by largest remainder, and every class keeps at least one
+    example while `count` allows it.
+
+    Args:
+        labels: the label of every example.
+        count: how many to keep (all of them if `count >= len(labels)`).
+        seed: the shuffle seed.
+
+    Returns:
+        The chosen indices, sorted.
+
+    Example:
+        >>> stratified_sample([0, 0, 0, 1, 1, 1], 2)
+        array([1, 3])
+    """
+    check_positive_int("count", count)
+    labels = np.asarray(labels)
+    if count >= len(labels):
+        return np.arange(len(labels))
+    classes, sizes = np.unique(labels, return_counts=True)
+    exact = sizes * count / len(labels)
+    quota = np.floor(exact).astype(int)
+    if count >= len(classes):
+        quota = np.maximum(quota, 1)
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    for index in order:
+        if quota.sum() >= count:
+            break
+        if quota[index] < sizes[index]:
+            quota[index] += 1
+    while quota.sum() > count:  # the minimum of one per class overshot
+        quota[np.argmax(quota)] -= 1
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == label))[:share]
+        for label, share in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def labels_of(dataset) -> np.ndarray:
+    """The integer labels of an unbatched `(inputs, label)` dataset, in order
+    (all 0 for a dataset of unlabelled elements)."""
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) >= 2):
+        return np.zeros(int(dataset.reduce(0, lambda total, _: total + 1)), np.int64)
+    labels = dataset.map(lambda x, y, *rest: y).as_numpy_iterator()
+    return np.array([int(y) for y in labels], np.int64)
+
+
+def select(dataset, indices: Sequence[int], *, keep: bool = True):
+    """The examples at `indices` (or, with `keep=False`, all the others), in order.
+
+    Args:
+        dataset: an unbatched dataset.
+        indices: positions in `dataset`.
+        keep: keep the listed examples, or drop them.
+
+    Returns:
+        The filtered dataset.
+
+    Example:
+        >>> validation = select(raw, held_out)
+    """
+    import tensorflow as tf
+
+    indices = np.asarray(indices, np.int64)
+    mask = np.zeros(int(indices.max()) + 1 if len(indices) else 0, bool)
+    mask[indices] = True
+    mask = tf.constant(mask)
+    size = tf.constant(len(mask), tf.int64)
+
+    def wanted(position, _):
+        safe = tf.minimum(position, tf.maximum(size - 1, 0))
+        hit = tf.logical_and(position < size, tf.gather(mask, safe) if len(indices) else False)
+        return hit if keep else tf.logical_not(hit)
+
+    return dataset.enumerate().filter(wanted).map(lambda _, example: example)
+
+
+def take_stratified(dataset, count: int, seed: int = 0):
+    """`count` examples of an unbatched `(inputs, label)` dataset, stratified and seeded.
+
+    Args:
+        dataset: unbatched `(inputs, integer label)` pairs (unlabelled
+            elements: a plain seeded sample).
+        count: how many to keep.
+        seed: the shuffle seed.
+
+    Returns:
+        The subset, in the dataset's order.
+
+    Example:
+        >>> quick = take_stratified(raw, 256)  # every class, in proportion
+    """
+    labels = labels_of(dataset)
+    return select(dataset, stratified_sample(labels, count, seed))

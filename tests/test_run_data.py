@@ -1,0 +1,122 @@
+"""Data for `kerastl train`: separate validation/test sources, split folders refused,
+stratified limits, class names from the config, skipped records on the console."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kerastl.cli import main
+from kerastl.config import load_config
+from kerastl.data.sampling import stratified_sample
+from kerastl.run import load_data
+
+
+def _images(folder, classes, count, seed=0):
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(classes):
+        (folder / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = np.full((12, 12, 3), 40 * index, "uint8") + rng.integers(0, 30, (12, 12, 3))
+            Image.fromarray(pixels.astype("uint8")).save(folder / name / f"{i}.png")
+
+
+def _labels(dataset):
+    return np.concatenate([np.asarray(y) for _, y in dataset])
+
+
+def _config(tmp_path, *overrides):
+    return load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'runs'}",
+            "model.weights=none",
+            "model.image_size=32",
+            "data.batch_size=4",
+            *overrides,
+        ],
+    )
+
+
+def test_validation_and_test_folders_are_read_with_the_training_classes(tmp_path):
+    _images(tmp_path / "train", ["ants", "bees", "wasps"], 4)
+    _images(tmp_path / "val", ["ants", "bees", "wasps"], 2, seed=1)
+    _images(tmp_path / "test", ["ants", "bees", "wasps", "moths"], 1, seed=2)
+    data = load_data(
+        _config(
+            tmp_path,
+            f"data.source=folder:{tmp_path / 'train'}",
+            f"data.validation_source=folder:{tmp_path / 'val'}",
+            f"data.test_source=folder:{tmp_path / 'test'}",
+        )
+    )
+    assert data.class_names == ["ants", "bees", "wasps"]
+    assert sorted(_labels(data.train)) == [0] * 4 + [1] * 4 + [2] * 4  # nothing held out
+    assert sorted(_labels(data.validation)) == [0, 0, 1, 1, 2, 2]
+    assert sorted(_labels(data.test)) == [0, 1, 2]
+    assert any("moths" in note for report in data.reports for note in report.notes)
+
+
+def test_a_folder_of_split_folders_is_refused_naming_them(tmp_path, capsys):
+    _images(tmp_path / "data" / "train", ["ants", "bees"], 2)
+    _images(tmp_path / "data" / "val", ["ants", "bees"], 1)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {{source: 'folder:{tmp_path / 'data'}'}}\noutput_dir: {tmp_path}\n")
+    assert main(["train", str(config), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert (
+        "split folders ['train', 'val']" in error
+        and f"folder:{tmp_path / 'data' / 'train'}" in error
+    )
+    _images(tmp_path / "nested" / "a", ["ants", "bees"], 1)
+    _images(tmp_path / "nested" / "b", ["ants", "bees"], 1)
+    with pytest.raises(ValueError, match=r"the same sub-folders \['ants', 'bees'\]"):
+        load_data(_config(tmp_path, f"data.source=folder:{tmp_path / 'nested'}"))
+
+
+def test_a_limit_keeps_every_class_in_proportion_after_a_seeded_shuffle(tmp_path):
+    labels = np.repeat(np.arange(10), 100)  # read in class order, as a folder is
+    chosen = stratified_sample(labels, 256, seed=0)
+    assert len(chosen) == 256 and set(np.bincount(labels[chosen])) == {25, 26}
+    assert not np.array_equal(chosen, stratified_sample(labels, 256, seed=1))
+    x = np.zeros((60, 8, 8, 3), "float32")
+    np.savez(tmp_path / "sorted.npz", x=x, y=np.repeat(np.arange(3), 20))
+    data = load_data(
+        _config(
+            tmp_path,
+            f"data.source=arrays:{tmp_path / 'sorted.npz'}",
+            "data.limit=9",
+            "data.validation_limit=3",
+        )
+    )
+    assert sorted(_labels(data.train)) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert sorted(_labels(data.validation)) == [0, 1, 2]
+
+
+def test_config_class_names_make_unknown_table_labels_bad_records(tmp_path):
+    rows = ["text,label"] + [f"good {i},fresh" for i in range(30)] + ["typo,frseh"]
+    rows += [f"bad {i},rotten" for i in range(30)]
+    (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
+    source = f"data.source=table:{tmp_path / 'reviews.csv'}"
+    found = load_data(_config(tmp_path, source, "model.backbone=all-minilm-l6-v2"))
+    assert found.class_names == ["fresh", "frseh", "rotten"]
+    assert any("'frseh' has 1 row(s)" in note for note in found.reports[0].notes)
+    named = load_data(
+        _config(
+            tmp_path, source, "model.backbone=all-minilm-l6-v2", "data.class_names=[rotten, fresh]"
+        )
+    )
+    assert named.class_names == ["rotten", "fresh"]
+    assert named.reports[0].counts() == {"unknown label": 1}
+    assert named.reports[0].one_line().startswith("skipped 1 of 61 records")
+
+
+def test_a_corrupt_image_is_named_in_the_report_not_in_a_raw_tensorflow_line(tmp_path, capfd):
+    import kerastl.data
+
+    _images(tmp_path, ["ants", "bees"], 2)
+    (tmp_path / "bees" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    _, _, report = kerastl.data.image_folder(tmp_path, (8, 8))
+    captured = capfd.readouterr()
+    assert "rendezvous" not in captured.err.lower() and "Invalid PNG" not in captured.err
+    assert report.one_line() == f"skipped 1 of 5 records in {tmp_path} (1 x corrupt)"
+    assert "broken.png" in report.summary()
