@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -71,7 +73,7 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     """
     import keras
 
-    from kerastl.distribute import get_strategy, set_precision
+    from kerastl.distribute import get_strategy, is_chief, set_precision
     from kerastl.finetune import check_monitor, granularity_of
 
     check_monitor(config.train.monitor, config.train.metrics, validation=True)
@@ -88,10 +90,23 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
         model = build_model(config, data.class_names)
     for stage in config.stages:
         granularity_of(model, stage.train)  # a bad group fails before the run directory exists
-    run_dir = _new_run_dir(config.output_dir, config.name)
+    chief = is_chief(strategy)
+    if chief:
+        run_dir = _new_run_dir(config.output_dir, config.name)
+        _say(f"Run directory: {run_dir}")
+    else:  # a non-chief worker trains in step with the chief and writes nothing shared
+        run_dir = tempfile.mkdtemp(prefix="kerastl-worker-")
+    try:
+        return _train_in(config, data, model, strategy, run_dir, chief, verbose)
+    finally:
+        if not chief:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, chief: bool, verbose):
+    say = _say if chief else (lambda message: None)
     with open(os.path.join(run_dir, "config.yaml"), "w") as file:
         file.write(to_yaml(config))
-    _say(f"Run directory: {run_dir}")
     tuner = _tuner(config, model, run_dir, verbose, strategy)
     started = time.perf_counter()
     history = tuner.fit(data.train, data.validation, stages=config.stages)
@@ -101,7 +116,9 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     if config.transfer_report:
         from kerastl.transfer import compare, markdown
 
-        transfer = compare(config, data, tuner.recorder, seconds, verbose=verbose)
+        transfer = compare(
+            config, data, tuner.recorder, seconds, strategy=strategy, verbose=verbose
+        )
         sections.append(markdown(transfer, config.train.monitor))
     test_results = None
     if data.test is not None:
@@ -119,13 +136,13 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
         )
     best = (tuner.recorder.best, tuner.recorder.best_epoch)
     monitored = f"{config.train.monitor} = {_fmt(best[0])}"
-    _say(f"Best epoch {best[1]}: {monitored} ({seconds:.0f}s training)")
-    _say(f"Report: {report}")
-    _say(f"Plots: {os.path.join(run_dir, 'learning_curves.png')}, confusion_matrix.png")
+    say(f"Best epoch {best[1]}: {monitored} ({seconds:.0f}s training)")
+    say(f"Report: {report}")
+    say(f"Plots: {os.path.join(run_dir, 'learning_curves.png')}, confusion_matrix.png")
     if test_results:
-        _say("Test (once, best epoch's model): " + _format_results(test_results))
+        say("Test (once, best epoch's model): " + _format_results(test_results))
     if saved_model:
-        _say(f"SavedModel: {saved_model}")
+        say(f"SavedModel: {saved_model}")
     return RunResult(run_dir, report, saved_model, history, best, model, transfer, test_results)
 
 

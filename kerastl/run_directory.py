@@ -100,7 +100,10 @@ def confusion_matrix(model: keras.Model, dataset, num_classes: int) -> np.ndarra
     """
     matrix = np.zeros((num_classes, num_classes), np.int64)
     for batch in dataset:
-        predicted = np.argmax(np.asarray(model.predict_on_batch(batch[0])), axis=-1)
+        # A direct call, not `predict`: under a multi-worker strategy `predict`
+        # returns the global batch's outputs, which do not line up with these labels.
+        logits = keras.tree.flatten(model(batch[0], training=False))[0]
+        predicted = np.argmax(keras.ops.convert_to_numpy(logits), axis=-1)
         np.add.at(matrix, (np.asarray(batch[1]).reshape(-1), predicted), 1)
     return matrix
 

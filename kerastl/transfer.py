@@ -20,6 +20,7 @@ import time
 import warnings
 
 from kerastl.backbones.spec import TEXT
+from kerastl.distribute.strategies import is_chief
 from kerastl.finetune import ALL, HEAD, FineTuner, Stage
 
 SCRATCH_LR = {"image": 1e-3, TEXT: 1e-4}
@@ -50,7 +51,9 @@ def scratch_stage(epochs: int, modality: str = "image") -> Stage:
     )
 
 
-def compare(config, data, recorder, fine_tuned_seconds: float, *, verbose="auto") -> list[dict]:
+def compare(
+    config, data, recorder, fine_tuned_seconds: float, *, strategy=None, verbose="auto"
+) -> list[dict]:
     """Trains the probe and the from-scratch baseline; returns the three rows.
 
     Args:
@@ -58,6 +61,7 @@ def compare(config, data, recorder, fine_tuned_seconds: float, *, verbose="auto"
         data: the run's `Data` (the same batches).
         recorder: the fine-tuned run's `RunRecorder` (its best value).
         fine_tuned_seconds: the fine-tuned run's training time.
+        strategy: the strategy the baselines train under (default: the current one).
         verbose: Keras progress output.
 
     Returns:
@@ -69,10 +73,12 @@ def compare(config, data, recorder, fine_tuned_seconds: float, *, verbose="auto"
         >>> rows = compare(config, data, tuner.recorder, 120.0)
     """
     import keras
+    import tensorflow as tf
 
     from kerastl.backbones.registry import get_spec
     from kerastl.run import build_model
 
+    strategy = strategy or tf.distribute.get_strategy()
     epochs = sum(stage.epochs for stage in config.stages)
     lr = config.stages[0].lr
     modality = get_spec(config.model.backbone).modality
@@ -81,11 +87,14 @@ def compare(config, data, recorder, fine_tuned_seconds: float, *, verbose="auto"
         ("scratch", None, scratch_stage(epochs, modality)),
         ("linear probe", "config", Stage(epochs, train=HEAD, lr=lr)),
     ):
-        print(f"kerastl: transfer report: training the {label} ({epochs} epochs) ...", flush=True)
+        if is_chief(strategy):
+            print(f"kerastl: transfer report: training the {label} ({epochs} epochs) ...")
         keras.utils.set_random_seed(config.train.seed)
-        model = build_model(config, data.class_names, weights=weights)
+        with strategy.scope():
+            model = build_model(config, data.class_names, weights=weights)
         tuner = FineTuner(
             model,
+            strategy=strategy,
             cache_features=config.train.cache_features,
             class_weight=config.train.class_weight,
             metrics=config.train.metrics,

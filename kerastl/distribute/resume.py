@@ -32,7 +32,7 @@ from kerastl._atomic import write_atomically, write_text
 from kerastl._validation import check_positive_int
 from kerastl.distribute.keras_fixes import apply_keras_fixes
 from kerastl.distribute.replicas import sync_batch_norm_statistics
-from kerastl.distribute.strategies import check_model_in_scope
+from kerastl.distribute.strategies import check_model_in_scope, is_chief
 
 STATE_FILE = "state.json"
 
@@ -141,7 +141,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         if not _finite_weights(self.model):
             self.diverged = True
             return
-        if not _is_chief(self.model):
+        if not is_chief(self.model.distribute_strategy):
             return
         directory = Path(self.backup_dir)
         directory.mkdir(parents=True, exist_ok=True)
@@ -270,7 +270,7 @@ def fit_resumable(
         else:
             stream, steps = data, steps_per_epoch
         run(stream, epoch, epochs, steps)
-    if not backup.diverged and not keep_backup and _is_chief(model):
+    if not backup.diverged and not keep_backup and is_chief(model.distribute_strategy):
         shutil.rmtree(backup.backup_dir, ignore_errors=True)
     return history
 
@@ -298,16 +298,3 @@ def _seed_generators(model: keras.Model) -> dict:
         for index, generator in enumerate(getattr(layer, "_seed_generators", [])):
             states[f"{layer.path}/seed_generator_{index}"] = generator.state
     return states
-
-
-def _is_chief(model: keras.Model) -> bool:
-    resolver = getattr(model.distribute_strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    if resolver.task_type == "chief":
-        return True
-    return (
-        resolver.task_type == "worker"
-        and resolver.task_id == 0
-        and ("chief" not in resolver.cluster_spec().as_dict())
-    )

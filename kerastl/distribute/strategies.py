@@ -128,6 +128,25 @@ def get_strategy(name: str = "auto", *, devices: list[str] | None = None, tpu: s
     return tf.distribute.ParameterServerStrategy(resolver)
 
 
+def is_chief(strategy=None) -> bool:
+    """Whether this process writes shared outputs: False only on the non-chief
+    workers of a multi-worker strategy (they write to temporary places).
+
+    Args:
+        strategy: the strategy training runs under (default: the current one).
+
+    Returns:
+        True on one device, mirrored, TPU, and on the chief of a cluster.
+
+    Example:
+        >>> run_dir = "runs/x" if kerastl.is_chief(strategy) else tempfile.mkdtemp()
+    """
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    return bool(strategy.extended.should_checkpoint)
+
+
 def global_batch_size(per_replica_batch_size: int, strategy) -> int:
     """The batch size to give the dataset: per-replica batch x replicas in sync.
 
