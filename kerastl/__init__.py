@@ -7,96 +7,91 @@ Example:
     >>> print(kerastl.describe(model))
 """
 
-from kerastl import export
-from kerastl.backbones import (
-    BackboneSpec,
-    CheckpointError,
-    HubUnavailableError,
-    create_backbone,
-    get_spec,
-    list_backbones,
-    read_state_dict,
-)
-from kerastl.backbones.hub import create_text_preprocessor
-from kerastl.describe import describe
-from kerastl.distribute import (
-    ResumableBackup,
-    apply_keras_fixes,
-    check_model_in_scope,
-    fit_resumable,
-    get_strategy,
-    global_batch_size,
-    scale_learning_rate,
-    set_precision,
-    split_cpu,
-    sync_batch_norm_statistics,
-    to_strategy,
-)
-from kerastl.finetune import FineTuner, Stage, fine_tune
-from kerastl.freezing import freeze, freeze_to, set_trainable_groups, trainable_groups, unfreeze
-from kerastl.groups import GroupRules, group_variables, layer_groups
-from kerastl.losses import SparseSmoothedCrossentropy
-from kerastl.lr_finder import LRFindResult, lr_find
-from kerastl.metrics import BalancedAccuracy
-from kerastl.models import TransferModel
-from kerastl.optimizers import (
-    discriminative_optimizer,
-    group_learning_rates,
-    group_optimizer,
-)
-from kerastl.preprocessing import Preprocessing, load_image
-from kerastl.saving import load_model
-from kerastl.schedules import OneCycle, one_cycle, warmup_cosine
-from kerastl.unfreezing import GradualUnfreezing
+import os as _os
+import sys as _sys
+
+# Public name -> the module that defines it. `import kerastl` imports them all
+# (registering kerastl's Keras classes, so `keras.models.load_model` finds them),
+# except in the `kerastl` command, which imports what each subcommand needs after
+# parsing its arguments: `kerastl --help` answers without starting TensorFlow.
+_EXPORTS = {
+    "BackboneSpec": "kerastl.backbones",
+    "BalancedAccuracy": "kerastl.metrics",
+    "CheckpointError": "kerastl.backbones",
+    "FineTuner": "kerastl.finetune",
+    "GradualUnfreezing": "kerastl.unfreezing",
+    "GroupRules": "kerastl.groups",
+    "HubUnavailableError": "kerastl.backbones",
+    "LRFindResult": "kerastl.lr_finder",
+    "OneCycle": "kerastl.schedules",
+    "Preprocessing": "kerastl.preprocessing",
+    "ResumableBackup": "kerastl.distribute",
+    "SparseSmoothedCrossentropy": "kerastl.losses",
+    "Stage": "kerastl.finetune",
+    "TransferModel": "kerastl.models",
+    "apply_keras_fixes": "kerastl.distribute",
+    "check_model_in_scope": "kerastl.distribute",
+    "create_backbone": "kerastl.backbones",
+    "create_text_preprocessor": "kerastl.backbones.hub",
+    "describe": "kerastl.describe",
+    "discriminative_optimizer": "kerastl.optimizers",
+    "export": "kerastl.export",
+    "fine_tune": "kerastl.finetune",
+    "fit_resumable": "kerastl.distribute",
+    "freeze": "kerastl.freezing",
+    "freeze_to": "kerastl.freezing",
+    "get_spec": "kerastl.backbones",
+    "get_strategy": "kerastl.distribute",
+    "global_batch_size": "kerastl.distribute",
+    "is_chief": "kerastl.distribute",
+    "group_learning_rates": "kerastl.optimizers",
+    "group_optimizer": "kerastl.optimizers",
+    "group_variables": "kerastl.groups",
+    "layer_groups": "kerastl.groups",
+    "list_backbones": "kerastl.backbones",
+    "load_image": "kerastl.preprocessing",
+    "load_model": "kerastl.saving",
+    "lr_find": "kerastl.lr_finder",
+    "one_cycle": "kerastl.schedules",
+    "read_state_dict": "kerastl.backbones",
+    "scale_learning_rate": "kerastl.distribute",
+    "set_precision": "kerastl.distribute",
+    "set_trainable_groups": "kerastl.freezing",
+    "split_cpu": "kerastl.distribute",
+    "sync_batch_norm_statistics": "kerastl.distribute",
+    "to_strategy": "kerastl.distribute",
+    "trainable_groups": "kerastl.freezing",
+    "unfreeze": "kerastl.freezing",
+    "warmup_cosine": "kerastl.schedules",
+}
+
+
+def __getattr__(name: str):
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'kerastl' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(module_name)
+    value = module if name == "export" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+def _import_all() -> None:
+    """Imports every public name (and with them every registered Keras class)."""
+    for name in _EXPORTS:
+        __getattr__(name)
+
+
+if _os.path.basename(_sys.argv[0] if _sys.argv else "") != "kerastl":
+    _import_all()
+
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BackboneSpec",
-    "BalancedAccuracy",
-    "CheckpointError",
-    "FineTuner",
-    "GradualUnfreezing",
-    "GroupRules",
-    "HubUnavailableError",
-    "LRFindResult",
-    "OneCycle",
-    "Preprocessing",
-    "ResumableBackup",
-    "SparseSmoothedCrossentropy",
-    "Stage",
-    "TransferModel",
-    "apply_keras_fixes",
-    "check_model_in_scope",
-    "create_backbone",
-    "create_text_preprocessor",
-    "describe",
-    "discriminative_optimizer",
-    "export",
-    "fine_tune",
-    "fit_resumable",
-    "freeze",
-    "freeze_to",
-    "get_spec",
-    "get_strategy",
-    "global_batch_size",
-    "group_learning_rates",
-    "group_optimizer",
-    "group_variables",
-    "layer_groups",
-    "list_backbones",
-    "load_image",
-    "load_model",
-    "lr_find",
-    "one_cycle",
-    "read_state_dict",
-    "scale_learning_rate",
-    "set_precision",
-    "set_trainable_groups",
-    "split_cpu",
-    "sync_batch_norm_statistics",
-    "to_strategy",
-    "trainable_groups",
-    "unfreeze",
-    "warmup_cosine",
-]
+__all__ = sorted(_EXPORTS)

@@ -35,11 +35,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     describe.add_argument("--top", type=int, default=5, help="classes to show with --predict")
 
+    keys = (
+        "config keys (YAML sections, or --set section.key=value): name, output_dir, "
+        "model.{backbone, weights, image_size, sequence_length, dropout, pooling}, "
+        "data.{source, validation_source, test_source, class_names, limit, batch_size, "
+        "augment, ...}, train.{strategy, precision, metrics, monitor, ...}, stages (a list of "
+        "{epochs, train, lr, ...}), transfer_report, export. `kerastl config --show` prints "
+        "every key with its default; `kerastl config --show FILE --set ...` the resolved config."
+    )
     for name, text in (
         ("train", "fine-tune as a YAML config says; writes a run directory"),
         ("lr-find", "learning-rate range test for the config's first stage"),
     ):
-        command = commands.add_parser(name, help=text)
+        command = commands.add_parser(name, help=text, description=text, epilog=keys)
         command.add_argument("config", nargs="?", help="a YAML config (default: built-in defaults)")
         command.add_argument(
             "--set",
@@ -49,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
             help="override a config value, e.g. --set stages.1.lr=1e-4 (repeatable)",
         )
         command.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+
+    config = commands.add_parser(
+        "config", help="print the configuration (defaults, or a file with overrides) as YAML"
+    )
+    config.add_argument("config", nargs="?", help="a YAML config (default: built-in defaults)")
+    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    config.add_argument("--show", action="store_true", help="print it (the only action)")
 
     export = commands.add_parser("export", help="export a run's model (TF Serving bundle, ONNX)")
     export.add_argument("run_dir", help="a run directory written by `kerastl train`")
@@ -78,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0
     """
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _start_tensorflow()
     from kerastl.backbones import CheckpointError, HubUnavailableError
     from kerastl.export import ParityError, UnsupportedOpsError, UnsupportedServingOpsError
 
@@ -88,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args) if args.command == "train" else _lr_find(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "config":
+            return _config(args)
         if args.command == "list-backbones":
             return _list_backbones(args)
         return _describe(args)
@@ -100,6 +117,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as error:
         print(f"kerastl: error: {error}", file=sys.stderr)
         return 2
+
+
+def _start_tensorflow() -> None:
+    """Imports TensorFlow and kerastl with TF's C++ start-up lines held back
+    (they ignore `TF_CPP_MIN_LOG_LEVEL`); later C++ warnings stay hidden, errors shown."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from kerastl._quiet import native_stderr_silenced
+
+    with native_stderr_silenced():
+        import tensorflow  # noqa: F401
+
+        import kerastl
+
+        kerastl._import_all()
+
+
+def _config(args) -> int:
+    from kerastl.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.set)), end="")
+    return 0
 
 
 def _train(args) -> int:

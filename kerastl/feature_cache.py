@@ -221,7 +221,12 @@ class FeatureCache:
         self._layout: list = []
         self._num_features = 0
         self.nbytes = 0
-        run = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+        # One trace for every batch: any batch size, and any length where it varies.
+        signature = tf.nest.map_structure(
+            lambda spec: tf.TensorSpec((None, *spec.shape[1:]), spec.dtype),
+            dataset.element_spec[0],
+        )
+        run = tf.function(lambda x: extractor(x, training=False), input_signature=[signature])
         total = int(dataset.cardinality())
         progress = keras.utils.Progbar(
             total if total > 0 else None, unit_name="batch", verbose=2 if verbose == 2 else 1

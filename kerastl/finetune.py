@@ -335,6 +335,7 @@ class FineTuner:
             epochs=first_epoch + stage.epochs,
             callbacks=callbacks,
             class_weight=class_weight,
+            shuffle=False,  # the pipeline shuffles (Keras ignores it for datasets, and warns)
             verbose=self.verbose,
         )
         if target is not model:

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from kerastl._quiet import native_stderr_silenced
 from kerastl.backbones.registry import get_spec
 from kerastl.backbones.spec import TEXT
 from kerastl.config import RunConfig, to_yaml
@@ -79,7 +80,8 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     check_monitor(config.train.monitor, config.train.metrics, validation=True)
     keras.utils.set_random_seed(config.train.seed)
     set_precision(config.train.precision)
-    strategy = get_strategy(config.train.strategy)
+    with native_stderr_silenced():  # TF's C++ device start-up lines ("failed call to cuInit")
+        strategy = get_strategy(config.train.strategy)
     data = load_data(config)
     for report in data.reports:
         if report.one_line():

@@ -36,3 +36,45 @@ def test_describe_predict_classifies_with_the_offline_weights(capsys):
     assert main(["describe", "efficientnet-lite0", "--predict", image, "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "china.jpg  442:" in out
+
+
+def _command(*args, **env):
+    """The installed `kerastl` console script, in a fresh process with the user's logging."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "kerastl"
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**environment, **env},
+    )
+
+
+def test_help_answers_without_importing_tensorflow():
+    result = _command("train", "--help", PYTHONPROFILEIMPORTTIME="1")
+    text = " ".join(result.stdout.split())  # argparse wraps the epilog
+    assert result.returncode == 0
+    assert "kerastl config --show" in text and "data.{source, validation_source" in text
+    imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines()]
+    assert "kerastl.cli" in imported and "tensorflow" not in imported
+
+
+def test_commands_print_no_tensorflow_start_up_lines():
+    result = _command("list-backbones", "mobilenetv2")
+    assert result.returncode == 0 and result.stdout.startswith("mobilenetv2")
+    assert result.stderr == ""
+
+
+def test_config_show_prints_the_resolved_config_that_loads_back(tmp_path, capsys):
+    from kerastl.config import load_config
+
+    assert main(["config", "--show", "--set", "data.limit=64", "--set", "stages.0.lr=0.1"]) == 0
+    (tmp_path / "shown.yaml").write_text(capsys.readouterr().out)
+    config = load_config(tmp_path / "shown.yaml")
+    assert config.data.limit == 64 and config.stages[0].lr == 0.1
+    assert config.data.validation_source is None

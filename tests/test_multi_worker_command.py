@@ -35,7 +35,9 @@ stages:
     run = tmp_path / "runs" / "mw"
     report = (run / "report.md").read_text()
     assert "Confusion matrix" in report and "| 2:block7 | 1 |" in report
-    matrix = [line for line in report.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
+    matrix = [
+        line for line in report.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")
+    ]
     assert matrix, report
     assert (run / "model.keras").is_file() and (run / "saved_model" / "saved_model.pb").is_file()
     assert "Run directory" in outputs[0] and "Run directory" not in outputs[1]
