@@ -27,6 +27,9 @@ def predict(target: str, request, timeout: float = 30.0) -> dict[str, np.ndarray
     Returns:
         Output name → array.
 
+    Raises:
+        RuntimeError: the server answered with an error, or none answered at `target`.
+
     Example:
         >>> request = predict_request("elpv", "image_bytes", {"image_bytes": encoded})
         >>> predict("localhost:8500", request)["class_name"]
@@ -37,7 +40,16 @@ def predict(target: str, request, timeout: float = 30.0) -> dict[str, np.ndarray
 
     with grpc.insecure_channel(target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        response = stub.Predict(request, timeout)
+        try:
+            response = stub.Predict(request, timeout)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                message = f"{target} answered {error.code().name}: {error.details()}"
+                raise RuntimeError(message) from None
+            raise RuntimeError(
+                f"No TF Serving answered at {target} ({error.details()}). Start TF Serving "
+                "on the bundle (export/README.md section 2, port 8500), or pass --target."
+            ) from None
     return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
 
@@ -55,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         with open(path, "rb") as file:
             encoded[index] = file.read()
     request = predict_request(args.model, "image_bytes", {"image_bytes": encoded}, args.version)
-    outputs = predict(args.target, request)
+    try:
+        outputs = predict(args.target, request)
+    except RuntimeError as error:
+        print(f"grpc_client: error: {error}", file=sys.stderr)
+        return 2
     for path, names, scores in zip(
         args.images, outputs["class_name"], outputs["top_k_probabilities"], strict=True
     ):

@@ -32,7 +32,8 @@ def predict(url: str, model: str, body: dict, version: int | None = None, timeou
         The response (`{"predictions": [...]}`).
 
     Raises:
-        RuntimeError: the server answered with an error (its message included).
+        RuntimeError: the server answered with an error (its message included),
+            or no server answered at `url` (the message says how to start one).
 
     Example:
         >>> predict("http://localhost:8501", "elpv", image_bytes_body(["cell.png"]))
@@ -48,6 +49,12 @@ def predict(url: str, model: str, body: dict, version: int | None = None, timeou
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         raise RuntimeError(f"{url}{path} answered {error.code}: {error.read().decode()}") from error
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        reason = getattr(error, "reason", error)
+        raise RuntimeError(
+            f"No TF Serving answered at {url} ({reason}). Start TF Serving on the bundle "
+            f"(export/README.md, section 2, port 8501), or pass --url."
+        ) from None
 
 
 def image_bytes_body(paths: list[str], signature: str = "image_bytes") -> dict:
@@ -66,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--version", type=int)
     args = parser.parse_args(argv)
-    answer = predict(args.url, args.model, image_bytes_body(args.images), args.version)
+    try:
+        answer = predict(args.url, args.model, image_bytes_body(args.images), args.version)
+    except (RuntimeError, OSError) as error:
+        print(f"rest_client: error: {error}", file=sys.stderr)
+        return 2
     for path, row in zip(args.images, answer["predictions"], strict=True):
         ranked = ", ".join(
             f"{name} {p:.3f}"

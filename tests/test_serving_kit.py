@@ -153,3 +153,20 @@ def test_rest_and_grpc_clients_get_the_keras_answer(served, tmp_path, capsys):
     np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
     assert outputs["class_name"][0][0].decode() in {"functional", "defective"}
     assert grpc_client.main([*paths, "--target", target, "--model", "cells"]) == 0
+
+
+def test_clients_without_a_server_name_the_address_and_how_to_start_one(tmp_path, capsys):
+    from processes import free_ports
+
+    port = free_ports(1)[0]  # nothing listens there
+    image = tmp_path / "cell.png"
+    image.write_bytes(encode_images(_pixels(1), "png")[0])
+    rest = _kit("rest_client")
+    assert rest.main([str(image), "--url", f"http://127.0.0.1:{port}", "--model", "cells"]) == 2
+    error = capsys.readouterr().err
+    assert f"No TF Serving answered at http://127.0.0.1:{port}" in error
+    assert "export/README.md" in error and "Traceback" not in error
+    grpc_client = _kit("grpc_client")
+    target = f"127.0.0.1:{port}"
+    assert grpc_client.main([str(image), "--target", target, "--model", "cells"]) == 2
+    assert f"No TF Serving answered at {target}" in capsys.readouterr().err
