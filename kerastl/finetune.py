@@ -224,7 +224,8 @@ class FineTuner:
         """Trains stage after stage; epochs are numbered across stages.
 
         Args:
-            train: a batched `tf.data.Dataset` of `(inputs, integer labels)`.
+            train: a batched `tf.data.Dataset` of `(inputs, integer labels)`;
+                a text model's inputs may be raw strings (`TransferModel.prepare_data`).
             validation: the same for validation, or None.
             stages: the `Stage`s, in order.
 
@@ -250,6 +251,8 @@ class FineTuner:
         if self.run_dir:
             os.makedirs(self.run_dir, exist_ok=True)
         self.recorder = run_directory.RunRecorder(self.model, self.run_dir, monitor)
+        train = self.model.prepare_data(train)  # raw strings -> tokens; wrong inputs raise here
+        validation = self.model.prepare_data(validation)
         class_weight = self._class_weight(train)
         if self.augmentation is not None:
             train = _augmented(train, self.augmentation)

@@ -33,9 +33,12 @@ class TransferModel(keras.Model):
 
     Image models take raw RGB pixels in [0, 255] (`[batch, H, W, 3]`); the
     backbone's own preprocessing runs inside the model, so exports take raw
-    pixels too. Text models take the backbone's token inputs (`token_ids`,
-    `padding_mask`, ...). The head outputs logits (classification,
-    multi-label) or values (regression), in float32 even under mixed precision.
+    pixels too. Text models hold their tokenizer (`preprocessor`), as KerasHub
+    tasks do: `fit`, `evaluate` and `predict` (and `FineTuner`) take raw
+    strings, or the token inputs (`token_ids`, `padding_mask`, ...) of a
+    pipeline that tokenized once; the graph itself takes the token inputs. The
+    head outputs logits (classification, multi-label) or values (regression),
+    in float32 even under mixed precision.
 
     Args:
         backbone: a registry name (`kerastl.list_backbones()`) or a Keras
@@ -55,6 +58,11 @@ class TransferModel(keras.Model):
         backbone_name: the registry name of a backbone given as a model
             (default: the model's name, if registered); picks group rules and
             preprocessing.
+        preprocessor: for text, the tokenizer + packer that turns strings into
+            the token inputs (`create_text_preprocessor`). Default: built from
+            the registry's vocabulary when `backbone` is a name and `weights`
+            is not None; else none (then pass token inputs).
+        sequence_length: tokens per example for that default preprocessor.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -78,10 +86,13 @@ class TransferModel(keras.Model):
         class_names: Sequence[str] | None = None,
         preprocessing: Preprocessing | str | dict | None = None,
         backbone_name: str | None = None,
+        preprocessor: keras.layers.Layer | None = None,
+        sequence_length: int = 128,
         **kwargs: Any,
     ):
         _validate(num_classes, task, dropout, class_names)
-        if isinstance(backbone, str):
+        named = isinstance(backbone, str)
+        if named:
             backbone_name = backbone
             backbone = create_backbone(backbone, weights=weights, input_shape=input_shape)
         elif not isinstance(backbone, keras.Model):
@@ -106,6 +117,16 @@ class TransferModel(keras.Model):
                 f"Received: pooling={pooling!r}."
             )
         preprocessing = _resolve_preprocessing(preprocessing, spec)
+        if modality != TEXT and preprocessor is not None:
+            raise ValueError(
+                "`preprocessor` (a tokenizer) is for text backbones; image preprocessing is "
+                f"`preprocessing=`. Received: preprocessor={preprocessor!r} for a {modality} "
+                "backbone."
+            )
+        if modality == TEXT and preprocessor is None and named and weights is not None:
+            from kerastl.backbones.hub import create_text_preprocessor
+
+            preprocessor = create_text_preprocessor(spec.name, weights, sequence_length)
 
         # === Layers ===
         self.backbone = backbone
@@ -139,6 +160,7 @@ class TransferModel(keras.Model):
         self.class_names = list(class_names) if class_names is not None else None
         self.preprocessing = preprocessing
         self.modality = modality
+        self.preprocessor = preprocessor
 
     def compile(self, optimizer="adam", loss="auto", metrics="auto", **kwargs):
         """`keras.Model.compile` with defaults for the model's task and a logits check.
@@ -176,8 +198,8 @@ class TransferModel(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def fit(self, *args, **kwargs):
-        """`keras.Model.fit`, after checking the model belongs to the strategy in use.
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        """`keras.Model.fit`, with raw strings tokenized and the strategy checked.
 
         A model built outside `strategy.scope()` and trained inside it gets a
         clear error here instead of Keras's `colocate_vars_with` one; the
@@ -185,7 +207,87 @@ class TransferModel(keras.Model):
         """
         apply_keras_fixes()
         check_model_in_scope(self, self.distribute_strategy)
-        return super().fit(*args, **kwargs)
+        if validation_data is not None:
+            validation_data = self.prepare_data(validation_data)
+        return super().fit(
+            self.prepare_data(x), y, *args, validation_data=validation_data, **kwargs
+        )
+
+    def evaluate(self, x=None, *args, **kwargs):
+        """`keras.Model.evaluate`; a text model also takes raw strings."""
+        return super().evaluate(self.prepare_data(x), *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`; a text model also takes raw strings."""
+        return super().predict(self.prepare_data(x), *args, **kwargs)
+
+    def prepare_data(self, data):
+        """What the graph takes: a text model's raw strings become its token inputs.
+
+        Args:
+            data: a `tf.data.Dataset` of `inputs` or `(inputs, labels, ...)`
+                elements, a tuple `(inputs, labels)`, or inputs alone (arrays,
+                lists of strings, token dicts).
+
+        Returns:
+            `data` with string inputs tokenized by `preprocessor`; anything
+            else unchanged.
+
+        Raises:
+            ValueError: the inputs do not fit the model (strings for a text
+                model without a preprocessor, strings for an image model,
+                token dicts without the backbone's keys), naming what to pass.
+
+        Example:
+            >>> model = kerastl.TransferModel("all-minilm-l6-v2", num_classes=2)
+            >>> model.prepare_data(tf.data.Dataset.from_tensor_slices((texts, labels)).batch(8))
+        """
+        import tensorflow as tf
+
+        if data is None:
+            return None
+        if isinstance(data, tf.data.Dataset):
+            spec = data.element_spec
+            inputs = spec[0] if isinstance(spec, tuple) else spec
+            if not self._check_inputs(inputs):
+                return data
+            if isinstance(spec, tuple):
+                return data.map(lambda x, *rest: (self.preprocessor(x), *rest))
+            return data.map(self.preprocessor)
+        if isinstance(data, tuple) and data and not _is_string_batch(data):
+            return (self.prepare_data(data[0]), *data[1:])
+        if _is_string_batch(data) and self._check_inputs(tf.TensorSpec(None, tf.string)):
+            return self.preprocessor(tf.constant(list(data)))
+        return data
+
+    def _check_inputs(self, inputs) -> bool:
+        """True when `inputs` (a spec) are strings to tokenize; raises when they cannot fit."""
+        import tensorflow as tf
+
+        strings = isinstance(inputs, tf.TensorSpec) and inputs.dtype == tf.string
+        if self.modality != TEXT:
+            if strings or isinstance(inputs, dict):
+                raise ValueError(
+                    f"An image TransferModel takes pixels [batch, H, W, 3] in [0, 255]. "
+                    f"Received inputs: {inputs}."
+                )
+            return False
+        if strings:
+            if self.preprocessor is None:
+                raise ValueError(
+                    "This text TransferModel has no tokenizer, so it cannot take raw strings: "
+                    "build it with `preprocessor=kerastl.create_text_preprocessor(name, "
+                    "weights)` (the default for a registry name with weights), or pass "
+                    f"token inputs {sorted(self.input)}. Received inputs: {inputs}."
+                )
+            return True
+        expected = set(self.input)
+        if not isinstance(inputs, dict) or not expected <= set(inputs):
+            raise ValueError(
+                f"A text TransferModel takes raw strings or a dict of its token inputs "
+                f"{sorted(expected)}. Received inputs: {inputs}."
+            )
+        return False
 
     def classify(self, features, padding_mask=None):
         """Applies the model's own pooling, dropout and head to backbone outputs.
@@ -236,6 +338,11 @@ class TransferModel(keras.Model):
             },
             # KerasHub backbones serialize constructor arguments only, not their
             # layers' trainable flags: keep which layers are frozen here.
+            "preprocessor": (
+                keras.saving.serialize_keras_object(self.preprocessor)
+                if self.preprocessor is not None
+                else None
+            ),
             "frozen_layers": [
                 index
                 for index, layer in enumerate(self._flatten_layers(include_self=False))
@@ -247,6 +354,8 @@ class TransferModel(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if config.get("preprocessor") is not None:
+            config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
         frozen = set(config.pop("frozen_layers", []))
         model = cls(**config)
         # Pre-order: a frozen container is set before its sublayers.
@@ -335,6 +444,15 @@ def _text_pooling_inputs(features, padding_mask, pooling):
     elif pooling == "pooled":
         raise ValueError("`pooling='pooled'` needs a backbone with a pooler (e.g. BERT).")
     return {"sequence": features, "mask": padding_mask}
+
+
+def _is_string_batch(data) -> bool:
+    """A list/tuple/array of Python or NumPy strings (raw texts given directly)."""
+    import numpy as np
+
+    if isinstance(data, list | tuple):
+        return bool(data) and all(isinstance(item, str | bytes) for item in data)
+    return isinstance(data, np.ndarray) and data.dtype.kind in "USO" and data.ndim == 1
 
 
 def _guess_modality(backbone) -> str:

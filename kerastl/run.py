@@ -240,6 +240,8 @@ def build_model(config: RunConfig, class_names: list[str], weights: str | None =
     options = {}
     if spec.modality != TEXT:
         options["input_shape"] = (config.model.image_size, config.model.image_size, 3)
+    else:
+        options["sequence_length"] = config.model.sequence_length
     return TransferModel(
         spec.name,
         len(class_names),

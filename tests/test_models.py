@@ -210,3 +210,58 @@ def test_compile_defaults_the_loss_and_metrics_for_the_task(task, loss, metric):
     logs = model.fit(x, y, epochs=1, verbose=0).history
     assert metric in logs
     assert np.abs(np.array(model.head_layer.kernel) - before).max() > 1e-4
+
+
+def _tiny_bert_with_minilm_tokenizer():
+    keras.utils.set_random_seed(0)
+    preprocessor = kerastl.create_text_preprocessor("all-minilm-l6-v2", sequence_length=16)
+    config = {**TINY_TEXT, "vocabulary_size": preprocessor.tokenizer.vocabulary_size()}
+    backbone = kerastl.create_backbone(
+        "bert_base_en_uncased", weights=None, max_sequence_length=16, **config
+    )
+    return kerastl.TransferModel(
+        backbone, num_classes=2, class_names=["rotten", "fresh"], preprocessor=preprocessor
+    )
+
+
+TEXTS = ["a moving, funny film", "dull and far too long", "great cast", "a mess"] * 4
+LABELS = np.array([1, 0, 1, 0] * 4)
+
+
+def test_a_text_model_takes_raw_strings_in_fine_tuner_fit_predict_and_after_reloading(tmp_path):
+    import tensorflow as tf
+
+    model = _tiny_bert_with_minilm_tokenizer()
+    data = tf.data.Dataset.from_tensor_slices((TEXTS, LABELS)).batch(4)
+    stages = [kerastl.Stage(1, lr=1e-2), kerastl.Stage(1, train="layer_1", lr=1e-3)]
+    tuner = kerastl.FineTuner(model, verbose=0)
+    history = tuner.fit(data, data, stages=stages)
+    assert tuner.stage_summaries[0]["cached"] != "no" and len(history.epoch) == 2
+    tokens = model.preprocessor(tf.constant(TEXTS[:2]))
+    np.testing.assert_allclose(
+        model.predict(TEXTS[:2], verbose=0), model.predict(tokens, verbose=0)
+    )
+    model.compile(keras.optimizers.Adam(1e-3))
+    assert "accuracy" in model.evaluate(data, verbose=0, return_dict=True)
+
+    model.save(tmp_path / "text.keras")
+    loaded = keras.models.load_model(tmp_path / "text.keras")
+    np.testing.assert_allclose(
+        loaded.predict(TEXTS[:2], verbose=0), model.predict(TEXTS[:2], verbose=0), atol=1e-6
+    )
+
+
+def test_inputs_that_do_not_fit_are_refused_naming_what_to_pass():
+    import tensorflow as tf
+
+    backbone = kerastl.create_backbone("bert_base_en_uncased", weights=None, **TINY_TEXT)
+    untokenized = kerastl.TransferModel(backbone, num_classes=2)
+    strings = tf.data.Dataset.from_tensor_slices((TEXTS, LABELS)).batch(4)
+    with pytest.raises(ValueError, match=r"no tokenizer.*create_text_preprocessor.*padding_mask"):
+        kerastl.FineTuner(untokenized, verbose=0).fit(strings, stages=[kerastl.Stage(1)])
+    wrong = tf.data.Dataset.from_tensor_slices(({"ids": [[1, 2]]}, [0])).batch(1)
+    with pytest.raises(ValueError, match=r"raw strings or a dict of its token inputs"):
+        untokenized.fit(wrong)
+    image = _tiny_image_model()
+    with pytest.raises(ValueError, match=r"takes pixels"):
+        image.predict(["a sentence"])
