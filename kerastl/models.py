@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
 from kerastl._validation import check_positive_int
 from kerastl.backbones.factory import DEFAULT, create_backbone
@@ -448,8 +449,6 @@ def _text_pooling_inputs(features, padding_mask, pooling):
 
 def _is_string_batch(data) -> bool:
     """A list/tuple/array of Python or NumPy strings (raw texts given directly)."""
-    import numpy as np
-
     if isinstance(data, list | tuple):
         return bool(data) and all(isinstance(item, str | bytes) for item in data)
     return isinstance(data, np.ndarray) and data.dtype.kind in "USO" and data.ndim == 1

@@ -82,31 +82,31 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     set_precision(config.train.precision)
     with native_stderr_silenced():  # TF's C++ device start-up lines ("failed call to cuInit")
         strategy = get_strategy(config.train.strategy)
+    chief = is_chief(strategy)
+    say = _say if chief else (lambda message: None)
     data = load_data(config)
     for report in data.reports:
         if report.one_line():
-            _say(f"{report.one_line()}: see report.md")
+            say(f"{report.one_line()}: see report.md")
         for note in report.notes:
-            _say(f"note: {note}")
+            say(f"note: {note}")
     with strategy.scope():
         model = build_model(config, data.class_names)
     for stage in config.stages:
         granularity_of(model, stage.train)  # a bad group fails before the run directory exists
-    chief = is_chief(strategy)
     if chief:
         run_dir = _new_run_dir(config.output_dir, config.name)
         _say(f"Run directory: {run_dir}")
     else:  # a non-chief worker trains in step with the chief and writes nothing shared
         run_dir = tempfile.mkdtemp(prefix="kerastl-worker-")
     try:
-        return _train_in(config, data, model, strategy, run_dir, chief, verbose)
+        return _train_in(config, data, model, strategy, run_dir, say, verbose)
     finally:
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, chief: bool, verbose):
-    say = _say if chief else (lambda message: None)
+def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say, verbose):
     with open(os.path.join(run_dir, "config.yaml"), "w") as file:
         file.write(to_yaml(config))
     tuner = _tuner(config, model, run_dir, verbose, strategy)
