@@ -78,3 +78,30 @@ def test_config_show_prints_the_resolved_config_that_loads_back(tmp_path, capsys
     config = load_config(tmp_path / "shown.yaml")
     assert config.data.limit == 64 and config.stages[0].lr == 0.1
     assert config.data.validation_source is None
+
+
+@pytest.mark.slow
+def test_train_prints_its_own_lines_and_no_tensorflow_or_keras_noise(tmp_path):
+    """A user's folder with one corrupt image, through the installed command:
+    the skipped file is summarised; no C++ log lines, retracing or shuffle warnings."""
+    from tests.test_run_data import _images
+
+    _images(tmp_path / "train", ["ants", "bees"], 6)
+    _images(tmp_path / "val", ["ants", "bees"], 2, seed=1)
+    (tmp_path / "train" / "bees" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    (tmp_path / "run.yaml").write_text(
+        f"""
+name: bugs
+output_dir: {tmp_path / "runs"}
+model: {{backbone: efficientnet-lite0, weights: none, image_size: 32}}
+data: {{source: "folder:{tmp_path / "train"}", validation_source: "folder:{tmp_path / "val"}",
+        batch_size: 4}}
+stages: [{{epochs: 1, train: head}}, {{epochs: 1, train: block7}}]
+export: false
+"""
+    )
+    result = _command("train", str(tmp_path / "run.yaml"), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "kerastl: skipped 1 of 13 records" in result.stdout
+    noise = ("I0000", "E0000", "W0000", "absl", "rendezvous", "retracing", "shuffle=True")
+    assert not [word for word in noise if word in result.stdout + result.stderr], result.stderr
