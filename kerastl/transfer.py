@@ -10,8 +10,8 @@ reported loudly.
 The from-scratch network trains everything, BatchNorm statistics included
 (frozen statistics of a random network are mean 0, variance 1 and it cannot
 learn), with its own recipe: Adam, a linear warm-up over the first 10% of
-steps, then cosine decay, from `SCRATCH_LR` (1e-3 for images, 1e-4 for
-text transformers, which diverge at 1e-3).
+steps, then cosine decay, from `SCRATCH_LR` (1e-3 for images; 1e-4 for
+text transformers, BERT's own pretraining rate).
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def compare(
         ("linear probe", "config", Stage(epochs, train=HEAD, lr=lr)),
     ):
         if is_chief(strategy):
-            print(f"kerastl: transfer report: training the {label} ({epochs} epochs) ...")
+            print(
+                f"kerastl: transfer report: training the {label} ({epochs} epochs) ...", flush=True
+            )
         keras.utils.set_random_seed(config.train.seed)
         with strategy.scope():
             model = build_model(config, data.class_names, weights=weights)
@@ -121,7 +123,7 @@ def compare(
     return rows
 
 
-def _row(label: str, recorder, seconds: float, stage: Stage) -> dict:
+def _row(label: str, recorder, seconds: float, stage: Stage | None) -> dict:
     return {
         "model": label,
         "training": _describe_stage(stage),
