@@ -29,7 +29,7 @@ def stratified_sample(labels: Sequence[int], count: int, seed: int = 0) -> np.nd
 
     Example:
         >>> stratified_sample([0, 0, 0, 1, 1, 1], 2)
-        array([1, 3])
+        array([2, 5])
     """
     check_positive_int("count", count)
     labels = np.asarray(labels)
