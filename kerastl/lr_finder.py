@@ -30,12 +30,10 @@ class LRFindResult:
 
     def plot(self, path: str | os.PathLike) -> str:
         """Saves the curve (loss against log learning rate) as a PNG; returns its path."""
-        import matplotlib
+        from kerastl.plots import new_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axis = plt.subplots(figsize=(6, 4))
+        figure = new_figure((6, 4))
+        axis = figure.subplots()
         axis.plot(self.learning_rates, self.losses, alpha=0.3, label="loss")
         axis.plot(self.learning_rates, self.smoothed, label="smoothed")
         axis.axvline(
@@ -51,7 +49,6 @@ class LRFindResult:
         figure.tight_layout()
         path = os.fspath(path)
         figure.savefig(path, dpi=100)
-        plt.close(figure)
         return path
 
 

@@ -8,13 +8,22 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(figsize: tuple[float, float]):
+    """A `matplotlib.figure.Figure` outside pyplot: saving it needs no backend, and
+    the user's pyplot backend and open figures (a notebook's) are left alone.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        figsize: width and height in inches.
 
-    return plt
+    Returns:
+        The figure; `figure.savefig(path)` writes it.
+
+    Example:
+        >>> figure = new_figure((6, 4)); axis = figure.subplots()
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
 
 
 def plot_learning_curves(
@@ -37,9 +46,9 @@ def plot_learning_curves(
     Example:
         >>> plot_learning_curves(history.history, [0, 3], ["head", "block6"], "curves.png")
     """
-    plt = _pyplot()
     names = [key for key in history if not key.startswith("val_") and key != "learning_rate"]
-    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    figure = new_figure((5 * len(names), 3.6))
+    axes = figure.subplots(1, len(names), squeeze=False)
     epochs = np.arange(1, len(history[names[0]]) + 1)
     for axis, name in zip(axes[0], names, strict=True):
         axis.plot(epochs, history[name], marker=".", label="train")
@@ -60,7 +69,6 @@ def plot_learning_curves(
         axis.legend(loc="best", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return os.fspath(path)
 
 
@@ -80,9 +88,9 @@ def plot_confusion_matrix(
     Example:
         >>> plot_confusion_matrix(np.array([[50, 3], [7, 20]]), ["ok", "defect"], "cm.png")
     """
-    plt = _pyplot()
     size = max(3.5, 0.5 * len(class_names) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
+    figure = new_figure((size, size))
+    axis = figure.subplots()
     axis.imshow(matrix, cmap="Blues")
     ticks = np.arange(len(class_names))
     axis.set_xticks(ticks, class_names, rotation=45, ha="right")
@@ -95,5 +103,4 @@ def plot_confusion_matrix(
         axis.text(column, row, str(int(count)), ha="center", va="center", color=color)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return os.fspath(path)
