@@ -1,28 +1,35 @@
-"""Silencing what TensorFlow's C++ runtime writes straight to the stderr descriptor.
+"""Holding back what TensorFlow's C++ runtime writes straight to the stderr descriptor.
 
 TF 2.21 logs through absl before its log level is read, so
 `TF_CPP_MIN_LOG_LEVEL` does not hold back its start-up lines ("All log
-messages before absl::InitializeLog()", "failed call to cuInit", ...), and an
-eager decode of a corrupt file prints "Local rendezvous is aborting" without
-the file's name. Python-level output is not touched.
+messages before absl::InitializeLog()", "failed call to cuInit", ...).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
 
+# absl/TF C++ log lines ("I0000 00:00:1795... 123 port.cc:153] ..."), absl's preamble,
+# and the second line of the CPU-feature notice.
+_NATIVE_LOG = re.compile(
+    r"^([IWEF]\d{4} \d\d:\d\d:[\d.]+\s+\d+ \S+:\d+\] "
+    r"|WARNING: All log messages before absl::"
+    r"|To enable the following instructions: .* rebuild TensorFlow)"
+)
+
 
 @contextlib.contextmanager
-def native_stderr_silenced(replay_on_error: bool = True) -> Iterator[None]:
-    """Sends file descriptor 2 to a temporary file for the duration of the block.
+def native_stderr_silenced() -> Iterator[None]:
+    """Drops TF's C++ log lines written to file descriptor 2 during the block.
 
-    Args:
-        replay_on_error: if the block raises, write what was captured to the
-            real stderr first, so a crash keeps its native diagnostics.
+    Everything else written there (Python warnings, other programs' messages)
+    is written to `sys.stderr` when the block ends; if the block raises, all of
+    it is, C++ lines included, so a crash keeps its native diagnostics.
 
     Example:
         >>> with native_stderr_silenced():
@@ -43,8 +50,11 @@ def native_stderr_silenced(replay_on_error: bool = True) -> Iterator[None]:
             failed = True
             raise
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            if failed and replay_on_error:
-                captured.seek(0)
-                sys.stderr.write(captured.read().decode(errors="replace"))
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = lines if failed else [line for line in lines if not _NATIVE_LOG.match(line)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()

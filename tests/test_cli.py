@@ -113,3 +113,20 @@ export: false
         "shuffle=True",
     )
     assert not [word for word in noise if word in result.stdout + result.stderr], result.stderr
+
+
+def test_native_log_lines_are_dropped_and_everything_else_is_kept(capfd):
+    import sys
+
+    from kerastl._quiet import native_stderr_silenced
+
+    native = b"I0000 00:00:1795969097.21 2937 port.cc:153] oneDNN custom operations are on.\n"
+    with native_stderr_silenced():
+        os.write(2, native)
+        sys.stderr.write("a Python warning that matters\n")
+    err = capfd.readouterr().err
+    assert "a Python warning that matters" in err and "oneDNN" not in err
+    with pytest.raises(RuntimeError), native_stderr_silenced():
+        os.write(2, native)
+        raise RuntimeError("crash")
+    assert "oneDNN" in capfd.readouterr().err  # a failure keeps the native diagnostics
