@@ -83,14 +83,14 @@ def select(dataset, indices: Sequence[int], *, keep: bool = True):
     import tensorflow as tf
 
     indices = np.asarray(indices, np.int64)
-    mask = np.zeros(int(indices.max()) + 1 if len(indices) else 0, bool)
+    if not len(indices):
+        return dataset.take(0) if keep else dataset
+    mask = np.zeros(int(indices.max()) + 1, bool)
     mask[indices] = True
-    mask = tf.constant(mask)
-    size = tf.constant(len(mask), tf.int64)
+    last = len(mask) - 1
 
     def wanted(position, _):
-        safe = tf.minimum(position, tf.maximum(size - 1, 0))
-        hit = tf.logical_and(position < size, tf.gather(mask, safe) if len(indices) else False)
+        hit = tf.logical_and(position <= last, tf.gather(mask, tf.minimum(position, last)))
         return hit if keep else tf.logical_not(hit)
 
     return dataset.enumerate().filter(wanted).map(lambda _, example: example)
