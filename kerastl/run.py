@@ -162,15 +162,12 @@ def evaluate_test(model, test, metrics) -> dict[str, float]:
     Example:
         >>> evaluate_test(result.model, data.test, ("accuracy",))
     """
-    from kerastl.run_directory import balanced_accuracy, confusion_matrix
+    from kerastl.run_directory import accuracy, balanced_accuracy, confusion_matrix
 
     matrix = confusion_matrix(model, test, model.num_classes)
+    scores = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy}
     results = {"examples": int(matrix.sum())}
-    for metric in metrics:
-        if metric == "accuracy":
-            results["accuracy"] = float(np.trace(matrix) / max(matrix.sum(), 1))
-        elif metric == "balanced_accuracy":
-            results["balanced_accuracy"] = balanced_accuracy(matrix)
+    results.update({name: scores[name](matrix) for name in metrics if name in scores})
     return results
 
 

@@ -108,6 +108,11 @@ def confusion_matrix(model: keras.Model, dataset, num_classes: int) -> np.ndarra
     return matrix
 
 
+def accuracy(matrix: np.ndarray) -> float:
+    """Correct predictions over all of them (0 for an empty matrix)."""
+    return float(np.trace(matrix) / max(int(matrix.sum()), 1))
+
+
 def balanced_accuracy(matrix: np.ndarray) -> float:
     """Mean recall over the classes that occur (rows with a non-zero count)."""
     support = matrix.sum(axis=1)
@@ -154,7 +159,7 @@ def write_report(
         names = list(class_names or range(len(matrix)))
         lines += [
             f"- validation balanced accuracy (model as saved): {balanced_accuracy(matrix):.4f}",
-            f"- validation accuracy (model as saved): {np.trace(matrix) / matrix.sum():.4f}",
+            f"- validation accuracy (model as saved): {accuracy(matrix):.4f}",
             "",
             "Confusion matrix (rows: true, columns: predicted):",
             "",
