@@ -1,6 +1,7 @@
 """Publishing files and directories atomically: write aside, fsync, rename.
 
-Used by backups (`kerastl.distribute.resume`) and exports (`kerastl.export`):
+Used by backups, run directories, converted weights and exports, all through
+`publishing`:
 a reader never sees a half-written file or directory, and an interrupted
 write leaves only a hidden temporary sibling (`.tmp-...`).
 """
@@ -12,7 +13,7 @@ import os
 import pathlib
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 TEMP_PREFIX = ".tmp-"
 
@@ -72,20 +73,49 @@ def remove(path: str) -> None:
             os.remove(path)
 
 
+@contextlib.contextmanager
+def publishing(
+    path: str | os.PathLike, *, overwrite: bool = False, suffix: str = ""
+) -> Iterator[str]:
+    """Yields a temporary sibling of `path` to write; publishes it when the block ends.
+
+    The one publish-by-rename sequence of the package: everything is written
+    aside, fsynced and renamed onto `path` only if the block finishes; on an
+    error (or a kill) `path` is untouched and the temporary is removed.
+
+    Args:
+        path: the file or directory to publish.
+        overwrite: replace an existing `path` (else an occupied one raises
+            `FileExistsError`, checked before the block runs).
+        suffix: appended to the temporary name (`.onnx`, `.weights.h5`),
+            for writers that require one.
+
+    Yields:
+        The temporary path to write.
+
+    Example:
+        >>> with publishing("out/model.onnx", suffix=".onnx") as temporary:
+        ...     write_model(temporary)
+    """
+    path = os.fspath(path)
+    check_destination(path, overwrite)
+    temporary = temporary_sibling(path) + suffix
+    try:
+        yield temporary
+        publish(temporary, path, overwrite)
+    finally:
+        remove(temporary)
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    """Writes through `write(temporary_path)`, fsyncs, then renames onto `path`.
+    """Writes through `write(temporary_path)`, then publishes it onto `path`.
 
     The temporary path keeps `path`'s suffixes (`.weights.h5`), which some
     writers require.
     """
-    path = os.fspath(path)
-    suffix = "".join(pathlib.Path(path).suffixes)
-    temporary = temporary_sibling(path) + suffix
-    try:
+    suffix = "".join(pathlib.Path(os.fspath(path)).suffixes)
+    with publishing(path, overwrite=True, suffix=suffix) as temporary:
         write(temporary)
-        publish(temporary, path, overwrite=True)
-    finally:
-        remove(temporary)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

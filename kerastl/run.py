@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from kerastl._atomic import write_text
 from kerastl._quiet import native_stderr_silenced
 from kerastl.backbones.registry import get_spec
 from kerastl.backbones.spec import TEXT
@@ -107,8 +108,7 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
 
 
 def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say, verbose):
-    with open(os.path.join(run_dir, "config.yaml"), "w") as file:
-        file.write(to_yaml(config))
+    write_text(os.path.join(run_dir, "config.yaml"), to_yaml(config))
     tuner = _tuner(config, model, run_dir, verbose, strategy)
     started = time.perf_counter()
     history = tuner.fit(data.train, data.validation, stages=config.stages)

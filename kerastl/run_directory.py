@@ -9,11 +9,14 @@ the report at the end.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Sequence
 
 import keras
 import numpy as np
+
+from kerastl._atomic import write_atomically, write_text
 
 HISTORY = "history.csv"
 BEST_WEIGHTS = "best.weights.h5"
@@ -60,8 +63,7 @@ class RunRecorder(keras.callbacks.Callback):
             self._best_weights = [np.array(w) for w in self.full_model.weights]
             if self.directory:
                 path = os.path.join(self.directory, BEST_WEIGHTS)
-                self.full_model.save_weights(path + ".tmp.weights.h5")
-                os.replace(path + ".tmp.weights.h5", path)
+                write_atomically(path, self.full_model.save_weights)
 
     def restore_best(self) -> bool:
         """Puts the best epoch's weights back into the model; False if none was seen."""
@@ -76,11 +78,11 @@ def _write_history(rows: list[dict], path: str) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    with open(path + ".tmp", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(path + ".tmp", path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def confusion_matrix(model: keras.Model, dataset, num_classes: int) -> np.ndarray:
@@ -185,8 +187,7 @@ def write_report(
     for section in extra_sections:
         lines += ["", section]
     path = os.path.join(directory, REPORT)
-    with open(path, "w") as file:
-        file.write("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import assert_same_optimizer_state
 
 import kerastl
-from tests.checks import assert_same_optimizer_state
 
 
 def _backbone():

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from checks import weights_snapshot
 
 import kerastl
-from tests.checks import weights_snapshot
 
 SIDE = 64
 

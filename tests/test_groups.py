@@ -109,7 +109,7 @@ def test_model_without_registered_rules_asks_for_rules():
 
 
 def test_vit_blocks_inside_one_encoder_layer_become_groups():
-    from tests.checks import tiny_backbone
+    from checks import tiny_backbone
 
     groups = layer_groups(tiny_backbone("vit_base_patch16_224_imagenet"), "fine")
     assert list(groups) == ["embeddings", "layer_1", "layer_2", "encoder_norm"]

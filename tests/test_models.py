@@ -5,10 +5,10 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from checks import TINY_TEXT
 
 import kerastl
 from kerastl.models import TokenPooling
-from tests.checks import TINY_TEXT
 
 
 def _images(side=32, n=2):

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import TINY_TEXT, assert_same_optimizer_state
 
 import kerastl
 from kerastl.groups import group_variables
-from tests.checks import TINY_TEXT, assert_same_optimizer_state
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from checks import run_freeze_test, run_group_test, tiny_backbone
 
 import kerastl
-from tests.checks import run_freeze_test, run_group_test, tiny_backbone
 
 # Builds of these take the most time and memory (tens to hundreds of millions
 # of parameters even at 32x32); they still run in CI.
@@ -129,7 +129,7 @@ def test_weights_file_for_another_architecture_names_both(tmp_path):
 
 
 def test_keras_hub_backbone_loads_from_a_local_preset_directory(tmp_path):
-    from tests.checks import TINY_TEXT
+    from checks import TINY_TEXT
 
     source = kerastl.create_backbone(
         "bert_base_en_uncased", weights=None, max_sequence_length=16, **TINY_TEXT

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from checks import TINY_TEXT, assert_same_optimizer_state
 
 import kerastl
-from tests.checks import TINY_TEXT, assert_same_optimizer_state
 
 
 def _classifier():

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from checks import assert_same_optimizer_state, weights_snapshot
 
 import kerastl
-from tests.checks import assert_same_optimizer_state, weights_snapshot
 
 SIDE = 64
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -20,12 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 
+from kerastl import _atomic
 from kerastl.backbones.torch_checkpoint import CheckpointError, read_state_dict
 
 STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
@@ -133,18 +132,15 @@ def convert_to_preset(checkpoint: str | os.PathLike, cache_dir: str | os.PathLik
         return target
     tensors = rename_to_timm(read_state_dict(checkpoint), checkpoint)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".lite0-", dir=os.path.dirname(target))
     try:
-        save_file(tensors, os.path.join(staging, "model.safetensors"))
-        with open(os.path.join(staging, "config.json"), "w") as file:
-            json.dump(TIMM_CONFIG, file, indent=2)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not os.path.isfile(os.path.join(target, "model.safetensors")):
-                raise  # not a concurrent conversion that finished first
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with _atomic.publishing(target) as staging:
+            os.makedirs(staging)
+            save_file(tensors, os.path.join(staging, "model.safetensors"))
+            with open(os.path.join(staging, "config.json"), "w") as file:
+                json.dump(TIMM_CONFIG, file, indent=2)
+    except OSError:  # FileExistsError included
+        if not os.path.isfile(os.path.join(target, "model.safetensors")):
+            raise  # not a concurrent conversion that finished first
     return target
 
 

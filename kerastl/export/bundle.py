@@ -114,8 +114,7 @@ def serving_bundle(
     samples = model_samples(model, samples)
     if TEXT in names and TEXT not in samples:
         samples = {**samples, TEXT: _detokenize(preprocessor, samples)}
-    temporary = _atomic.temporary_sibling(final)
-    try:
+    with _atomic.publishing(final) as temporary:
         write_saved_model(
             model,
             temporary,
@@ -130,9 +129,6 @@ def serving_bundle(
         loaded = tf.saved_model.load(temporary)
         _check_ops(loaded, final, on_unsupported_ops)
         _write_requests(loaded, temporary, name, names, samples, warmup_requests, image_dtype)
-        _atomic.publish(temporary, final)
-    finally:
-        _atomic.remove(temporary)
     write_models_config(base_dir, name, num_versions)
     return final
 

@@ -106,8 +106,7 @@ def onnx(
     samples = model_samples(model, samples)  # bad samples fail before the slow conversion
     model = float32_copy(model)
     proto = convert(model, signature, opset, image_dtype=image_dtype, fixes=fixes)
-    temporary = _atomic.temporary_sibling(path) + ".onnx"
-    try:
+    with _atomic.publishing(path, overwrite=overwrite, suffix=".onnx") as temporary:
         with open(temporary, "wb") as file:
             file.write(proto.SerializeToString())
         report = check_parity(model, temporary, samples, tolerance=tolerance)
@@ -116,9 +115,6 @@ def onnx(
         report.write(report_path)
         if not report.passed:
             raise ParityError(report)
-        _atomic.publish(temporary, path, overwrite)
-    finally:
-        _atomic.remove(temporary)
     return path
 
 

@@ -69,9 +69,7 @@ def saved_model(
         ...                            signatures=("image_bytes", "image_tensor"))
     """
     path = os.fspath(path)
-    _atomic.check_destination(path, overwrite)
-    temporary = _atomic.temporary_sibling(path)
-    try:
+    with _atomic.publishing(path, overwrite=overwrite) as temporary:
         write_saved_model(
             model,
             temporary,
@@ -84,9 +82,6 @@ def saved_model(
             tolerance=tolerance,
             published_as=path,
         )
-        _atomic.publish(temporary, path, overwrite)
-    finally:
-        _atomic.remove(temporary)
     return path
 
 
