@@ -32,8 +32,8 @@ import keras
 from _timing import EpochTimer
 
 import kerastl
-from kerastl.config import load_config
-from kerastl.run import build_model, load_data
+from kerastl.app.config import build_model, load_config
+from kerastl.data import load_data
 
 
 def run(config, data, stage, cache):

@@ -1,6 +1,6 @@
 """The transfer report on both recipes' default data: scratch / probe / fine-tuned.
 
-Runs `kerastl.run.train` on `recipes/image_classification.yaml` and
+Runs `kerastl.app.run.train` on `recipes/image_classification.yaml` and
 `recipes/text_classification.yaml` with `transfer_report: true`: the
 linear probe and the from-scratch network get the same number of epochs as
 the fine-tuned stages; the table gives each one's best validation value
@@ -18,8 +18,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from kerastl.config import load_config
-from kerastl.run import train
+from kerastl.app.config import load_config
+from kerastl.app.run import train
 
 RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
 

@@ -125,7 +125,7 @@ class TransferModel(keras.Model):
                 "backbone."
             )
         if modality == TEXT and preprocessor is None and named and weights is not None:
-            from kerastl.backbones.hub import create_text_preprocessor
+            from kerastl.backbones.tokenizers import create_text_preprocessor
 
             preprocessor = create_text_preprocessor(spec.name, weights, sequence_length)
 

@@ -129,7 +129,7 @@ def discriminative_optimizer(
         optimizer: an optimizer class or a configured instance used as a
             template (its other settings, e.g. `weight_decay`, are kept).
         schedule: maps a group's peak rate to a `LearningRateSchedule`, e.g.
-            `kerastl.schedules.warmup_cosine(total_steps=1000, warmup_steps=100)`.
+            `kerastl.training.schedules.warmup_cosine(total_steps=1000, warmup_steps=100)`.
         granularity: override the groups used (default: coarse for the
             spread, fine for the decay).
         decay_1d: see `group_optimizer`.

@@ -28,7 +28,7 @@ accuracy).
 import sys
 from pathlib import Path
 
-from kerastl.cli import main
+from kerastl.app.cli import main
 
 CONFIG = Path(__file__).with_suffix(".yaml")
 

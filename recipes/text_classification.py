@@ -24,7 +24,7 @@ layer-3 output); about 10 minutes in all. Always answering "fresh" scores
 import sys
 from pathlib import Path
 
-from kerastl.cli import main
+from kerastl.app.cli import main
 
 CONFIG = Path(__file__).with_suffix(".yaml")
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from kerastl.cli import main
+from kerastl.app.cli import main
 from tests.test_assets import SKLEARN_IMAGES
 
 
@@ -61,7 +61,7 @@ def test_help_answers_without_importing_tensorflow():
     assert result.returncode == 0
     assert "kerastl config --show" in text and "data.{source, validation_source" in text
     imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines()]
-    assert "kerastl.cli" in imported and "tensorflow" not in imported
+    assert "kerastl.app.cli" in imported and "tensorflow" not in imported
 
 
 def test_commands_print_no_tensorflow_start_up_lines():
@@ -71,7 +71,7 @@ def test_commands_print_no_tensorflow_start_up_lines():
 
 
 def test_config_show_prints_the_resolved_config_that_loads_back(tmp_path, capsys):
-    from kerastl.config import load_config
+    from kerastl.app.config import load_config
 
     assert main(["config", "--show", "--set", "data.limit=64", "--set", "stages.0.lr=0.1"]) == 0
     (tmp_path / "shown.yaml").write_text(capsys.readouterr().out)

@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from kerastl.config import ConfigError, RunConfig, load_config, to_yaml
-from kerastl.finetune import Stage
+from kerastl.app.config import ConfigError, RunConfig, load_config, to_yaml
+from kerastl.training.finetune import Stage
 
 
 def test_layers_apply_in_order_and_the_resolved_yaml_loads_back(tmp_path):

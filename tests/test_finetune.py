@@ -177,7 +177,7 @@ def test_text_caching_below_a_transformer_layer_equals_end_to_end_training():
 
 
 def test_feature_cache_spills_to_disk_beyond_its_bound_and_replays_the_same(tmp_path):
-    from kerastl.feature_cache import FeatureCache, split_model
+    from kerastl.training.feature_cache import FeatureCache, split_model
 
     split = split_model(_tiny_bert(), "layer_1", "fine")
     data = _tokens(16).concatenate(_tokens(8, width=7))  # batches of different lengths
@@ -267,7 +267,7 @@ def test_a_misspelled_monitor_is_refused_before_any_training():
 
 
 def test_cached_training_batches_come_in_a_new_seeded_order_each_epoch():
-    from kerastl.feature_cache import FeatureCache, split_model
+    from kerastl.training.feature_cache import FeatureCache, split_model
 
     cache = FeatureCache(split_model(_model(), "head").extractor, _data(), verbose=0)
 
@@ -283,7 +283,7 @@ def test_cached_training_batches_come_in_a_new_seeded_order_each_epoch():
 
 
 def test_a_cut_without_the_padding_mask_falls_back_or_raises_when_caching_is_required():
-    from kerastl.feature_cache import CacheRefused
+    from kerastl.training.feature_cache import CacheRefused
 
     tuner = kerastl.FineTuner(_tiny_bert(), verbose=0)
     tuner.fit(_tokens(), stages=[kerastl.Stage(1, train="pooler")])

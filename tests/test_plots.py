@@ -5,7 +5,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from kerastl.plots import plot_confusion_matrix, plot_learning_curves
+from kerastl.training.plots import plot_confusion_matrix, plot_learning_curves
 
 
 def test_figures_are_written_without_switching_the_users_backend_or_figures(tmp_path):

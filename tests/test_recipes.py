@@ -83,8 +83,8 @@ def test_on_elpv_fine_tuning_beats_the_same_network_from_scratch(tmp_path):
     transfer report. Measured: scratch 0.636 (everything trains, BatchNorm statistics
     too), probe 0.753, fine-tuned 0.765 validation balanced accuracy; the margin
     asserted is a quarter of the measured 0.129."""
-    from kerastl.config import load_config
-    from kerastl.run import train
+    from kerastl.app.config import load_config
+    from kerastl.app.run import train
 
     config = load_config(
         ROOT / "recipes" / "image_classification.yaml",

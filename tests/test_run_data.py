@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerastl.cli import main
-from kerastl.config import load_config
+from kerastl.app.cli import main
+from kerastl.app.config import load_config
+from kerastl.data import load_data
 from kerastl.data.sampling import stratified_sample
-from kerastl.run import load_data
 
 
 def _images(folder, classes, count, seed=0):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerastl.cli import main
-from kerastl.config import load_config
+from kerastl.app.cli import main
+from kerastl.app.config import load_config
 
 
 @pytest.fixture(scope="module")

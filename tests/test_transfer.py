@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 import kerastl
-from kerastl.transfer import SCRATCH_LR, markdown, scratch_stage
+from kerastl.app.transfer_report import SCRATCH_LR, markdown, scratch_stage
 
 
 def _random_bn_model():

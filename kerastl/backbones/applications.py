@@ -9,8 +9,8 @@ from __future__ import annotations
 import keras
 
 from kerastl.backbones.registry import register
+from kerastl.backbones.rules import GroupRules, rest, through, until
 from kerastl.backbones.spec import APPLICATIONS, BackboneSpec
-from kerastl.groups import GroupRules, rest, through, until
 from kerastl.preprocessing import Preprocessing
 
 _TOP = through("predictions", "top", optional=True)

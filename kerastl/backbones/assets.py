@@ -13,6 +13,10 @@ import os
 
 import keras
 
+from kerastl.backbones.efficientnet_lite import load_lite0
+from kerastl.backbones.hub import preset_backbone_class
+from kerastl.backbones.hub_access import hf_offline
+
 LITE0 = "efficientnet-lite0"
 MINILM = "all-minilm-l6-v2"
 
@@ -112,8 +116,6 @@ def load_asset(
     if kwargs:
         raise TypeError(f"Unexpected arguments for asset {name!r}: {sorted(kwargs)}.")
     if name == LITE0:
-        from kerastl.backbones.efficientnet_lite import load_lite0
-
         return load_lite0(
             asset_path(name),
             cache_dir(),
@@ -129,8 +131,5 @@ def load_asset(
 def load_hf_preset(spec, directory: str) -> keras.Model:
     """Loads a KerasHub backbone from a local Hugging Face / KerasHub directory,
     with the Hugging Face client held offline (a local directory needs no hub)."""
-    from kerastl.backbones.hub import preset_backbone_class
-    from kerastl.backbones.hub_access import hf_offline
-
     with hf_offline(True):
         return preset_backbone_class(spec).from_preset(directory, name=spec.name)

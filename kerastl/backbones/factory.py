@@ -8,6 +8,7 @@ from typing import Any
 import keras
 
 from kerastl.backbones import assets
+from kerastl.backbones.hub import create_hub_backbone
 from kerastl.backbones.hub_access import load_from_hub
 from kerastl.backbones.registry import get_spec
 from kerastl.backbones.spec import APPLICATIONS, IMAGE, BackboneSpec
@@ -62,8 +63,6 @@ def create_backbone(
         return assets.load_asset(str(weights), spec, include_top=include_top, **kwargs)
     if spec.source == APPLICATIONS:
         return _create_application(spec, weights, input_shape, include_top, **kwargs)
-    from kerastl.backbones.hub import create_hub_backbone
-
     return create_hub_backbone(spec, weights, input_shape, include_top, **kwargs)
 
 

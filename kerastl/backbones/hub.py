@@ -8,10 +8,11 @@ from typing import Any
 
 import keras
 
+from kerastl.backbones.efficientnet_lite import backbone_class
 from kerastl.backbones.hub_access import load_from_hub, preset_host
 from kerastl.backbones.registry import register
+from kerastl.backbones.rules import GroupRules, through
 from kerastl.backbones.spec import KERAS_HUB, TEXT, BackboneSpec
-from kerastl.groups import GroupRules, through
 from kerastl.preprocessing import Preprocessing
 
 TRANSFORMER = GroupRules(
@@ -79,8 +80,6 @@ def _lazy(class_name: str):
 
 
 def _lite0_class(**kwargs):
-    from kerastl.backbones.efficientnet_lite import backbone_class
-
     return backbone_class()(**kwargs)
 
 
@@ -280,72 +279,3 @@ def preset_backbone_class(spec: BackboneSpec):
 
 def _from_preset(spec: BackboneSpec, location: str, **kwargs) -> keras.Model:
     return preset_backbone_class(spec).from_preset(location, name=spec.name, **kwargs)
-
-
-_TEXT_PREPROCESSORS = {
-    "BertBackbone": "BertTextClassifierPreprocessor",
-    "RobertaBackbone": "RobertaTextClassifierPreprocessor",
-    "DistilBertBackbone": "DistilBertTextClassifierPreprocessor",
-    "DebertaV3Backbone": "DebertaV3TextClassifierPreprocessor",
-}
-
-
-def create_text_preprocessor(
-    name: str, weights: str | os.PathLike | None = "default", sequence_length: int = 128
-):
-    """Returns the tokenizer + packer for a text backbone's vocabulary.
-
-    Built explicitly with `sequence_length`: `XTextClassifier.from_preset(dir,
-    sequence_length=...)` ignores it for sentence-transformers directories
-    (the length stays at `sentence_bert_config.json`'s value).
-
-    Args:
-        name: a text backbone's registry name.
-        weights: where the vocabulary comes from, as in `create_backbone`.
-        sequence_length: tokens per example after packing.
-
-    Returns:
-        A KerasHub `TextClassifierPreprocessor`: strings in, `token_ids` and
-        `padding_mask` (and `segment_ids` for BERT) out.
-
-    Example:
-        >>> pre = create_text_preprocessor("all-minilm-l6-v2", sequence_length=32)
-        >>> pre(["This is an example sentence"])["token_ids"].shape
-        TensorShape([1, 32])
-    """
-    import keras_hub
-
-    from kerastl.backbones import assets
-    from kerastl.backbones.hub_access import hf_offline
-    from kerastl.backbones.registry import get_spec
-
-    spec = get_spec(name)
-    if spec.modality != TEXT:
-        raise ValueError(f"{name!r} is not a text backbone. Received: name={name!r}.")
-    if (
-        isinstance(sequence_length, bool)
-        or not isinstance(sequence_length, int)
-        or sequence_length < 2
-    ):
-        raise ValueError(
-            "`sequence_length` must be an integer >= 2. "
-            f"Received: sequence_length={sequence_length!r}."
-        )
-    if weights == "default":
-        weights = spec.default_weights
-    if weights is None:
-        raise ValueError(
-            "A text preprocessor needs a vocabulary: pass a preset handle, a local "
-            f"directory or an offline asset. Received: weights=None for {name!r}."
-        )
-    cls = getattr(keras_hub.models, _TEXT_PREPROCESSORS[spec.builder.class_name])
-    location = assets.asset_path(weights) if assets.is_asset(str(weights)) else os.fspath(weights)
-    if os.path.isdir(location):
-        with hf_offline(True):
-            return cls.from_preset(location, sequence_length=sequence_length)
-    return load_from_hub(
-        lambda: cls.from_preset(location, sequence_length=sequence_length),
-        what=f"the tokenizer of preset {location!r}",
-        host=preset_host(location),
-        local_hint="Pass a local preset or Hugging Face directory as `weights`.",
-    )

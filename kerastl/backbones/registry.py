@@ -1,4 +1,9 @@
-"""The registry of backbone specs: register, look up, list."""
+"""The registry of backbone specs: register, look up, list.
+
+The built-in specs are registered by the modules that define them
+(`applications`, `hub`), which `kerastl/backbones/__init__.py` imports
+explicitly; the registry itself imports none of its users.
+"""
 
 from __future__ import annotations
 
@@ -28,14 +33,8 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-def _load_builtin_specs() -> None:
-    # Importing the modules registers their specs.
-    from kerastl.backbones import applications, hub  # noqa: F401
-
-
 def find_spec(name: str) -> BackboneSpec | None:
     """Returns the spec registered under `name`, or None."""
-    _load_builtin_specs()
     return _REGISTRY.get(name.lower())
 
 
@@ -45,7 +44,6 @@ def find_spec_by_class(class_name: str) -> BackboneSpec | None:
     A KerasHub backbone loaded from a preset carries the preset's name
     (`"bert_backbone"`), not a registry name; its family's rules still apply.
     """
-    _load_builtin_specs()
     for spec in _REGISTRY.values():
         if getattr(spec.builder, "class_name", None) == class_name:
             return spec
@@ -94,7 +92,6 @@ def list_backbones(pattern: str = "*", source: str | None = None) -> list[str]:
         >>> kerastl.list_backbones("resnet5*")
         ['resnet50', 'resnet50v2']
     """
-    _load_builtin_specs()
     names = [
         name
         for name, spec in _REGISTRY.items()

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kerastl.groups import GroupRules
+from kerastl.backbones.rules import GroupRules
 from kerastl.preprocessing import Preprocessing
 
 APPLICATIONS = "applications"

@@ -144,7 +144,7 @@ def text_preprocessor(model: keras.Model, names, preprocessor, sequence_length: 
     """The preprocessor the `text` signature uses (None without one)."""
     if TEXT not in names or preprocessor is not None:
         return preprocessor
-    from kerastl.backbones.hub import create_text_preprocessor
+    from kerastl.backbones.tokenizers import create_text_preprocessor
 
     name = getattr(model, "backbone_name", None)
     if name is None:

@@ -2,6 +2,6 @@
 
 import sys
 
-from kerastl.cli import main
+from kerastl.app.cli import main
 
 sys.exit(main(sys.argv[1:]))

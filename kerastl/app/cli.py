@@ -134,15 +134,15 @@ def _start_tensorflow() -> None:
 
 
 def _config(args) -> int:
-    from kerastl.config import load_config, to_yaml
+    from kerastl.app.config import load_config, to_yaml
 
     print(to_yaml(load_config(args.config, args.set)), end="")
     return 0
 
 
 def _train(args) -> int:
-    from kerastl.config import load_config
-    from kerastl.run import train
+    from kerastl.app.config import load_config
+    from kerastl.app.run import train
 
     config = load_config(args.config, args.set)
     train(config, verbose=0 if args.quiet else 2)
@@ -150,8 +150,8 @@ def _train(args) -> int:
 
 
 def _lr_find(args) -> int:
-    from kerastl.config import load_config
-    from kerastl.run import lr_find_for_config
+    from kerastl.app.config import load_config
+    from kerastl.app.run import lr_find_for_config
 
     config = load_config(args.config, args.set)
     result, plot = lr_find_for_config(config)
@@ -162,7 +162,7 @@ def _lr_find(args) -> int:
 
 
 def _export(args) -> int:
-    from kerastl.export.run_export import export_run
+    from kerastl.app.export_run import export_run
 
     signatures = tuple(args.signatures.split(",")) if args.signatures else None
     path = export_run(

@@ -13,13 +13,10 @@ import shutil
 import tempfile
 import time
 
-import numpy as np
-
 from kerastl._atomic import write_text
 from kerastl._quiet import native_stderr_silenced
-from kerastl.backbones.registry import get_spec
-from kerastl.backbones.spec import TEXT
-from kerastl.config import RunConfig, to_yaml
+from kerastl.app.config import RunConfig, build_model, to_yaml
+from kerastl.data.from_config import Data, load_data
 
 
 @dataclasses.dataclass
@@ -47,36 +44,25 @@ class RunResult:
     test: dict | None = None
 
 
-@dataclasses.dataclass
-class Data:
-    """Batched training, validation and (optional) test data with what is known about it."""
-
-    train: object
-    validation: object
-    class_names: list[str]
-    reports: list = dataclasses.field(default_factory=list)
-    test: object = None
-
-
 def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     """Runs the configured fine-tuning and writes the run directory.
 
     Args:
-        config: a `RunConfig` (see `kerastl.config.load_config`).
+        config: a `RunConfig` (see `kerastl.app.config.load_config`).
         verbose: Keras progress output (0: only the final summary lines).
 
     Returns:
         A `RunResult`.
 
     Example:
-        >>> from kerastl.config import load_config
+        >>> from kerastl.app.config import load_config
         >>> result = train(load_config("recipes/image_classification.yaml"))
         >>> print(open(result.report).read())
     """
     import keras
 
     from kerastl.distribute import get_strategy, is_chief, set_precision
-    from kerastl.finetune import check_monitor, granularity_of
+    from kerastl.training.finetune import check_monitor, granularity_of
 
     check_monitor(config.train.monitor, config.train.metrics, validation=True)
     keras.utils.set_random_seed(config.train.seed)
@@ -116,7 +102,7 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
     sections = [f"## Data\n\n```\n{report.summary()}\n```" for report in data.reports]
     transfer = None
     if config.transfer_report:
-        from kerastl.transfer import compare, markdown
+        from kerastl.app.transfer_report import compare, markdown
 
         transfer = compare(
             config, data, tuner.recorder, seconds, strategy=strategy, verbose=verbose
@@ -162,7 +148,7 @@ def evaluate_test(model, test, metrics) -> dict[str, float]:
     Example:
         >>> evaluate_test(result.model, data.test, ("accuracy",))
     """
-    from kerastl.run_directory import accuracy, balanced_accuracy, confusion_matrix
+    from kerastl.training.run_directory import accuracy, balanced_accuracy, confusion_matrix
 
     matrix = confusion_matrix(model, test, model.num_classes)
     scores = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy}
@@ -199,8 +185,8 @@ def lr_find_for_config(config: RunConfig):
     """
     import keras
 
-    from kerastl.finetune import set_stage_trainable
-    from kerastl.lr_finder import lr_find
+    from kerastl.training.finetune import set_stage_trainable
+    from kerastl.training.lr_finder import lr_find
 
     keras.utils.set_random_seed(config.train.seed)
     data = load_data(config)
@@ -215,169 +201,9 @@ def lr_find_for_config(config: RunConfig):
     return lr_find(model, data.train.repeat(), plot_path=plot), plot
 
 
-def build_model(config: RunConfig, class_names: list[str], weights: str | None = "config"):
-    """The configured `TransferModel` (call inside the strategy's scope).
-
-    Args:
-        config: the run configuration.
-        class_names: the classes, in label order.
-        weights: `"config"` for `config.model.weights`, or an override
-            (None: random initialisation, for the from-scratch baseline).
-
-    Returns:
-        A `TransferModel`.
-    """
-    from kerastl.models import TransferModel
-
-    spec = get_spec(config.model.backbone)
-    if weights == "config":
-        weights = config.model.weights
-    if isinstance(weights, str) and weights.lower() == "none":
-        weights = None
-    options = {}
-    if spec.modality != TEXT:
-        options["input_shape"] = (config.model.image_size, config.model.image_size, 3)
-    else:
-        options["sequence_length"] = config.model.sequence_length
-    return TransferModel(
-        spec.name,
-        len(class_names),
-        weights=weights,
-        dropout=config.model.dropout,
-        pooling=config.model.pooling,
-        class_names=class_names,
-        **options,
-    )
-
-
-def load_data(config: RunConfig) -> Data:
-    """The configured sources, prepared and batched for the configured backbone.
-
-    Training data comes from `data.source`; validation from
-    `data.validation_source`, else the TFDS `validation_split`, else a
-    stratified `validation_fraction` held out of the training data; test data
-    (optional) from `data.test_source` or the TFDS `test_split`. Validation and
-    test data are read with the training classes: another label is a bad record.
-
-    Args:
-        config: the run configuration.
-
-    Returns:
-        A `Data` with batched train/validation(/test) datasets and the class names.
-    """
-    data = config.data
-    kind = data.source.partition(":")[0]
-    train_raw, class_names, reports = _read(data.source, config, data.class_names)
-    if data.validation_source:
-        validation_raw, _, more = _read(data.validation_source, config, class_names)
-        reports += more
-    elif kind == "tfds":
-        validation_raw = _read(data.source, config, class_names, data.validation_split)[0]
-    else:
-        train_raw, validation_raw = _held_out(train_raw, config)
-    test_raw = None
-    if data.test_source:
-        test_raw, _, more = _read(data.test_source, config, class_names)
-        reports += more
-    elif kind == "tfds" and data.test_split:
-        test_raw = _read(data.source, config, class_names, data.test_split)[0]
-    train, validation, test = _batches(config, train_raw, validation_raw, test_raw)
-    return Data(train, validation, list(class_names), reports, test)
-
-
-def _read(source: str, config: RunConfig, class_names, tfds_split: str | None = None):
-    """`(unbatched (input, label) pairs, class names, reports)` of one source
-    (for TFDS, its `tfds_split`, default the training split)."""
-    import kerastl.data as kdata
-
-    kind, _, where = source.partition(":")
-    data = config.data
-    names = list(class_names) if class_names else None
-    if kind == "tfds":
-        raw, found = _tfds(config, where, tfds_split or data.train_split)
-        return raw, _matching(names, found, source), []
-    if kind == "folder":
-        size = (config.model.image_size, config.model.image_size)
-        raw, found, report = kdata.image_folder(where, size, class_names=names, strict=data.strict)
-        return raw, found, [report]
-    if kind == "table":
-        raw, found, report = kdata.text_table(
-            where, text=data.text_key, label=data.label_key, class_names=names, strict=data.strict
-        )
-        return raw, found, [report]
-    if kind == "arrays":
-        with np.load(where) as arrays:
-            x, y = arrays["x"], arrays["y"]
-        found = names or [str(i) for i in range(int(y.max()) + 1)]
-        return kdata.from_arrays(x, y, num_classes=len(found)), found, []
-    raise ValueError(
-        f"A data source must start with tfds:, folder:, table: or arrays:. Received: {source!r}."
-    )
-
-
-def _matching(names, found, source):
-    if names is not None and list(names) != list(found):
-        raise ValueError(
-            f"`data.class_names` must match the classes of {source} in order: {found}. "
-            f"Received: class_names={names}."
-        )
-    return found
-
-
-def _tfds(config: RunConfig, name: str, split: str):
-    import tensorflow_datasets as tfds
-
-    import kerastl.data as kdata
-
-    options = {"data_dir": config.data.data_dir, "manual_dir": config.data.manual_dir}
-    raw = kdata.load_tfds(name, split, **options)
-    builder = tfds.builder(name, data_dir=config.data.data_dir)
-    label = builder.info.supervised_keys[1] if builder.info.supervised_keys else "label"
-    return raw, list(builder.info.features[label].names)
-
-
-def _held_out(raw, config: RunConfig):
-    from kerastl.data.builders import stratified_split
-    from kerastl.data.sampling import labels_of, select
-
-    _, held_out = stratified_split(
-        labels_of(raw), config.data.validation_fraction, seed=config.data.shuffle_seed
-    )
-    return select(raw, held_out, keep=False), select(raw, held_out)
-
-
-def _batches(config: RunConfig, train_raw, validation_raw, test_raw=None):
-    from kerastl.backbones.hub import create_text_preprocessor
-    from kerastl.data.pipeline import batched, prepare_images, text_batches
-
-    data = config.data
-    spec = get_spec(config.model.backbone)
-    if spec.modality == TEXT:
-        weights = config.model.weights
-        vocabulary = "default" if weights is None or weights.lower() == "none" else weights
-        preprocessor = create_text_preprocessor(spec.name, vocabulary, config.model.sequence_length)
-        common = {"bucket": data.bucket_by_length, "seed": data.shuffle_seed}
-
-        def make(raw, **options):
-            return text_batches(raw, preprocessor, data.batch_size, **common, **options)
-
-    else:
-        size = (config.model.image_size, config.model.image_size)
-
-        def make(raw, **options):
-            return batched(
-                prepare_images(raw, size), data.batch_size, seed=data.shuffle_seed, **options
-            )
-
-    train = make(train_raw, shuffle=True, limit=data.limit)
-    validation = make(validation_raw, limit=data.validation_limit)
-    test = make(test_raw) if test_raw is not None else None
-    return train, validation, test
-
-
 def _tuner(config: RunConfig, model, run_dir, verbose, strategy):
     from kerastl.data.pipeline import augmentation
-    from kerastl.finetune import FineTuner
+    from kerastl.training.finetune import FineTuner
 
     augment = (
         augmentation(config.data.augment, seed=config.train.seed) if config.data.augment else None

@@ -20,7 +20,10 @@ from typing import Any
 
 import yaml
 
-from kerastl.finetune import Stage
+from kerastl.backbones.registry import get_spec
+from kerastl.backbones.spec import TEXT
+from kerastl.models import TransferModel
+from kerastl.training.finetune import Stage
 
 
 class ConfigError(ValueError):
@@ -315,3 +318,36 @@ def _coerce(value, hint, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string. Received: {value!r}.")
         return value
     return value
+
+
+def build_model(config: RunConfig, class_names: list[str], weights: str | None = "config"):
+    """The configured `TransferModel` (call inside the strategy's scope).
+
+    Args:
+        config: the run configuration.
+        class_names: the classes, in label order.
+        weights: `"config"` for `config.model.weights`, or an override
+            (None: random initialisation, for the from-scratch baseline).
+
+    Returns:
+        A `TransferModel`.
+    """
+    spec = get_spec(config.model.backbone)
+    if weights == "config":
+        weights = config.model.weights
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    options = {}
+    if spec.modality != TEXT:
+        options["input_shape"] = (config.model.image_size, config.model.image_size, 3)
+    else:
+        options["sequence_length"] = config.model.sequence_length
+    return TransferModel(
+        spec.name,
+        len(class_names),
+        weights=weights,
+        dropout=config.model.dropout,
+        pooling=config.model.pooling,
+        class_names=class_names,
+        **options,
+    )

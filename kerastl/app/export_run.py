@@ -39,9 +39,9 @@ def export_run(
         'runs/elpv-lite0/export/model.onnx'
     """
     from kerastl import export
-    from kerastl.config import load_config
+    from kerastl.app.config import load_config
+    from kerastl.data import load_data
     from kerastl.export.onnx_export import check_opset
-    from kerastl.run import load_data
     from kerastl.saving import load_model
 
     run_dir = os.fspath(run_dir)

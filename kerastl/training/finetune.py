@@ -26,16 +26,16 @@ import warnings
 import keras
 import numpy as np
 
-from kerastl import run_directory
 from kerastl._validation import check_positive_int
 from kerastl.distribute.keras_fixes import apply_keras_fixes
-from kerastl.feature_cache import CacheRefused, FeatureCache, split_model
 from kerastl.freezing import freeze, freeze_to, unfreeze
 from kerastl.groups import layer_groups
-from kerastl.losses import SparseSmoothedCrossentropy
-from kerastl.metrics import BalancedAccuracy
 from kerastl.optimizers import discriminative_optimizer
-from kerastl.schedules import warmup_cosine
+from kerastl.training import run_directory
+from kerastl.training.feature_cache import CacheRefused, FeatureCache, split_model
+from kerastl.training.losses import SparseSmoothedCrossentropy
+from kerastl.training.metrics import BalancedAccuracy
+from kerastl.training.schedules import warmup_cosine
 
 HEAD, ALL = "head", "all"
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -151,7 +151,7 @@ class FineTuner:
         restore_best: end with the best epoch's weights over all stages
             (when the monitored value is a validation one).
         run_dir: write history, best checkpoint, TensorBoard logs, plots and
-            `report.md` there (see `kerastl.run_directory`); None: nothing.
+            `report.md` there (see `kerastl.training.run_directory`); None: nothing.
         callbacks: further Keras callbacks for every stage.
         jit_compile: compile the training step with XLA (`compile(jit_compile=...)`).
         verbose: passed to `fit`; 0 also silences caching progress.
@@ -424,7 +424,7 @@ class FineTuner:
             >>> tuner.fit(train_ds, val_ds, stages=stages)
             >>> print(open(tuner.write_report(val_ds)).read())
         """
-        from kerastl.plots import plot_confusion_matrix, plot_learning_curves
+        from kerastl.training.plots import plot_confusion_matrix, plot_learning_curves
 
         if not self.run_dir or self.recorder is None or not self.recorder.rows:
             raise ValueError("`write_report` needs a FineTuner with `run_dir` after `fit`.")

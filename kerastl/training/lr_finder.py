@@ -30,7 +30,7 @@ class LRFindResult:
 
     def plot(self, path: str | os.PathLike) -> str:
         """Saves the curve (loss against log learning rate) as a PNG; returns its path."""
-        from kerastl.plots import new_figure
+        from kerastl.training.plots import new_figure
 
         figure = new_figure((6, 4))
         axis = figure.subplots()

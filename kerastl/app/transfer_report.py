@@ -19,9 +19,10 @@ from __future__ import annotations
 import time
 import warnings
 
+from kerastl.app.config import build_model
 from kerastl.backbones.spec import TEXT
 from kerastl.distribute.strategies import is_chief
-from kerastl.finetune import ALL, HEAD, FineTuner, Stage
+from kerastl.training.finetune import ALL, HEAD, FineTuner, Stage
 
 SCRATCH_LR = {"image": 1e-3, TEXT: 1e-4}
 SCRATCH_WARMUP = 0.1
@@ -76,7 +77,6 @@ def compare(
     import tensorflow as tf
 
     from kerastl.backbones.registry import get_spec
-    from kerastl.run import build_model
 
     strategy = strategy or tf.distribute.get_strategy()
     epochs = sum(stage.epochs for stage in config.stages)

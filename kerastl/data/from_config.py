@@ -1,0 +1,153 @@
+"""Data from a `RunConfig`: the configured sources read, split and batched.
+
+Training data comes from `data.source`; validation from
+`data.validation_source`, else the TFDS `validation_split`, else a
+stratified `validation_fraction` held out of the training data; test data
+(optional) from `data.test_source` or the TFDS `test_split`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kerastl.backbones.registry import get_spec
+from kerastl.backbones.spec import TEXT
+from kerastl.backbones.tokenizers import create_text_preprocessor
+from kerastl.data.builders import stratified_split
+from kerastl.data.images import image_folder
+from kerastl.data.pipeline import batched, from_arrays, prepare_images, text_batches
+from kerastl.data.sampling import labels_of, select
+from kerastl.data.text import text_table
+from kerastl.data.tfds_source import load_tfds
+
+if TYPE_CHECKING:
+    from kerastl.app.config import RunConfig
+
+
+@dataclasses.dataclass
+class Data:
+    """Batched training, validation and (optional) test data with what is known about it."""
+
+    train: object
+    validation: object
+    class_names: list[str]
+    reports: list = dataclasses.field(default_factory=list)
+    test: object = None
+
+
+def load_data(config: RunConfig) -> Data:
+    """The configured sources, prepared and batched for the configured backbone.
+
+    Training data comes from `data.source`; validation from
+    `data.validation_source`, else the TFDS `validation_split`, else a
+    stratified `validation_fraction` held out of the training data; test data
+    (optional) from `data.test_source` or the TFDS `test_split`. Validation and
+    test data are read with the training classes: another label is a bad record.
+
+    Args:
+        config: the run configuration.
+
+    Returns:
+        A `Data` with batched train/validation(/test) datasets and the class names.
+    """
+    data = config.data
+    kind = data.source.partition(":")[0]
+    train_raw, class_names, reports = _read(data.source, config, data.class_names)
+    if data.validation_source:
+        validation_raw, _, more = _read(data.validation_source, config, class_names)
+        reports += more
+    elif kind == "tfds":
+        validation_raw = _read(data.source, config, class_names, data.validation_split)[0]
+    else:
+        train_raw, validation_raw = _held_out(train_raw, config)
+    test_raw = None
+    if data.test_source:
+        test_raw, _, more = _read(data.test_source, config, class_names)
+        reports += more
+    elif kind == "tfds" and data.test_split:
+        test_raw = _read(data.source, config, class_names, data.test_split)[0]
+    train, validation, test = _batches(config, train_raw, validation_raw, test_raw)
+    return Data(train, validation, list(class_names), reports, test)
+
+
+def _read(source: str, config: RunConfig, class_names, tfds_split: str | None = None):
+    """`(unbatched (input, label) pairs, class names, reports)` of one source
+    (for TFDS, its `tfds_split`, default the training split)."""
+    kind, _, where = source.partition(":")
+    data = config.data
+    names = list(class_names) if class_names else None
+    if kind == "tfds":
+        raw, found = _tfds(config, where, tfds_split or data.train_split)
+        return raw, _matching(names, found, source), []
+    if kind == "folder":
+        size = (config.model.image_size, config.model.image_size)
+        raw, found, report = image_folder(where, size, class_names=names, strict=data.strict)
+        return raw, found, [report]
+    if kind == "table":
+        raw, found, report = text_table(
+            where, text=data.text_key, label=data.label_key, class_names=names, strict=data.strict
+        )
+        return raw, found, [report]
+    if kind == "arrays":
+        with np.load(where) as arrays:
+            x, y = arrays["x"], arrays["y"]
+        found = names or [str(i) for i in range(int(y.max()) + 1)]
+        return from_arrays(x, y, num_classes=len(found)), found, []
+    raise ValueError(
+        f"A data source must start with tfds:, folder:, table: or arrays:. Received: {source!r}."
+    )
+
+
+def _matching(names, found, source):
+    if names is not None and list(names) != list(found):
+        raise ValueError(
+            f"`data.class_names` must match the classes of {source} in order: {found}. "
+            f"Received: class_names={names}."
+        )
+    return found
+
+
+def _tfds(config: RunConfig, name: str, split: str):
+    import tensorflow_datasets as tfds  # only for TFDS sources: it is slow to import
+
+    options = {"data_dir": config.data.data_dir, "manual_dir": config.data.manual_dir}
+    raw = load_tfds(name, split, **options)
+    builder = tfds.builder(name, data_dir=config.data.data_dir)
+    label = builder.info.supervised_keys[1] if builder.info.supervised_keys else "label"
+    return raw, list(builder.info.features[label].names)
+
+
+def _held_out(raw, config: RunConfig):
+    _, held_out = stratified_split(
+        labels_of(raw), config.data.validation_fraction, seed=config.data.shuffle_seed
+    )
+    return select(raw, held_out, keep=False), select(raw, held_out)
+
+
+def _batches(config: RunConfig, train_raw, validation_raw, test_raw=None):
+    data = config.data
+    spec = get_spec(config.model.backbone)
+    if spec.modality == TEXT:
+        weights = config.model.weights
+        vocabulary = "default" if weights is None or weights.lower() == "none" else weights
+        preprocessor = create_text_preprocessor(spec.name, vocabulary, config.model.sequence_length)
+        common = {"bucket": data.bucket_by_length, "seed": data.shuffle_seed}
+
+        def make(raw, **options):
+            return text_batches(raw, preprocessor, data.batch_size, **common, **options)
+
+    else:
+        size = (config.model.image_size, config.model.image_size)
+
+        def make(raw, **options):
+            return batched(
+                prepare_images(raw, size), data.batch_size, seed=data.shuffle_seed, **options
+            )
+
+    train = make(train_raw, shuffle=True, limit=data.limit)
+    validation = make(validation_raw, limit=data.validation_limit)
+    test = make(test_raw) if test_raw is not None else None
+    return train, validation, test
