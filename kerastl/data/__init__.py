@@ -1,6 +1,7 @@
 """Data sources: TFDS (with the two bundled offline datasets), image folders,
 text tables, NumPy arrays, or whatever a `RunConfig` names (`load_data`); bad
-records are skipped and reported, or raise with `strict=True`. Pipelines: image preparation, batching, text batches by length.
+records are skipped and reported, or raise with `strict=True`. Pipelines: image
+preparation, batching, text batches by length.
 
 Example:
     >>> import kerastl.data  # registers `elpv` and `rotten_tomatoes` with TFDS
