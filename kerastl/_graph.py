@@ -1,14 +1,19 @@
-"""The operation graph of a functional Keras model, for group resolution.
+"""The operation graph of a functional Keras model: the one graph walker of
+the package, used by group resolution and by feature caching.
 
 Layer names cannot be trusted alone (auto-named layers carry session-wide
 counters), so group boundaries are resolved on the graph: a group is every
 not-yet-assigned ancestor of its last layer, and "the point where a block
-begins" is the immediate dominator of a layer inside that block.
+begins" is the immediate dominator of a layer inside that block. Feature
+caching cuts a model where its frozen part ends: `close_upward` and
+`crossing_tensors` find the operations above the cut and the tensors crossing it.
 """
 
 from __future__ import annotations
 
 import keras
+
+from kerastl._internals import container_layers, inbound_nodes, owns_node, producer
 
 
 class LayerGraph:
@@ -21,21 +26,21 @@ class LayerGraph:
     """
 
     def __init__(self, model: keras.Model, expand: tuple[str, ...] = ()):
-        top_level = list(getattr(model, "_operations", None) or model.layers)
-        own_nodes = getattr(model, "_nodes", None)
+        top_level = list(getattr(model, "operations", None) or model.layers)
+        functional = hasattr(model, "operations")
         self.operations: list = []
         self.parents: list[list[int]] = []
         output_index: dict[int, int] = {}  # id(top-level op) -> index of its output
         for op in top_level:
             parents: set[int] = set()
-            for node in op._inbound_nodes:
-                if own_nodes and _node_key(node) not in own_nodes:
+            for node in inbound_nodes(op):
+                if functional and not owns_node(model, op, node):
                     continue
                 for parent in node.parent_nodes:
                     index = output_index.get(id(parent.operation))
                     if index is not None:
                         parents.add(index)
-            chain = list(op._layers) if op.name in expand else [op]
+            chain = container_layers(op) if op.name in expand else [op]
             for link in chain:
                 self.operations.append(link)
                 self.parents.append(sorted(parents))
@@ -81,8 +86,38 @@ class LayerGraph:
         return dominators
 
 
-def _node_key(node) -> str:
-    """Keras's key for a node in `Functional._nodes` (a layer reused elsewhere
-    has nodes that belong to other models)."""
-    operation = node.operation
-    return f"{id(operation)}_ib-{operation._inbound_nodes.index(node)}"
+def inputs_inside(model: keras.Model, operation) -> list:
+    """The tensors `operation` consumes inside `model`'s graph."""
+    return [
+        tensor
+        for node in inbound_nodes(operation)
+        if owns_node(model, operation, node)
+        for tensor in node.input_tensors
+    ]
+
+
+def close_upward(model: keras.Model, upper: set[int]) -> set[int]:
+    """`upper` (operation ids) plus every operation fed by one of them: weightless
+    operations outside the groups, such as KerasHub's `x[:, 0, :]` before BERT's pooler."""
+    closed = set(upper)
+    for operation in model.operations:  # topological order
+        if any(id(producer(t)) in closed for t in inputs_inside(model, operation)):
+            closed.add(id(operation))
+    return closed
+
+
+def crossing_tensors(model: keras.Model, upper: set[int]) -> list:
+    """Tensors made below the cut and used above it (or as the model's outputs)."""
+    cut: list = []
+
+    def add(tensor):
+        if id(producer(tensor)) not in upper and all(t is not tensor for t in cut):
+            cut.append(tensor)
+
+    for operation in model.operations:
+        if id(operation) in upper:
+            for tensor in inputs_inside(model, operation):
+                add(tensor)
+    for tensor in keras.tree.flatten(model.output):
+        add(tensor)
+    return cut

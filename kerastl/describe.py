@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from kerastl._internals import sublayers
 from kerastl.freezing import trainable_groups
 from kerastl.groups import COARSE, layer_groups
 
@@ -37,7 +38,7 @@ def describe(model: keras.Model, granularity: str = COARSE) -> str:
         norms = [
             s
             for layer in layers
-            for s in layer._flatten_layers(include_self=True)
+            for s in sublayers(layer)
             if isinstance(s, keras.layers.BatchNormalization)
         ]
         training = sum(1 for s in norms if any(id(v) in trainable_ids for v in s.weights))

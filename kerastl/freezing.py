@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 import keras
 
+from kerastl._internals import sublayers
 from kerastl.groups import COARSE, HEAD, group_variables, layer_groups
 
 
@@ -187,7 +188,7 @@ def trainable_groups(model: keras.Model, granularity: str = COARSE) -> dict[str,
 
 
 def _freeze_batch_norm(layer: keras.layers.Layer) -> None:
-    for sublayer in layer._flatten_layers(include_self=True):
+    for sublayer in sublayers(layer):
         if isinstance(sublayer, keras.layers.BatchNormalization):
             sublayer.trainable = False
 

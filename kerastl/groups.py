@@ -10,10 +10,12 @@ resolution raises and names the layers left over.
 from __future__ import annotations
 
 import re
+import weakref
 
 import keras
 
 from kerastl._graph import LayerGraph
+from kerastl._internals import own_trainable_variables, sublayers
 from kerastl.backbones.registry import find_spec, find_spec_by_class
 from kerastl.backbones.rules import Boundary, GroupRules, rest, through, until
 
@@ -23,6 +25,7 @@ __all__ = [
     "HEAD",
     "Boundary",
     "GroupRules",
+    "LayerGroups",
     "group_variables",
     "layer_groups",
     "merge_stages",
@@ -35,6 +38,135 @@ __all__ = [
 COARSE = "coarse"
 FINE = "fine"
 HEAD = "head"
+
+
+class LayerGroups:
+    """A model's named layer groups at both granularities, resolved once.
+
+    Resolution walks the layer graph and its dominators, so it is done once
+    per model and kept: `LayerGroups.of(model)` returns the same object every
+    time (a `TransferModel` holds it as `model.groups`), and freezing, group
+    optimizers, feature caching, `describe`, `GradualUnfreezing` and
+    `FineTuner` all read it. Group lists are tuples: the object is immutable.
+
+    Args:
+        coarse: ordered `{name: layers}` stages.
+        fine: ordered `{name: layers}` blocks.
+
+    Example:
+        >>> groups = kerastl.LayerGroups.of(model)
+        >>> groups.names()
+        ['stem', 'conv2', 'conv3', 'conv4', 'conv5', 'head']
+        >>> groups.granularity_of("conv4_block2")
+        'fine'
+    """
+
+    resolutions = 0  # how many times any model's groups were resolved (tests count it)
+
+    def __init__(self, coarse: dict, fine: dict):
+        self._groups = {
+            COARSE: {name: tuple(layers) for name, layers in coarse.items()},
+            FINE: {name: tuple(layers) for name, layers in fine.items()},
+        }
+        self._variables: dict[tuple[str, bool], dict[str, list[keras.Variable]]] = {}
+
+    @classmethod
+    def of(cls, model: keras.Model, rules: GroupRules | None = None) -> LayerGroups:
+        """The groups of `model`, resolved on first use and kept for the model's life.
+
+        Args:
+            model: a `TransferModel`, a backbone made by `create_backbone`, a
+                model wrapping such a backbone as `model.backbone` (e.g. a
+                KerasHub task), or any functional model when `rules` is given.
+            rules: group rules to use instead of the registry's (not kept).
+
+        Returns:
+            The model's `LayerGroups`.
+        """
+        if isinstance(model, LayerGroups):
+            return model
+        if rules is not None:
+            return cls._resolve(model, rules)
+        held = _RESOLVED.get(model)
+        if held is None or held[0] != len(model.layers):  # a Sequential may have grown
+            held = (len(model.layers), cls._resolve(model, None))
+            _RESOLVED[model] = held
+        return held[1]
+
+    @classmethod
+    def _resolve(cls, model, rules) -> LayerGroups:
+        LayerGroups.resolutions += 1
+        backbone = getattr(model, "backbone", None)
+        if isinstance(backbone, keras.Model) and any(layer is backbone for layer in model.layers):
+            # A model may declare its backbone's rules as `group_rules` (None:
+            # an unregistered backbone, kept as one group), as TransferModel does.
+            declared = hasattr(model, "group_rules")
+            rules = rules or (model.group_rules if declared else None)
+            if rules is None and declared:
+                whole = {"backbone": [backbone]}
+                return cls(_with_head(model, backbone, whole), _with_head(model, backbone, whole))
+            rules = rules or _registered_rules(backbone)
+            fine = resolve_groups(backbone, rules)
+            coarse = merge_stages(fine, rules.stages)
+            return cls(_with_head(model, backbone, coarse), _with_head(model, backbone, fine))
+        rules = rules or _registered_rules(model)
+        fine = resolve_groups(model, rules)
+        return cls(merge_stages(fine, rules.stages), fine)
+
+    def __getitem__(self, granularity: str) -> dict[str, tuple[keras.layers.Layer, ...]]:
+        """`{group name: layers}` in model order at `granularity`."""
+        return dict(self._groups[_check_granularity(granularity)])
+
+    def names(self, granularity: str = COARSE) -> list[str]:
+        """The group names in model order."""
+        return list(self._groups[_check_granularity(granularity)])
+
+    def granularity_of(self, group: str) -> str:
+        """`"coarse"` or `"fine"`: which kind of group `group` names (coarse preferred).
+
+        Raises:
+            ValueError: `group` names no group; the valid names are listed.
+        """
+        for granularity in (COARSE, FINE):
+            if group in self._groups[granularity]:
+                return granularity
+        raise ValueError(
+            f"Unknown layer group {group!r}. Valid groups: {self.names(COARSE)} or fine "
+            f"groups {self.names(FINE)}. Received: {group!r}."
+        )
+
+    def check(self, names, granularity: str, what: str) -> None:
+        """Raises if any of `names` is not a group at `granularity`, naming the valid ones."""
+        unknown = [name for name in names if name not in self._groups[granularity]]
+        if unknown:
+            raise ValueError(
+                f"Unknown layer group{'s' if len(unknown) > 1 else ''} "
+                f"{unknown if len(unknown) > 1 else repr(unknown[0])}. Valid groups "
+                f"({granularity}): {self.names(granularity)}. Received: {what}."
+            )
+
+    def variables(
+        self, granularity: str = COARSE, *, batch_norm: bool = True
+    ) -> dict[str, list[keras.Variable]]:
+        """Each group's trainable-kind variables (frozen or not), in model order.
+
+        BatchNorm moving statistics and other non-trainable state are left out.
+
+        Args:
+            granularity: `"coarse"` or `"fine"`.
+            batch_norm: include BatchNormalization scales and offsets.
+
+        Returns:
+            An ordered dict from group name to its variables.
+        """
+        key = (_check_granularity(granularity), batch_norm)
+        if key not in self._variables:
+            self._variables[key] = _variables_of(self._groups[granularity], batch_norm)
+        return {name: list(variables) for name, variables in self._variables[key].items()}
+
+
+# Resolved groups, per model, for as long as the model lives.
+_RESOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def layer_groups(
@@ -60,25 +192,16 @@ def layer_groups(
         >>> list(kerastl.layer_groups(model))
         ['stem', 'conv2', 'conv3', 'conv4', 'conv5', 'head']
     """
+    groups = LayerGroups.of(model, rules)[granularity]
+    return {name: list(layers) for name, layers in groups.items()}
+
+
+def _check_granularity(granularity: str) -> str:
     if granularity not in (COARSE, FINE):
         raise ValueError(
             f"`granularity` must be 'coarse' or 'fine'. Received: granularity={granularity!r}."
         )
-    backbone = getattr(model, "backbone", None)
-    if isinstance(backbone, keras.Model) and any(layer is backbone for layer in model.layers):
-        if getattr(model, "_kerastl_transfer", False):
-            rules = rules or model.group_rules
-            if rules is None:  # an unregistered backbone is one group
-                return _with_head(model, backbone, {"backbone": [backbone]})
-        return _with_head(model, backbone, _backbone_groups(backbone, granularity, rules))
-    return _backbone_groups(model, granularity, rules)
-
-
-def _backbone_groups(model, granularity, rules):
-    if rules is None:
-        rules = _registered_rules(model)
-    fine = resolve_groups(model, rules)
-    return fine if granularity == FINE else merge_stages(fine, rules.stages)
+    return granularity
 
 
 def _registered_rules(model) -> GroupRules:
@@ -234,7 +357,8 @@ def group_variables(
     BatchNorm moving statistics and other non-trainable state are left out.
 
     Args:
-        model: a `TransferModel`, a registered backbone, or a model wrapping one.
+        model: a `TransferModel`, a registered backbone, a model wrapping one,
+            or its `LayerGroups`.
         granularity: `"coarse"` or `"fine"`.
         batch_norm: include BatchNormalization scales and offsets.
 
@@ -245,15 +369,19 @@ def group_variables(
         >>> [v.path for v in group_variables(model)["head"]]
         ['head_dense/kernel', 'head_dense/bias']
     """
+    return LayerGroups.of(model).variables(granularity, batch_norm=batch_norm)
+
+
+def _variables_of(groups: dict, batch_norm: bool) -> dict[str, list[keras.Variable]]:
     result: dict[str, list[keras.Variable]] = {}
     seen: set[int] = set()
-    for name, layers in layer_groups(model, granularity).items():
+    for name, layers in groups.items():
         variables = []
         for layer in layers:
-            for sublayer in layer._flatten_layers(include_self=True):
+            for sublayer in sublayers(layer):
                 if not batch_norm and isinstance(sublayer, keras.layers.BatchNormalization):
                     continue
-                for variable in sublayer._trainable_variables:
+                for variable in own_trainable_variables(sublayer):
                     if id(variable) not in seen:
                         seen.add(id(variable))
                         variables.append(variable)

@@ -10,13 +10,14 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerastl._internals import sublayers
 from kerastl._validation import check_positive_int
 from kerastl.backbones.factory import DEFAULT, create_backbone
 from kerastl.backbones.registry import find_spec, find_spec_by_class
 from kerastl.backbones.spec import TEXT
-from kerastl.distribute.keras_fixes import apply_keras_fixes
+from kerastl.distribute.keras_fixes import FixedTraining
 from kerastl.distribute.strategies import check_model_in_scope
-from kerastl.groups import GroupRules
+from kerastl.groups import GroupRules, LayerGroups
 from kerastl.preprocessing import Preprocessing
 
 CLASSIFICATION = "classification"
@@ -29,7 +30,7 @@ _TEXT_POOLING = ("cls", "mean", "pooled")
 
 
 @keras.saving.register_keras_serializable(package="kerastl")
-class TransferModel(keras.Model):
+class TransferModel(FixedTraining, keras.Model):
     """A pretrained backbone with a new head, preprocessing inside the model.
 
     Image models take raw RGB pixels in [0, 255] (`[batch, H, W, 3]`); the
@@ -71,8 +72,6 @@ class TransferModel(keras.Model):
         ...                               input_shape=(64, 64, 3))
         >>> model.compile("adam")  # cross-entropy on logits and accuracy, for the task
     """
-
-    _kerastl_transfer = True
 
     def __init__(
         self,
@@ -203,10 +202,9 @@ class TransferModel(keras.Model):
         """`keras.Model.fit`, with raw strings tokenized and the strategy checked.
 
         A model built outside `strategy.scope()` and trained inside it gets a
-        clear error here instead of Keras's `colocate_vars_with` one; the
-        Keras fixes for distributed training (`apply_keras_fixes`) are installed.
+        clear error here instead of Keras's `colocate_vars_with` one. Training
+        under tf.distribute goes through kerastl's Keras fixes (`FixedTraining`).
         """
-        apply_keras_fixes()
         check_model_in_scope(self, self.distribute_strategy)
         if validation_data is not None:
             validation_data = self.prepare_data(validation_data)
@@ -314,6 +312,16 @@ class TransferModel(keras.Model):
         return self.head_layer(self.dropout_layer(pooled))
 
     @property
+    def groups(self) -> LayerGroups:
+        """The model's layer groups (backbone groups, then `head`), resolved once.
+
+        Example:
+            >>> model.groups.names()
+            ['stem', 'conv2', 'conv3', 'conv4', 'conv5', 'head']
+        """
+        return LayerGroups.of(self)
+
+    @property
     def group_rules(self) -> GroupRules | None:
         """The backbone's group rules, or None for an unregistered backbone."""
         spec = find_spec(self.backbone_name) if self.backbone_name else None
@@ -360,7 +368,7 @@ class TransferModel(keras.Model):
         frozen = set(config.pop("frozen_layers", []))
         model = cls(**config)
         # Pre-order: a frozen container is set before its sublayers.
-        for index, layer in enumerate(model._flatten_layers(include_self=False)):
+        for index, layer in enumerate(sublayers(model, include_self=False)):
             if index in frozen:
                 layer.trainable = False
         return model

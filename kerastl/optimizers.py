@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import keras
 
+from kerastl.distribute.keras_fixes import GroupOptimizer
 from kerastl.groups import COARSE, FINE, group_variables, layer_groups
 
 Optimizer = keras.optimizers.Optimizer
@@ -47,8 +48,9 @@ def group_optimizer(
             (see `is_decay_exempt`). By default they get none.
 
     Returns:
-        A `keras.optimizers.MultiOptimizer` over an `OptimizerMap` keyed by
-        exact variable paths; pass it to `model.compile`.
+        A `GroupOptimizer` (a `keras.optimizers.MultiOptimizer` where a group
+        without gradients rests) over an `OptimizerMap` keyed by exact
+        variable paths; pass it to `model.compile`.
 
     Raises:
         ValueError: an unknown group name (the valid ones are listed), a group
@@ -95,9 +97,7 @@ def group_optimizer(
                 continue  # the map's default covers it
             optimizer_map[variable.path] = target
     map_default = default if default is not None else next(iter(assignment.values()))
-    return keras.optimizers.MultiOptimizer(
-        keras.optimizers.OptimizerMap(map_default, optimizer_map)
-    )
+    return GroupOptimizer(keras.optimizers.OptimizerMap(map_default, optimizer_map))
 
 
 def discriminative_optimizer(

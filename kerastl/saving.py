@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import keras
 
+from kerastl._internals import object_sharing_scope
+
 _SKIPPED_COMPILE = "was not called as part of model loading because the model's `compile()`"
 _SKIPPED_OPTIMIZER = "Skipping variable loading for optimizer"
 
@@ -89,12 +91,8 @@ def _compile_from_archive(model, path, safe_mode, custom_objects) -> None:
         weights = archive.read("model.weights.h5")
     if not config:
         return
-    # Keras's loader deserializes inside its object-sharing scope, so one
-    # optimizer shared by many OptimizerMap entries stays one instance; without
-    # it every entry gets its own copy. The scope has no public name.
-    from keras.src.saving.serialization_lib import ObjectSharingScope
-
-    with keras.saving.custom_object_scope(custom_objects or {}), ObjectSharingScope():
+    # One optimizer shared by many OptimizerMap entries must load as one instance.
+    with keras.saving.custom_object_scope(custom_objects or {}), object_sharing_scope():
         arguments = keras.saving.deserialize_keras_object(config, safe_mode=safe_mode)
     model.compile(**arguments)
     model.optimizer.build(model.trainable_variables)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
+from PIL import Image
 
 import kerastl
 from kerastl.groups import COARSE, FINE, HEAD
@@ -137,3 +140,17 @@ def assert_same_optimizer_state(expected, actual) -> None:
     assert ours.keys() == theirs.keys()
     for path, value in ours.items():
         np.testing.assert_array_equal(value, theirs[path], err_msg=path)
+
+
+# scikit-learn's two bundled photos (china.jpg, flower.jpg): a real-image check offline.
+SKLEARN_IMAGES = os.path.join(os.path.dirname(__import__("sklearn").__file__), "datasets", "images")
+
+
+def image_folder_of(folder, classes, count, seed=0):
+    """Writes `count` 12x12 PNGs per class in `folder/<class>/` (classes differ in brightness)."""
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(classes):
+        (folder / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = np.full((12, 12, 3), 40 * index, "uint8") + rng.integers(0, 30, (12, 12, 3))
+            Image.fromarray(pixels.astype("uint8")).save(folder / name / f"{i}.png")

@@ -5,13 +5,13 @@ import os
 import keras
 import numpy as np
 import pytest
+from checks import SKLEARN_IMAGES
 
 import kerastl
 from kerastl.backbones import assets
 from kerastl.backbones.efficientnet_lite import BATCH_NORM_EPSILON, convert_to_preset
 from kerastl.models import TokenPooling
 
-SKLEARN_IMAGES = os.path.join(os.path.dirname(__import__("sklearn").__file__), "datasets", "images")
 LITE0_TOP5 = {"china.jpg": [442, 663, 698, 497, 832], "flower.jpg": [985, 947, 309, 994, 310]}
 
 

@@ -3,9 +3,9 @@
 import os
 
 import pytest
+from checks import SKLEARN_IMAGES, image_folder_of
 
 from kerastl.app.cli import main
-from tests.test_assets import SKLEARN_IMAGES
 
 
 def test_list_backbones(capsys):
@@ -84,10 +84,8 @@ def test_config_show_prints_the_resolved_config_that_loads_back(tmp_path, capsys
 def test_train_prints_its_own_lines_and_no_tensorflow_or_keras_noise(tmp_path):
     """A user's folder with one corrupt image, through the installed command:
     the skipped file is summarised; no C++ log lines, retracing or shuffle warnings."""
-    from tests.test_run_data import _images
-
-    _images(tmp_path / "train", ["ants", "bees"], 6)
-    _images(tmp_path / "val", ["ants", "bees"], 2, seed=1)
+    image_folder_of(tmp_path / "train", ["ants", "bees"], 6)
+    image_folder_of(tmp_path / "val", ["ants", "bees"], 2, seed=1)
     (tmp_path / "train" / "bees" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     (tmp_path / "run.yaml").write_text(
         f"""

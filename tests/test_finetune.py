@@ -324,3 +324,31 @@ def test_the_saved_model_reloads_with_the_optimizer_that_trained_it(tmp_path, ca
     slots = [np.array(v) for v in model.optimizer.variables if "momentum" in v.path]
     assert slots and any(np.abs(slot).max() > 0 for slot in slots)
     assert_same_optimizer_state(model.optimizer, loaded.optimizer)
+
+
+def test_each_stage_reads_the_groups_resolved_once_for_the_model():
+    keras.utils.set_random_seed(0)
+    model = kerastl.TransferModel(
+        "mobilenetv3small", num_classes=3, weights=None, input_shape=(32, 32, 3)
+    )
+    rng = np.random.default_rng(0)
+    data = tf.data.Dataset.from_tensor_slices(
+        (rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32"), rng.integers(0, 3, 16))
+    ).batch(8)
+    coarse = model.groups.names()
+    fine = model.groups.names("fine")
+    before = kerastl.LayerGroups.resolutions
+    stages = [
+        kerastl.Stage(1),  # cached head: splits the model at the pooled features
+        kerastl.Stage(1, train=fine[-3], lr_decay=0.5),  # cached fine groups, layer-wise decay
+    ]
+    kerastl.FineTuner(model, verbose=0).fit(data, data, stages=stages)
+    kerastl.discriminative_optimizer(model, 1e-3, lr_mult=10)  # spread over the coarse groups
+    kerastl.describe(model)
+    assert coarse[-1] == "head" and model.groups.granularity_of(fine[-3]) == "fine"
+    assert kerastl.LayerGroups.resolutions == before  # resolved once, when first read above
+    assert model.groups is kerastl.LayerGroups.of(model)
+    fresh = kerastl.TransferModel("mobilenetv3small", 3, weights=None, input_shape=(32, 32, 3))
+    kerastl.layer_groups(fresh)
+    kerastl.freeze(fresh)
+    assert kerastl.LayerGroups.resolutions == before + 1

@@ -1,5 +1,6 @@
-"""The Keras bugs `kerastl.apply_keras_fixes` repairs: each shown failing with the
-fixes switched off (KERASTL_KERAS_FIXES=0) and passing with them.
+"""The Keras bugs kerastl's own classes repair: each shown failing with the
+fixes switched off (KERASTL_KERAS_FIXES=0) and passing with them; and Keras
+itself left untouched for everything that is not kerastl's.
 
 If one of the "without the fix" tests starts failing, a Keras release has
 repaired that bug: set the fix's `fixed_in` in kerastl/distribute/keras_fixes.py.
@@ -23,7 +24,7 @@ def _mixed_precision_run(fixes: str) -> dict:
 @pytest.mark.slow
 def test_mirrored_mixed_float16_stays_finite_and_the_loss_scale_settles():
     run = _mixed_precision_run("1")
-    assert run["wrapped"] == "LossScaleOptimizer"
+    assert run["wrapped"] == "AllReplicaLossScaleOptimizer" and run["loss_scaled"]
     assert len(run["finite_losses"]) == 40 and all(run["finite_losses"])
     assert run["finite_weights"] and run["finite_batch_norm"] and run["batch_norm_statistics"] == 4
     assert run["steps"] == 37  # three overflowing steps skipped, as on one device
@@ -34,6 +35,7 @@ def test_mirrored_mixed_float16_stays_finite_and_the_loss_scale_settles():
 @pytest.mark.slow
 def test_without_the_fix_mirrored_mixed_float16_turns_the_weights_nan():
     run = _mixed_precision_run("0")
+    assert run["wrapped"] == "LossScaleOptimizer"  # Keras's own
     assert not run["finite_weights"] and not run["finite_batch_norm"]
     assert not any(run["finite_losses"][1:])
 
@@ -56,7 +58,7 @@ def test_without_the_fix_multi_worker_fit_fails_on_per_replica_values(tmp_path):
 
 
 def test_fixes_apply_to_keras_3_until_the_release_that_repairs_them():
-    fix = keras_fixes._Fix("f", "issue", fixed_in=(3, 16), install=lambda: None)
+    fix = keras_fixes._Fix("f", "issue", fixed_in=(3, 16))
     assert fix.applies_to((3, 15, 1)) and not fix.applies_to((3, 16, 0))
     assert not fix.applies_to((2, 15, 0))
     assert keras_fixes._version("3.15.1") == (3, 15, 1)
@@ -64,18 +66,77 @@ def test_fixes_apply_to_keras_3_until_the_release_that_repairs_them():
     assert all(fix.fixed_in is None for fix in keras_fixes.FIXES)  # none fixed as of 3.15.1
 
 
-def test_apply_keras_fixes_installs_each_fix_once():
-    first = keras_fixes.apply_keras_fixes()
-    assert first == (
-        "multi_worker_fit",
-        "loss_scale_all_replicas",
-        "multi_optimizer_missing_gradients",
-    )
+def test_apply_keras_fixes_is_deprecated_and_changes_nothing():
     import keras
 
-    patched = keras.optimizers.LossScaleOptimizer.check_finite
-    assert keras_fixes.apply_keras_fixes() == first
-    assert keras.optimizers.LossScaleOptimizer.check_finite is patched
+    before = keras.optimizers.MultiOptimizer.apply, keras.optimizers.LossScaleOptimizer.check_finite
+    with pytest.warns(DeprecationWarning, match="deprecated and does nothing"):
+        names = keras_fixes.apply_keras_fixes()
+    assert names == tuple(fix.name for fix in keras_fixes.FIXES)
+    after = keras.optimizers.MultiOptimizer.apply, keras.optimizers.LossScaleOptimizer.check_finite
+    assert after == before
+
+
+_PLAIN_KERAS = """
+import keras, numpy as np, tensorflow as tf
+from keras.src.backend.tensorflow import trainer
+keras_own = {
+    "MultiOptimizer.apply": keras.optimizers.MultiOptimizer.apply,
+    "LossScaleOptimizer.check_finite": keras.optimizers.LossScaleOptimizer.check_finite,
+    "Model.fit": keras.Model.fit,
+    "Model.compile": keras.Model.compile,
+    "_maybe_symbolic_build": trainer.TensorFlowTrainer._maybe_symbolic_build,
+    "reduce_per_replica": trainer.reduce_per_replica,
+}
+import kerastl
+kerastl._import_all()
+# kerastl's own training, under a strategy it built, with a group optimizer ...
+strategy = kerastl.get_strategy("one_device")
+with strategy.scope():
+    model = kerastl.TransferModel("mobilenetv3small", num_classes=2, weights=None,
+                                  input_shape=(32, 32, 3))
+    model.compile(kerastl.group_optimizer(model, {"head": keras.optimizers.SGD(0.1)},
+                                          default=keras.optimizers.SGD(0.01)))
+x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+model.fit(x, np.arange(8) % 2, epochs=1, verbose=0)
+# ... then a plain Keras model with Keras's MultiOptimizer, one group without gradients.
+inputs = keras.Input((4,))
+unused = keras.layers.Dense(3, name="unused")
+keras.Model(inputs, unused(inputs))
+plain = keras.Sequential([inputs, keras.layers.Dense(2, name="used")])
+optimizer = keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(
+    keras.optimizers.SGD(0.1), {"unused/.*": keras.optimizers.SGD(0.1)}))
+plain.compile(optimizer, "mse")
+plain.fit(np.ones((4, 4)), np.ones((4, 2)), epochs=1, verbose=0)
+now = {
+    "MultiOptimizer.apply": keras.optimizers.MultiOptimizer.apply,
+    "LossScaleOptimizer.check_finite": keras.optimizers.LossScaleOptimizer.check_finite,
+    "Model.fit": keras.Model.fit,
+    "Model.compile": keras.Model.compile,
+    "_maybe_symbolic_build": trainer.TensorFlowTrainer._maybe_symbolic_build,
+    "reduce_per_replica": trainer.reduce_per_replica,
+}
+print("CHANGED", sorted(name for name in keras_own if now[name] is not keras_own[name]))
+print("PLAIN", type(plain.optimizer).__name__)
+variables = [*plain.trainable_variables, *unused.trainable_variables]
+grads = [keras.ops.ones_like(v) for v in plain.trainable_variables] + [None, None]
+fresh = keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(
+    keras.optimizers.SGD(0.1), {"unused/.*": keras.optimizers.SGD(0.1)}))
+try:
+    fresh.apply(grads, variables)
+    print("KERAS RAISED nothing")
+except ValueError as error:
+    print("KERAS RAISED", error)
+"""
+
+
+def test_importing_and_using_kerastl_leaves_plain_keras_untouched():
+    result = run_script("run_code.py", _PLAIN_KERAS, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CHANGED []" in result.stdout, result.stdout
+    assert "PLAIN MultiOptimizer" in result.stdout
+    # Keras's own MultiOptimizer keeps Keras's behaviour (the bug GroupOptimizer fixes).
+    assert "KERAS RAISED No gradients provided for any variable" in result.stdout, result.stdout
 
 
 _UNUSED_GROUP = """
@@ -85,12 +146,11 @@ unused = keras.layers.Dense(3, name="unused")
 keras.Model(inputs, unused(inputs))  # built, but not on the path below
 outputs = keras.layers.Dense(2, name="used")(inputs)
 model = keras.Model(inputs, [outputs])
-optimizer = keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(
+optimizer = kerastl.GroupOptimizer(keras.optimizers.OptimizerMap(
     keras.optimizers.SGD(0.1), {"unused/.*": keras.optimizers.SGD(0.1)}))
 variables = [*model.trainable_variables, *unused.trainable_variables]
 grads = [keras.ops.ones_like(v) for v in model.trainable_variables] + [None, None]
 before = [np.array(v) for v in variables]
-kerastl.apply_keras_fixes()
 optimizer.apply(grads, variables)
 moved = [bool(np.abs(np.array(v) - b).max() > 0) for v, b in zip(variables, before)]
 print("MOVED", moved)

@@ -3,21 +3,12 @@ stratified limits, class names from the config, skipped records on the console."
 
 import numpy as np
 import pytest
-from PIL import Image
+from checks import image_folder_of
 
 from kerastl.app.cli import main
 from kerastl.app.config import load_config
 from kerastl.data import load_data
 from kerastl.data.sampling import stratified_sample
-
-
-def _images(folder, classes, count, seed=0):
-    rng = np.random.default_rng(seed)
-    for index, name in enumerate(classes):
-        (folder / name).mkdir(parents=True)
-        for i in range(count):
-            pixels = np.full((12, 12, 3), 40 * index, "uint8") + rng.integers(0, 30, (12, 12, 3))
-            Image.fromarray(pixels.astype("uint8")).save(folder / name / f"{i}.png")
 
 
 def _labels(dataset):
@@ -38,9 +29,9 @@ def _config(tmp_path, *overrides):
 
 
 def test_validation_and_test_folders_are_read_with_the_training_classes(tmp_path):
-    _images(tmp_path / "train", ["ants", "bees", "wasps"], 4)
-    _images(tmp_path / "val", ["ants", "bees", "wasps"], 2, seed=1)
-    _images(tmp_path / "test", ["ants", "bees", "wasps", "moths"], 1, seed=2)
+    image_folder_of(tmp_path / "train", ["ants", "bees", "wasps"], 4)
+    image_folder_of(tmp_path / "val", ["ants", "bees", "wasps"], 2, seed=1)
+    image_folder_of(tmp_path / "test", ["ants", "bees", "wasps", "moths"], 1, seed=2)
     data = load_data(
         _config(
             tmp_path,
@@ -57,8 +48,8 @@ def test_validation_and_test_folders_are_read_with_the_training_classes(tmp_path
 
 
 def test_a_folder_of_split_folders_is_refused_naming_them(tmp_path, capsys):
-    _images(tmp_path / "data" / "train", ["ants", "bees"], 2)
-    _images(tmp_path / "data" / "val", ["ants", "bees"], 1)
+    image_folder_of(tmp_path / "data" / "train", ["ants", "bees"], 2)
+    image_folder_of(tmp_path / "data" / "val", ["ants", "bees"], 1)
     config = tmp_path / "run.yaml"
     config.write_text(f"data: {{source: 'folder:{tmp_path / 'data'}'}}\noutput_dir: {tmp_path}\n")
     assert main(["train", str(config), "--quiet"]) == 2
@@ -67,8 +58,8 @@ def test_a_folder_of_split_folders_is_refused_naming_them(tmp_path, capsys):
         "split folders ['train', 'val']" in error
         and f"folder:{tmp_path / 'data' / 'train'}" in error
     )
-    _images(tmp_path / "nested" / "a", ["ants", "bees"], 1)
-    _images(tmp_path / "nested" / "b", ["ants", "bees"], 1)
+    image_folder_of(tmp_path / "nested" / "a", ["ants", "bees"], 1)
+    image_folder_of(tmp_path / "nested" / "b", ["ants", "bees"], 1)
     with pytest.raises(ValueError, match=r"the same sub-folders \['ants', 'bees'\]"):
         load_data(_config(tmp_path, f"data.source=folder:{tmp_path / 'nested'}"))
 
@@ -113,7 +104,7 @@ def test_config_class_names_make_unknown_table_labels_bad_records(tmp_path):
 def test_a_corrupt_image_is_named_in_the_report_not_in_a_raw_tensorflow_line(tmp_path, capfd):
     import kerastl.data
 
-    _images(tmp_path, ["ants", "bees"], 2)
+    image_folder_of(tmp_path, ["ants", "bees"], 2)
     (tmp_path / "bees" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     _, _, report = kerastl.data.image_folder(tmp_path, (8, 8))
     captured = capfd.readouterr()

@@ -7,11 +7,11 @@ import zipfile
 
 import numpy as np
 import pytest
+from torch_format import write_zip_checkpoint
 
 from kerastl.backbones.assets import LITE0, asset_path
 from kerastl.backbones.efficientnet_lite import rename_to_timm
 from kerastl.backbones.torch_checkpoint import CheckpointError, read_state_dict
-from tests.torch_format import write_zip_checkpoint
 
 
 class _RunsCode:

@@ -8,6 +8,7 @@ from typing import Any
 
 import keras
 
+from kerastl._internals import timm_efficientnet_config
 from kerastl.backbones.efficientnet_lite import backbone_class
 from kerastl.backbones.hub_access import load_from_hub, preset_host
 from kerastl.backbones.registry import register
@@ -64,9 +65,7 @@ def _transformer_config(vocabulary_size, num_layers, hidden_dim, num_heads=12, *
 
 def efficientnet_config(variant: str) -> dict[str, Any]:
     """KerasHub's own EfficientNet architecture for a timm variant (`b0`, `lite0`, ...)."""
-    from keras_hub.src.utils.timm.convert_efficientnet import convert_backbone_config
-
-    return convert_backbone_config({"architecture": f"efficientnet_{variant}"})
+    return timm_efficientnet_config(variant)
 
 
 def _lazy(class_name: str):

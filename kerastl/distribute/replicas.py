@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import keras
 
+from kerastl._internals import sublayers
+
 
 def sync_batch_norm_statistics(model: keras.Model) -> int:
     """Sets the moving mean/variance of every training BatchNormalization layer
@@ -33,7 +35,7 @@ def sync_batch_norm_statistics(model: keras.Model) -> int:
         return 0
     variables = [
         variable
-        for layer in model._flatten_layers(include_self=False)
+        for layer in sublayers(model, include_self=False)
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
         for variable in (layer.moving_mean, layer.moving_variance)
     ]

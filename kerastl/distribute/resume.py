@@ -29,8 +29,8 @@ import keras
 import numpy as np
 
 from kerastl._atomic import write_atomically, write_text
+from kerastl._internals import seed_generators, sublayers
 from kerastl._validation import check_positive_int
-from kerastl.distribute.keras_fixes import apply_keras_fixes
 from kerastl.distribute.replicas import sync_batch_norm_statistics
 from kerastl.distribute.strategies import check_model_in_scope, is_chief
 
@@ -216,7 +216,6 @@ def fit_resumable(
     check_positive_int("epochs", epochs)
     if not model.compiled:
         raise ValueError(f"Model {model.name!r} must be compiled before `fit_resumable`.")
-    apply_keras_fixes()
     check_model_in_scope(model, model.distribute_strategy)
     epoch_data: Callable[[int], object] = data if callable(data) else (lambda _: data)
     backup = ResumableBackup(backup_dir, save_freq=save_freq)
@@ -294,7 +293,7 @@ def _finite_weights(model: keras.Model) -> bool:
 def _seed_generators(model: keras.Model) -> dict:
     """State variables of every seed generator in the model, by a stable path."""
     states = {}
-    for layer in model._flatten_layers(include_self=True):
-        for index, generator in enumerate(getattr(layer, "_seed_generators", [])):
+    for layer in sublayers(model):
+        for index, generator in enumerate(seed_generators(layer)):
             states[f"{layer.path}/seed_generator_{index}"] = generator.state
     return states

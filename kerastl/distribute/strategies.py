@@ -19,8 +19,8 @@ import warnings
 
 import keras
 
+from kerastl._internals import sublayers
 from kerastl._validation import check_positive_int
-from kerastl.distribute.keras_fixes import apply_keras_fixes
 
 # One MirroredStrategy per device set: two in one process share collective
 # instance keys (each starts at 100), and the second one's all-reduces then fail
@@ -103,7 +103,6 @@ def get_strategy(name: str = "auto", *, devices: list[str] | None = None, tpu: s
         raise ValueError(
             f"Unknown strategy. Expected one of {STRATEGIES}. Received: name={name!r}."
         )
-    apply_keras_fixes()
     if name == "auto":
         name = _auto_strategy_name()
     if name == "one_device":
@@ -254,7 +253,7 @@ def to_strategy(model: keras.Model, strategy) -> keras.Model:
 
 
 def _all_layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False)]
+    return sublayers(model, include_self=False)
 
 
 def _tf_variable(variable):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import keras
 
+from kerastl._internals import sublayers
+
 _MIXED = ("mixed_float16", "mixed_bfloat16")
 
 
 def is_mixed_precision(model: keras.Model) -> bool:
     """Whether any layer of `model` computes under a mixed-precision policy."""
-    layers = model._flatten_layers(include_self=True)
+    layers = sublayers(model)
     return any(layer.dtype_policy.name in _MIXED for layer in layers)
 
 

@@ -22,8 +22,10 @@ import tempfile
 import keras
 import numpy as np
 
+from kerastl._graph import close_upward, crossing_tensors
 from kerastl.backbones.spec import TEXT
-from kerastl.groups import layer_groups
+from kerastl.distribute.keras_fixes import FixedFunctional
+from kerastl.groups import LayerGroups
 
 HEAD = "head"
 
@@ -68,11 +70,11 @@ def split_model(model, first_trained: str, granularity: str = "coarse") -> Split
         >>> split.trainer.fit(FeatureCache(split.extractor, train_ds).dataset(), epochs=3)
     """
     backbone = model.backbone
-    upper = _close_upward(backbone, _upper_operations(model, first_trained, granularity))
-    upper_backbone = [op for op in backbone._operations if id(op) in upper]
+    upper = close_upward(backbone, _upper_operations(model, first_trained, granularity))
+    upper_backbone = [op for op in backbone.operations if id(op) in upper]
     if first_trained == HEAD or not upper_backbone:
         return _head_split(model)
-    cut = _cut_tensors(backbone, upper)
+    cut = crossing_tensors(backbone, upper)
     mask_at = []
     if model.modality == TEXT:
         mask_at = [i for i, tensor in enumerate(cut) if tensor is backbone.input["padding_mask"]]
@@ -94,8 +96,8 @@ def split_model(model, first_trained: str, granularity: str = "coarse") -> Split
     ]
     features = top(cut_inputs)
     logits = model.classify(features, cut_inputs[mask_at[0]] if mask_at else None)
-    trainer = keras.Model(cut_inputs, logits, name=f"{model.name}_from_{first_trained}")
-    lower_ops = [op for op in backbone._operations if id(op) not in upper]
+    trainer = FixedFunctional(cut_inputs, logits, name=f"{model.name}_from_{first_trained}")
+    lower_ops = [op for op in backbone.operations if id(op) not in upper]
     return Split(extractor, trainer, first_trained, _stochastic_note(lower_ops))
 
 
@@ -104,17 +106,15 @@ def _head_split(model) -> Split:
     extractor = keras.Model(model.input, [features], name=f"{model.name}_extractor")
     cut_input = keras.Input(shape=features.shape[1:], dtype=features.dtype, name="features")
     logits = model.head_layer(model.dropout_layer(cut_input))
-    trainer = keras.Model([cut_input], logits, name=f"{model.name}_head")
+    trainer = FixedFunctional([cut_input], logits, name=f"{model.name}_head")
     return Split(extractor, trainer, "pooled features", _stochastic_note(model.backbone.layers))
 
 
 def _upper_operations(model, first_trained: str, granularity: str) -> set[int]:
-    groups = layer_groups(model, granularity)
+    groups = LayerGroups.of(model)[granularity]
     names = list(groups)
-    if first_trained != HEAD and first_trained not in names:
-        raise ValueError(
-            f"Unknown layer group {first_trained!r}. Valid groups ({granularity}): {names}."
-        )
+    if first_trained != HEAD:
+        LayerGroups.of(model).check([first_trained], granularity, f"{first_trained!r}")
     start = names.index(first_trained) if first_trained != HEAD else len(names) - 1
     return {
         id(op)
@@ -122,43 +122,6 @@ def _upper_operations(model, first_trained: str, granularity: str) -> set[int]:
         for op in groups[name]
         if not isinstance(op, keras.layers.InputLayer)
     }
-
-
-def _own_inputs(backbone, op) -> list:
-    """The tensors `op` consumes inside `backbone`'s graph."""
-    return [
-        tensor
-        for index, node in enumerate(op._inbound_nodes)
-        if f"{id(op)}_ib-{index}" in backbone._nodes
-        for tensor in node.input_tensors
-    ]
-
-
-def _close_upward(backbone, upper: set[int]) -> set[int]:
-    """Adds every operation fed by an upper one (weightless ops outside the
-    groups, such as KerasHub's `x[:, 0, :]` before BERT's pooler)."""
-    closed = set(upper)
-    for op in backbone._operations:  # topological order
-        if any(id(t._keras_history.operation) in closed for t in _own_inputs(backbone, op)):
-            closed.add(id(op))
-    return closed
-
-
-def _cut_tensors(backbone, upper: set[int]) -> list:
-    """Tensors made below the boundary and used above it (or as backbone outputs)."""
-    cut: list = []
-
-    def add(tensor):
-        if id(tensor._keras_history.operation) not in upper and all(t is not tensor for t in cut):
-            cut.append(tensor)
-
-    for op in backbone._operations:
-        if id(op) in upper:
-            for tensor in _own_inputs(backbone, op):
-                add(tensor)
-    for tensor in keras.tree.flatten(backbone.output):
-        add(tensor)
-    return cut
 
 
 def _stochastic_note(layers) -> str:

@@ -27,9 +27,9 @@ import keras
 import numpy as np
 
 from kerastl._validation import check_positive_int
-from kerastl.distribute.keras_fixes import apply_keras_fixes
 from kerastl.freezing import freeze, freeze_to, unfreeze
-from kerastl.groups import layer_groups
+from kerastl.groups import COARSE, LayerGroups
+from kerastl.models import TransferModel
 from kerastl.optimizers import discriminative_optimizer
 from kerastl.training import run_directory
 from kerastl.training.feature_cache import CacheRefused, FeatureCache, split_model
@@ -182,7 +182,7 @@ class FineTuner:
         jit_compile: bool | str = "auto",
         verbose: str | int = "auto",
     ):
-        if not hasattr(model, "head_layer"):
+        if not isinstance(model, TransferModel):
             raise TypeError(f"FineTuner needs a kerastl.TransferModel. Received: model={model!r}.")
         if cache_features and augmentation is not None:
             raise ValueError(
@@ -245,7 +245,6 @@ class FineTuner:
             )
         for stage in stages:
             granularity_of(self.model, stage.train)  # unknown groups fail before any training
-        apply_keras_fixes()  # the stages may train plain Keras models (cached features)
         monitor = self.monitor or ("val_loss" if validation is not None else "loss")
         check_monitor(monitor, self.metrics, validation=validation is not None)
         if self.run_dir:
@@ -566,17 +565,15 @@ def granularity_of(model, group: str) -> str:
         'fine'
     """
     if group in (HEAD, ALL):
-        return "coarse"
-    coarse = list(layer_groups(model))
-    if group in coarse:
-        return "coarse"
-    fine = list(layer_groups(model, "fine"))
-    if group in fine:
-        return "fine"
-    raise ValueError(
-        f"Unknown layer group {group!r}. Valid groups: 'head', 'all', {coarse} "
-        f"or fine groups {fine}. Received: train={group!r}."
-    )
+        return COARSE
+    groups = LayerGroups.of(model)
+    try:
+        return groups.granularity_of(group)
+    except ValueError:
+        raise ValueError(
+            f"Unknown layer group {group!r}. Valid groups: 'head', 'all', {groups.names()} "
+            f"or fine groups {groups.names('fine')}. Received: train={group!r}."
+        ) from None
 
 
 def set_stage_trainable(model, stage: Stage) -> None:

@@ -5,7 +5,8 @@ gradients overflow float16 while replica 0's stay finite, the situation in
 which Keras's LossScaleOptimizer, deciding from replica 0 alone, applies
 inf/NaN gradients. Prints one line of JSON: finiteness of every loss, weight
 and BatchNorm statistic, and the loss scale after each step.
-Run with KERASTL_KERAS_FIXES=0 to see the unfixed Keras behaviour.
+Run with KERASTL_KERAS_FIXES=0 to see the unfixed Keras behaviour (Keras's own
+LossScaleOptimizer; with the fixes, kerastl's AllReplicaLossScaleOptimizer).
 """
 
 import json
@@ -52,6 +53,7 @@ print(
     json.dumps(
         {
             "wrapped": type(model.optimizer).__name__,
+            "loss_scaled": isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer),
             "steps": int(model.optimizer.iterations.numpy()),
             "finite_losses": [bool(np.isfinite(loss)) for loss in losses],
             "finite_weights": bool(all(np.isfinite(w).all() for w in model.trainable_weights)),

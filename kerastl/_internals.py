@@ -1,0 +1,97 @@
+"""Every private name of Keras, KerasHub, TensorFlow and TFDS that kerastl uses.
+
+Each accessor says why no public name serves. `tests/test_internals.py`
+calls every one of them on a real object, so a release that removes or
+changes one fails there, by name, instead of somewhere inside training.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def sublayers(layer: keras.layers.Layer, include_self: bool = True) -> list:
+    """Every layer nested in `layer`, depth first. `model.layers` lists only the
+    top level, and a KerasHub backbone or a nested model hides its layers there."""
+    return list(layer._flatten_layers(include_self=include_self))
+
+
+def own_trainable_variables(layer: keras.layers.Layer) -> list:
+    """The trainable-kind variables a layer creates itself, frozen or not.
+    `layer.trainable_weights` is empty for a frozen layer and includes sublayers."""
+    return list(layer._trainable_variables)
+
+
+def seed_generators(layer: keras.layers.Layer) -> list:
+    """The layer's own `SeedGenerator`s (Dropout, random augmentation), whose
+    state a bit-identical resume must restore; Keras exposes no list of them."""
+    return list(getattr(layer, "_seed_generators", []))
+
+
+def inbound_nodes(operation) -> list:
+    """The nodes where `operation` was called: Keras keeps the functional graph
+    only here (no public walk of a model's nodes)."""
+    return list(operation._inbound_nodes)
+
+
+def owns_node(model: keras.Model, operation, node) -> bool:
+    """Whether `node` (a call of `operation`) belongs to `model`'s graph; a layer
+    reused in another model has nodes there too. Keras's key format."""
+    key = f"{id(operation)}_ib-{operation._inbound_nodes.index(node)}"
+    return key in model._nodes
+
+
+def producer(tensor):
+    """The operation that made a symbolic tensor (`KerasTensor._keras_history`)."""
+    return tensor._keras_history.operation
+
+
+def container_layers(layer: keras.layers.Layer) -> list:
+    """The direct sublayers of a container layer, in the order they were
+    added (KerasHub's `vit_encoder` holds its transformer blocks so)."""
+    return list(layer._layers)
+
+
+def object_sharing_scope():
+    """Keras's scope that makes objects shared in a saved model (one optimizer
+    in several `OptimizerMap` entries) load as one object again; `load_model`
+    opens it only for its own deserialization, not for a compile config."""
+    from keras.src.saving.serialization_lib import ObjectSharingScope
+
+    return ObjectSharingScope()
+
+
+def timm_efficientnet_config(variant: str) -> dict:
+    """KerasHub's EfficientNet architecture for a timm variant (`b0`, `lite0`):
+    the same table `from_preset` uses for timm checkpoints, not exported."""
+    from keras_hub.src.utils.timm.convert_efficientnet import convert_backbone_config
+
+    return convert_backbone_config({"architecture": f"efficientnet_{variant}"})
+
+
+def tfds_manual_dir(download_manager) -> str | None:
+    """The manual-download folder of a TFDS builder, or None: the public
+    `manual_dir` property raises when the folder is missing."""
+    return download_manager._manual_dir
+
+
+def multi_optimizer_variables(optimizer: keras.optimizers.MultiOptimizer) -> list:
+    """The variables a built `MultiOptimizer` was built for (its `apply` takes
+    them when called with gradients only)."""
+    return list(optimizer._trainable_variables)
+
+
+def optimizer_for(
+    optimizer: keras.optimizers.MultiOptimizer, variable
+) -> keras.optimizers.Optimizer:
+    """The sub-optimizer a `MultiOptimizer` gives `variable` (its `OptimizerMap`)."""
+    return optimizer._optimizer_map(variable)
+
+
+def tensorflow_trainer():
+    """Keras's TensorFlow trainer module: the multi-worker fix replaces its
+    `_maybe_symbolic_build` on kerastl's models and, during their `fit`, its
+    module-level `reduce_per_replica` (see `kerastl.distribute.keras_fixes`)."""
+    from keras.src.backend.tensorflow import trainer
+
+    return trainer

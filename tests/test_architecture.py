@@ -1,0 +1,118 @@
+"""The package's shape: no import cycle, the library never imports the app
+layer, and every private Keras/TF name kerastl uses still exists."""
+
+import ast
+import pathlib
+
+import keras
+import pytest
+
+import kerastl
+from kerastl import _internals
+
+PACKAGE = pathlib.Path(kerastl.__file__).parent
+
+
+def _runtime_nodes(tree):
+    """Every node of `tree` except those under `if TYPE_CHECKING:` (never run)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if not (isinstance(child, ast.If) and ast.unparse(child.test) == "TYPE_CHECKING"):
+                stack.append(child)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the kerastl modules it imports when run, at any level of the file."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kerastl"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    imported.add(full if full in modules else node.module)
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names if a.name in modules}
+        graph[name] = imported - {name}
+    return graph
+
+
+def _cycle(graph) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for child in sorted(graph.get(node, ())):
+            if state.get(child) == 1:
+                return [*path[path.index(child) :], child]
+            if child not in state and (found := visit(child, [*path, child])):
+                return found
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node, [node])):
+            return found
+    return None
+
+
+def test_no_module_imports_itself_back_through_others():
+    graph = _import_graph()
+    assert len(graph) > 60
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_the_library_does_not_import_the_app_layer():
+    for module, imported in _import_graph().items():
+        if not module.startswith("kerastl.app"):
+            assert not [m for m in imported if m.startswith("kerastl.app")], module
+
+
+def test_the_group_rule_vocabulary_imports_nothing_of_kerastl():
+    assert not _import_graph()["kerastl.backbones.rules"]
+
+
+def test_every_private_keras_name_kerastl_uses_still_exists():
+    inputs = keras.Input((4,), name="x")
+    dense = keras.layers.Dense(2, name="d")
+    dropout = keras.layers.Dropout(0.5, seed=1)
+    model = keras.Model(inputs, dropout(dense(inputs)))
+    assert [layer.name for layer in _internals.sublayers(model)][-2:] == ["d", dropout.name]
+    assert _internals.own_trainable_variables(dense) == [dense.kernel, dense.bias]
+    assert len(_internals.seed_generators(dropout)) == 1
+    (node,) = _internals.inbound_nodes(dense)
+    assert _internals.owns_node(model, dense, node)
+    assert _internals.producer(dense.output) is dense
+    container = keras.Sequential([keras.layers.Dense(1), keras.layers.Dense(1)])
+    assert len(_internals.container_layers(container)) == 2
+    with _internals.object_sharing_scope():
+        pass
+    assert _internals.timm_efficientnet_config("lite0")["stackwise_num_repeats"][:2] == [1, 2]
+    optimizer = keras.optimizers.MultiOptimizer(
+        keras.optimizers.OptimizerMap(keras.optimizers.SGD(0.1), {"d/bias": keras.optimizers.SGD(1.0)})
+    )
+    optimizer.build(dense.trainable_variables)
+    assert _internals.multi_optimizer_variables(optimizer) == [dense.kernel, dense.bias]
+    assert _internals.optimizer_for(optimizer, dense.bias) is not _internals.optimizer_for(
+        optimizer, dense.kernel
+    )
+    trainer = _internals.tensorflow_trainer()
+    assert callable(trainer.reduce_per_replica)
+    assert callable(trainer.TensorFlowTrainer._maybe_symbolic_build)
+
+
+def test_the_tfds_manual_dir_accessor_reads_the_download_manager(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    manager = tfds.download.DownloadManager(download_dir=str(tmp_path), manual_dir=str(tmp_path))
+    assert str(_internals.tfds_manual_dir(manager)) == str(tmp_path)
