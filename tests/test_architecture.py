@@ -99,8 +99,9 @@ def test_every_private_keras_name_kerastl_uses_still_exists():
     with _internals.object_sharing_scope():
         pass
     assert _internals.timm_efficientnet_config("lite0")["stackwise_num_repeats"][:2] == [1, 2]
+    by_path = {"d/bias": keras.optimizers.SGD(1.0)}
     optimizer = keras.optimizers.MultiOptimizer(
-        keras.optimizers.OptimizerMap(keras.optimizers.SGD(0.1), {"d/bias": keras.optimizers.SGD(1.0)})
+        keras.optimizers.OptimizerMap(keras.optimizers.SGD(0.1), by_path)
     )
     optimizer.build(dense.trainable_variables)
     assert _internals.multi_optimizer_variables(optimizer) == [dense.kernel, dense.bias]
