@@ -113,3 +113,26 @@ def take_stratified(dataset, count: int, seed: int = 0):
     """
     labels = labels_of(dataset)
     return select(dataset, stratified_sample(labels, count, seed))
+
+
+def balanced_class_weights(dataset, num_classes: int) -> dict[int, float]:
+    """Inverse-frequency class weights over a labelled dataset (`"balanced"` in
+    scikit-learn): `total / (classes present * count)`; absent classes get 0.
+
+    Args:
+        dataset: batches of `(inputs, integer labels, ...)`.
+        num_classes: the number of classes.
+
+    Returns:
+        `{class index: weight}`, as Keras's `fit(class_weight=...)` takes.
+
+    Example:
+        >>> balanced_class_weights(train_ds, 2)
+        {0: 0.72, 1: 1.63}
+    """
+    counts = np.zeros(num_classes, np.int64)
+    for batch in dataset:
+        np.add.at(counts, np.asarray(batch[1]).reshape(-1), 1)
+    present = counts > 0
+    weights = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
+    return {index: float(weight) for index, weight in enumerate(weights)}

@@ -273,6 +273,77 @@ class FeatureCache:
         )
 
 
+class FeatureStore:
+    """The feature caches of one fine-tuning run: one per cut, computed once.
+
+    A `FineTuner` owns one. Stages that cut the model at the same boundary
+    share its cache; new data (another `fit`) drops the old caches.
+
+    Args:
+        memory_limit_mb: each cache's in-memory bound (see `FeatureCache`).
+        directory: where caches beyond the bound go, one folder per boundary.
+        shuffle_seed: cached training batches in a new seeded order each epoch
+            (see `FeatureCache.dataset`); None keeps the stored order.
+        verbose: as `FeatureCache`.
+
+    Example:
+        >>> store = FeatureStore()
+        >>> train_features, val_features = store.datasets(split_model(model, "head"), train, val)
+    """
+
+    def __init__(
+        self,
+        *,
+        memory_limit_mb: float = 1024,
+        directory: str | os.PathLike | None = None,
+        shuffle_seed: int | None = 0,
+        verbose: int | str = 1,
+    ):
+        self.memory_limit_mb = memory_limit_mb
+        self.directory = os.fspath(directory) if directory is not None else None
+        self.shuffle_seed = shuffle_seed
+        self.verbose = verbose
+        self._caches: dict[str, list] = {}
+        self._data: tuple | None = None
+
+    def datasets(self, split: Split, train, validation=None) -> tuple:
+        """`(training features, validation features or None)` at `split`'s cut.
+
+        Args:
+            split: where the model is cut (`split_model`).
+            train: the batched training data.
+            validation: the batched validation data, or None.
+
+        Returns:
+            Two datasets of cached features (the second None without validation).
+        """
+        pair = (train, validation)
+        if self._data is None or any(a is not b for a, b in zip(self._data, pair, strict=True)):
+            self._caches, self._data = {}, pair
+        if split.boundary not in self._caches:
+            if self.verbose:
+                print(f"kerastl: caching {split.boundary} (once) ...")
+            self._caches[split.boundary] = [
+                None if data is None else self._cache(split, data, name)
+                for name, data in (("train", train), ("validation", validation))
+            ]
+        train_cache, validation_cache = self._caches[split.boundary]
+        return (
+            train_cache.dataset(self.shuffle_seed),
+            validation_cache.dataset() if validation_cache else None,
+        )
+
+    def _cache(self, split: Split, data, name: str) -> FeatureCache:
+        slug = "".join(c if c.isalnum() else "_" for c in split.boundary)
+        return FeatureCache(
+            split.extractor,
+            data,
+            memory_limit_mb=self.memory_limit_mb,
+            directory=os.path.join(self.directory, slug, name) if self.directory else None,
+            verbose=self.verbose,
+        )
+
+
 def _spec(layout):
     import tensorflow as tf
 

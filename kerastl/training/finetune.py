@@ -24,15 +24,15 @@ import time
 import warnings
 
 import keras
-import numpy as np
 
 from kerastl._validation import check_positive_int
+from kerastl.data.sampling import balanced_class_weights
 from kerastl.freezing import freeze, freeze_to, unfreeze
 from kerastl.groups import COARSE, LayerGroups
 from kerastl.models import TransferModel
 from kerastl.optimizers import discriminative_optimizer
 from kerastl.training import run_directory
-from kerastl.training.feature_cache import CacheRefused, FeatureCache, split_model
+from kerastl.training.feature_cache import CacheRefused, FeatureStore, split_model
 from kerastl.training.losses import SparseSmoothedCrossentropy
 from kerastl.training.metrics import BalancedAccuracy
 from kerastl.training.schedules import warmup_cosine
@@ -120,6 +120,77 @@ class Stage:
             raise ValueError(
                 f"`schedule` must be one of {SCHEDULES}. Received: schedule={self.schedule!r}."
             )
+
+    def prepare(self, model: TransferModel) -> None:
+        """Sets `model`'s trainable flags and head dropout for this stage (no recompile).
+
+        Args:
+            model: a `TransferModel`.
+
+        Example:
+            >>> Stage(3, train="block6", dropout=0.5).prepare(model)
+        """
+        model.dropout_layer.rate = model.dropout if self.dropout is None else self.dropout
+        set_stage_trainable(model, self)
+
+    def build_optimizer(self, model: TransferModel, steps: int) -> keras.optimizers.Optimizer:
+        """This stage's optimizer: one rate, or one per group (`lr_mult`, `lr_decay`).
+
+        Args:
+            model: the `TransferModel` (its groups, for per-group rates).
+            steps: the stage's training steps (for warm-up and cosine decay).
+
+        Returns:
+            A fresh, unbuilt optimizer (a `GroupOptimizer` for per-group rates).
+
+        Example:
+            >>> Stage(5, train="all", lr=1e-3, lr_mult=10).build_optimizer(model, 500)
+        """
+        schedule = None
+        if self.warmup or self.schedule == "cosine":
+            if steps <= 0:
+                raise ValueError(
+                    "A warm-up or cosine schedule needs a training dataset of known length. "
+                    f"Received: cardinality {steps // self.epochs}."
+                )
+            alpha = 1.0 if self.schedule == "constant" else 0.0  # CosineDecay alpha=1: constant
+            schedule = warmup_cosine(steps, int(self.warmup * steps), alpha=alpha)
+        grouped = self.train != HEAD and bool(self.lr_mult or self.lr_decay)
+        # A schedule is given at construction: assigning one later replaces a
+        # tracked variable, and the model can then no longer be exported.
+        rate = schedule(self.lr) if schedule is not None and not grouped else self.lr
+        options = {"weight_decay": self.weight_decay} if self.weight_decay else {}
+        if self.optimizer == "sgd":
+            template = keras.optimizers.SGD(rate, momentum=0.9, **options)
+        elif self.optimizer == "adamw":
+            template = keras.optimizers.AdamW(rate, **{"weight_decay": 0.004, **options})
+        else:
+            template = keras.optimizers.Adam(rate, **options)
+        if grouped:
+            return discriminative_optimizer(
+                model,
+                self.lr,
+                lr_mult=self.lr_mult,
+                decay=self.lr_decay,
+                optimizer=template,
+                schedule=schedule,
+            )
+        return template
+
+    def build_loss(self) -> keras.losses.Loss:
+        """Sparse cross-entropy on logits, label-smoothed if `label_smoothing`."""
+        if self.label_smoothing:
+            return SparseSmoothedCrossentropy(self.label_smoothing, from_logits=True)
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @property
+    def rate_rule(self) -> str:
+        """How the rates are spread: `one`, `spread xN` or `decay D` (for reports)."""
+        if self.train != HEAD and self.lr_mult:
+            return f"spread x{self.lr_mult:g}"
+        if self.train != HEAD and self.lr_decay:
+            return f"decay {self.lr_decay:g}"
+        return "one"
 
 
 class FineTuner:
@@ -215,8 +286,12 @@ class FineTuner:
         self.stage_starts: list[int] = []
         self.stage_summaries: list[dict] = []
         self.recorder: run_directory.RunRecorder | None = None
-        self._caches: dict = {}
-        self._cached_data: tuple | None = None
+        self._features = FeatureStore(
+            memory_limit_mb=cache_memory_mb,
+            directory=self.cache_dir,
+            shuffle_seed=cache_shuffle_seed,
+            verbose=verbose,
+        )
         if self.verbose and augmentation is not None and cache_features is None:
             print("kerastl: not caching features: the training inputs are augmented.")
 
@@ -269,7 +344,7 @@ class FineTuner:
                     "stage": self.recorder.stage,
                     "epochs": len(result.epoch),
                     "lr": stage.lr,
-                    "rates": _rate_rule(stage),
+                    "rates": stage.rate_rule,
                     "cached": cached or "no",
                     "seconds": round(time.perf_counter() - started, 1),
                 }
@@ -306,9 +381,8 @@ class FineTuner:
             )
         granularity = granularity_of(model, stage.train)
         steps = int(train.cardinality()) * stage.epochs
-        model.dropout_layer.rate = model.dropout if stage.dropout is None else stage.dropout
         with self.strategy.scope():
-            set_stage_trainable(model, stage)
+            stage.prepare(model)
             split = None
             target = model
             if self.cache_features and stage.train != ALL:
@@ -321,15 +395,15 @@ class FineTuner:
                     if self.verbose:
                         print(f"kerastl: not caching: {refused}")
             target.compile(
-                _optimizer(model, stage, steps),
-                _loss(stage),
+                stage.build_optimizer(model, steps),
+                stage.build_loss(),
                 metrics=self._metric_objects(),
                 jit_compile=self.jit_compile,
             )
         if split is not None:
             if split.note and self.verbose:
                 print(f"kerastl: caching {split.boundary}: {split.note}.")
-            train, validation = self._cached(split, train, validation)
+            train, validation = self._features.datasets(split, train, validation)
         result = target.fit(
             train,
             validation_data=validation,
@@ -346,43 +420,11 @@ class FineTuner:
             with self.strategy.scope():
                 model.compile(
                     target.optimizer,
-                    _loss(stage),
+                    stage.build_loss(),
                     metrics=self._metric_objects(),
                     jit_compile=self.jit_compile,
                 )
         return result, split.boundary if split is not None else None
-
-    def _cached(self, split, train, validation):
-        """Both datasets through the split's extractor, once per boundary and data."""
-        pair = (train, validation)
-        if self._cached_data is None or any(
-            a is not b for a, b in zip(self._cached_data, pair, strict=True)
-        ):  # another fit, other data
-            self._caches, self._cached_data = {}, pair
-        if split.boundary not in self._caches:
-            if self.verbose:
-                print(f"kerastl: caching {split.boundary} (once) ...")
-            self._caches[split.boundary] = [
-                FeatureCache(
-                    split.extractor,
-                    data,
-                    memory_limit_mb=self.cache_memory_mb,
-                    directory=(
-                        os.path.join(self.cache_dir, _slug(split.boundary), name)
-                        if self.cache_dir
-                        else None
-                    ),
-                    verbose=self.verbose,
-                )
-                if data is not None
-                else None
-                for name, data in (("train", train), ("validation", validation))
-            ]
-        train_cache, validation_cache = self._caches[split.boundary]
-        return (
-            train_cache.dataset(self.cache_shuffle_seed),
-            validation_cache.dataset() if validation_cache else None,
-        )
 
     def _metric_objects(self) -> list:
         return [
@@ -393,12 +435,7 @@ class FineTuner:
     def _class_weight(self, train) -> dict | None:
         if self.class_weight != "balanced":
             return self.class_weight
-        counts = np.zeros(self.model.num_classes, np.int64)
-        for batch in train:
-            np.add.at(counts, np.asarray(batch[1]).reshape(-1), 1)
-        present = counts > 0
-        weights = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
-        return {index: float(weight) for index, weight in enumerate(weights)}
+        return balanced_class_weights(train, self.model.num_classes)
 
     def write_report(
         self,
@@ -423,39 +460,17 @@ class FineTuner:
             >>> tuner.fit(train_ds, val_ds, stages=stages)
             >>> print(open(tuner.write_report(val_ds)).read())
         """
-        from kerastl.training.plots import plot_confusion_matrix, plot_learning_curves
-
         if not self.run_dir or self.recorder is None or not self.recorder.rows:
             raise ValueError("`write_report` needs a FineTuner with `run_dir` after `fit`.")
-        history: dict[str, list[float]] = {}
-        for row in self.recorder.rows:
-            for key, value in row.items():
-                if key not in ("epoch", "stage"):
-                    history.setdefault(key, []).append(value)
-        lengths = {len(values) for values in history.values()}
-        if len(lengths) == 1:
-            plot_learning_curves(
-                history,
-                self.stage_starts,
-                [s["stage"] for s in self.stage_summaries],
-                os.path.join(self.run_dir, run_directory.CURVES),
-            )
-        matrix = None
-        names = self.model.class_names or [str(i) for i in range(self.model.num_classes)]
-        if validation is not None and self.model.task == "classification":
-            matrix = run_directory.confusion_matrix(self.model, validation, self.model.num_classes)
-            path = os.path.join(self.run_dir, run_directory.CONFUSION)
-            plot_confusion_matrix(matrix, names, path)
-        if save_model:
-            self.model.save(os.path.join(self.run_dir, "model.keras"))
-        return run_directory.write_report(
-            self.run_dir,
+        return run_directory.write_run_report(
+            self.model,
+            self.recorder,
+            self.stage_starts,
+            self.stage_summaries,
+            validation,
             title=title,
-            stages=self.stage_summaries,
-            recorder=self.recorder,
-            matrix=matrix,
-            class_names=names,
             extra_sections=extra_sections,
+            save_model=save_model,
         )
 
 
@@ -597,55 +612,6 @@ def set_stage_trainable(model, stage: Stage) -> None:
         )
 
 
-def _rate_rule(stage: Stage) -> str:
-    if stage.train == HEAD:
-        return "one"
-    if stage.lr_mult:
-        return f"spread x{stage.lr_mult:g}"
-    if stage.lr_decay:
-        return f"decay {stage.lr_decay:g}"
-    return "one"
-
-
-def _optimizer(model, stage: Stage, steps: int):
-    schedule = None
-    if stage.warmup or stage.schedule == "cosine":
-        if steps <= 0:
-            raise ValueError(
-                "A warm-up or cosine schedule needs a training dataset of known length. "
-                f"Received: cardinality {steps // stage.epochs}."
-            )
-        alpha = 1.0 if stage.schedule == "constant" else 0.0  # CosineDecay alpha=1 is constant
-        schedule = warmup_cosine(steps, int(stage.warmup * steps), alpha=alpha)
-    grouped = stage.train != HEAD and bool(stage.lr_mult or stage.lr_decay)
-    # A schedule is given at construction: assigning one later replaces a
-    # tracked variable, and the model can then no longer be exported.
-    rate = schedule(stage.lr) if schedule is not None and not grouped else stage.lr
-    options = {"weight_decay": stage.weight_decay} if stage.weight_decay else {}
-    if stage.optimizer == "sgd":
-        template = keras.optimizers.SGD(rate, momentum=0.9, **options)
-    elif stage.optimizer == "adamw":
-        template = keras.optimizers.AdamW(rate, **{"weight_decay": 0.004, **options})
-    else:
-        template = keras.optimizers.Adam(rate, **options)
-    if grouped:
-        return discriminative_optimizer(
-            model,
-            stage.lr,
-            lr_mult=stage.lr_mult,
-            decay=stage.lr_decay,
-            optimizer=template,
-            schedule=schedule,
-        )
-    return template
-
-
-def _loss(stage: Stage):
-    if stage.label_smoothing:
-        return SparseSmoothedCrossentropy(stage.label_smoothing, from_logits=True)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
 def _augmented(dataset, augmentation):
     import tensorflow as tf
 
@@ -653,7 +619,3 @@ def _augmented(dataset, augmentation):
         return (augmentation(inputs, training=True), *rest)
 
     return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text)

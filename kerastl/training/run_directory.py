@@ -195,3 +195,65 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
+
+
+def write_run_report(
+    model: keras.Model,
+    recorder: RunRecorder,
+    stage_starts: Sequence[int],
+    stages: Sequence[dict],
+    validation=None,
+    *,
+    title: str = "Fine-tuning run",
+    extra_sections: Sequence[str] = (),
+    save_model: bool = True,
+) -> str:
+    """Writes a finished run's plots, final model and `report.md` into its directory.
+
+    Args:
+        model: the trained `TransferModel`.
+        recorder: the run's `RunRecorder` (its directory and history rows).
+        stage_starts: each stage's first epoch.
+        stages: one summary row per stage (`FineTuner.stage_summaries`).
+        validation: the validation dataset, for the confusion matrix.
+        title: the report's heading.
+        extra_sections: further Markdown sections.
+        save_model: also save the model as `model.keras`.
+
+    Returns:
+        The path of `report.md`.
+
+    Example:
+        >>> write_run_report(model, tuner.recorder, tuner.stage_starts, tuner.stage_summaries)
+    """
+    from kerastl.training.plots import plot_confusion_matrix, plot_learning_curves
+
+    directory = recorder.directory
+    history: dict[str, list[float]] = {}
+    for row in recorder.rows:
+        for key, value in row.items():
+            if key not in ("epoch", "stage"):
+                history.setdefault(key, []).append(value)
+    if len({len(values) for values in history.values()}) == 1:
+        plot_learning_curves(
+            history,
+            list(stage_starts),
+            [summary["stage"] for summary in stages],
+            os.path.join(directory, CURVES),
+        )
+    matrix = None
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    if validation is not None and model.task == "classification":
+        matrix = confusion_matrix(model, validation, model.num_classes)
+        plot_confusion_matrix(matrix, names, os.path.join(directory, CONFUSION))
+    if save_model:
+        model.save(os.path.join(directory, "model.keras"))
+    return write_report(
+        directory,
+        title=title,
+        stages=list(stages),
+        recorder=recorder,
+        matrix=matrix,
+        class_names=names,
+        extra_sections=tuple(extra_sections),
+    )
