@@ -80,14 +80,16 @@ def test_apply_keras_fixes_is_deprecated_and_changes_nothing():
 _PLAIN_KERAS = """
 import keras, numpy as np, tensorflow as tf
 from keras.src.backend.tensorflow import trainer
-keras_own = {
-    "MultiOptimizer.apply": keras.optimizers.MultiOptimizer.apply,
-    "LossScaleOptimizer.check_finite": keras.optimizers.LossScaleOptimizer.check_finite,
-    "Model.fit": keras.Model.fit,
-    "Model.compile": keras.Model.compile,
-    "_maybe_symbolic_build": trainer.TensorFlowTrainer._maybe_symbolic_build,
-    "reduce_per_replica": trainer.reduce_per_replica,
-}
+def keras_methods():
+    return {
+        "MultiOptimizer.apply": keras.optimizers.MultiOptimizer.apply,
+        "LossScaleOptimizer.check_finite": keras.optimizers.LossScaleOptimizer.check_finite,
+        "Model.fit": keras.Model.fit,
+        "Model.compile": keras.Model.compile,
+        "_maybe_symbolic_build": trainer.TensorFlowTrainer._maybe_symbolic_build,
+        "reduce_per_replica": trainer.reduce_per_replica,
+    }
+keras_own = keras_methods()
 import kerastl
 kerastl._import_all()
 # kerastl's own training, under a strategy it built, with a group optimizer ...
@@ -108,14 +110,7 @@ optimizer = keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(
     keras.optimizers.SGD(0.1), {"unused/.*": keras.optimizers.SGD(0.1)}))
 plain.compile(optimizer, "mse")
 plain.fit(np.ones((4, 4)), np.ones((4, 2)), epochs=1, verbose=0)
-now = {
-    "MultiOptimizer.apply": keras.optimizers.MultiOptimizer.apply,
-    "LossScaleOptimizer.check_finite": keras.optimizers.LossScaleOptimizer.check_finite,
-    "Model.fit": keras.Model.fit,
-    "Model.compile": keras.Model.compile,
-    "_maybe_symbolic_build": trainer.TensorFlowTrainer._maybe_symbolic_build,
-    "reduce_per_replica": trainer.reduce_per_replica,
-}
+now = keras_methods()
 print("CHANGED", sorted(name for name in keras_own if now[name] is not keras_own[name]))
 print("PLAIN", type(plain.optimizer).__name__)
 variables = [*plain.trainable_variables, *unused.trainable_variables]

@@ -22,8 +22,9 @@ import yaml
 
 from kerastl.backbones.registry import get_spec
 from kerastl.backbones.spec import TEXT
+from kerastl.data.pipeline import augmentation
 from kerastl.models import TransferModel
-from kerastl.training.finetune import Stage
+from kerastl.training.finetune import FineTuner, Stage
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,10 @@ class ModelConfig:
     sequence_length: int = 64
     dropout: float = 0.2
     pooling: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.weights, str) and self.weights.lower() == "none":
+            object.__setattr__(self, "weights", None)  # random initialisation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,8 +340,6 @@ def build_model(config: RunConfig, class_names: list[str], weights: str | None =
     spec = get_spec(config.model.backbone)
     if weights == "config":
         weights = config.model.weights
-    if isinstance(weights, str) and weights.lower() == "none":
-        weights = None
     options = {}
     if spec.modality != TEXT:
         options["input_shape"] = (config.model.image_size, config.model.image_size, 3)
@@ -350,4 +353,42 @@ def build_model(config: RunConfig, class_names: list[str], weights: str | None =
         pooling=config.model.pooling,
         class_names=class_names,
         **options,
+    )
+
+
+def build_tuner(
+    config: RunConfig,
+    model: TransferModel,
+    strategy,
+    *,
+    run_dir: str | None = None,
+    augment: bool = True,
+    verbose: int | str = "auto",
+) -> FineTuner:
+    """The configured `FineTuner` for `model`.
+
+    Args:
+        config: the run configuration (`train` and `data.augment`).
+        model: the `TransferModel` it trains.
+        strategy: the tf.distribute strategy the model was built under.
+        run_dir: the run directory, or None to write nothing.
+        augment: apply `data.augment` (the transfer report's baselines do not).
+        verbose: Keras progress output.
+
+    Returns:
+        A `FineTuner`.
+    """
+    policy = config.data.augment if augment else ()
+    return FineTuner(
+        model,
+        strategy=strategy,
+        cache_features=config.train.cache_features,
+        augmentation=augmentation(policy, seed=config.train.seed) if policy else None,
+        cache_memory_mb=config.train.cache_memory_mb,
+        class_weight=config.train.class_weight,
+        metrics=config.train.metrics,
+        monitor=config.train.monitor,
+        run_dir=run_dir,
+        jit_compile=config.train.jit_compile,
+        verbose=verbose,
     )

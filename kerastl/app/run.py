@@ -15,8 +15,9 @@ import time
 
 from kerastl._atomic import write_text
 from kerastl._quiet import native_stderr_silenced
-from kerastl.app.config import RunConfig, build_model, to_yaml
+from kerastl.app.config import RunConfig, build_model, build_tuner, to_yaml
 from kerastl.data.from_config import Data, load_data
+from kerastl.training.run_directory import new_run_directory
 
 
 @dataclasses.dataclass
@@ -82,7 +83,7 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     for stage in config.stages:
         granularity_of(model, stage.train)  # a bad group fails before the run directory exists
     if chief:
-        run_dir = _new_run_dir(config.output_dir, config.name)
+        run_dir = new_run_directory(config.output_dir, config.name)
         _say(f"Run directory: {run_dir}")
     else:  # a non-chief worker trains in step with the chief and writes nothing shared
         run_dir = tempfile.mkdtemp(prefix="kerastl-worker-")
@@ -95,7 +96,7 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
 
 def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say, verbose):
     write_text(os.path.join(run_dir, "config.yaml"), to_yaml(config))
-    tuner = _tuner(config, model, run_dir, verbose, strategy)
+    tuner = build_tuner(config, model, strategy, run_dir=run_dir, verbose=verbose)
     started = time.perf_counter()
     history = tuner.fit(data.train, data.validation, stages=config.stages)
     seconds = time.perf_counter() - started
@@ -196,42 +197,9 @@ def lr_find_for_config(config: RunConfig):
         keras.optimizers.Adam(config.stages[0].lr),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    run_dir = _new_run_dir(config.output_dir, f"{config.name}-lr-find")
+    run_dir = new_run_directory(config.output_dir, f"{config.name}-lr-find")
     plot = os.path.join(run_dir, "lr_find.png")
     return lr_find(model, data.train.repeat(), plot_path=plot), plot
-
-
-def _tuner(config: RunConfig, model, run_dir, verbose, strategy):
-    from kerastl.data.pipeline import augmentation
-    from kerastl.training.finetune import FineTuner
-
-    augment = (
-        augmentation(config.data.augment, seed=config.train.seed) if config.data.augment else None
-    )
-    return FineTuner(
-        model,
-        strategy=strategy,
-        cache_features=config.train.cache_features,
-        augmentation=augment,
-        cache_memory_mb=config.train.cache_memory_mb,
-        class_weight=config.train.class_weight,
-        metrics=config.train.metrics,
-        monitor=config.train.monitor,
-        run_dir=run_dir,
-        jit_compile=config.train.jit_compile,
-        verbose=verbose,
-    )
-
-
-def _new_run_dir(output_dir: str, name: str) -> str:
-    """`output_dir/name`, or `name-2`, `name-3`... : an earlier run is never overwritten."""
-    base = os.path.join(output_dir, name)
-    path, number = base, 1
-    while os.path.exists(path) and os.listdir(path):
-        number += 1
-        path = f"{base}-{number}"
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 def _fmt(value) -> str:

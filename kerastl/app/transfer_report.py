@@ -19,10 +19,10 @@ from __future__ import annotations
 import time
 import warnings
 
-from kerastl.app.config import build_model
+from kerastl.app.config import build_model, build_tuner
 from kerastl.backbones.spec import TEXT
 from kerastl.distribute.strategies import is_chief
-from kerastl.training.finetune import ALL, HEAD, FineTuner, Stage
+from kerastl.training.finetune import ALL, HEAD, Stage
 
 SCRATCH_LR = {"image": 1e-3, TEXT: 1e-4}
 SCRATCH_WARMUP = 0.1
@@ -94,15 +94,7 @@ def compare(
         keras.utils.set_random_seed(config.train.seed)
         with strategy.scope():
             model = build_model(config, data.class_names, weights=weights)
-        tuner = FineTuner(
-            model,
-            strategy=strategy,
-            cache_features=config.train.cache_features,
-            class_weight=config.train.class_weight,
-            metrics=config.train.metrics,
-            monitor=config.train.monitor,
-            verbose=verbose,
-        )
+        tuner = build_tuner(config, model, strategy, augment=False, verbose=verbose)
         started = time.perf_counter()
         tuner.fit(data.train, data.validation, stages=[stage])
         rows.append(_row(label, tuner.recorder, time.perf_counter() - started, stage))

@@ -132,7 +132,7 @@ def _batches(config: RunConfig, train_raw, validation_raw, test_raw=None):
     spec = get_spec(config.model.backbone)
     if spec.modality == TEXT:
         weights = config.model.weights
-        vocabulary = "default" if weights is None or weights.lower() == "none" else weights
+        vocabulary = weights or "default"  # random weights still need a vocabulary
         preprocessor = create_text_preprocessor(spec.name, vocabulary, config.model.sequence_length)
         common = {"bucket": data.bucket_by_length, "seed": data.shuffle_seed}
 

@@ -445,13 +445,8 @@ class FineTuner:
         extra_sections: tuple[str, ...] = (),
         save_model: bool = True,
     ) -> str:
-        """Writes the plots, the final model and `report.md` into `run_dir`.
-
-        Args:
-            validation: the validation dataset, for the confusion matrix.
-            title: the report's heading.
-            extra_sections: further Markdown sections.
-            save_model: also save the model as `model.keras`.
+        """Writes the plots, the final model and `report.md` into `run_dir`
+        (`run_directory.write_run_report` on this run; same arguments).
 
         Returns:
             The path of `report.md`.

@@ -25,6 +25,29 @@ CONFUSION = "confusion_matrix.png"
 REPORT = "report.md"
 
 
+def new_run_directory(output_dir: str | os.PathLike, name: str) -> str:
+    """Creates `output_dir/name`, or `name-2`, `name-3`... : an earlier run is never overwritten.
+
+    Args:
+        output_dir: where runs go.
+        name: the run's name.
+
+    Returns:
+        The new (empty) directory's path.
+
+    Example:
+        >>> new_run_directory("runs", "elpv-lite0")
+        'runs/elpv-lite0-2'
+    """
+    base = os.path.join(os.fspath(output_dir), name)
+    path, number = base, 1
+    while os.path.exists(path) and os.listdir(path):
+        number += 1
+        path = f"{base}-{number}"
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 class RunRecorder(keras.callbacks.Callback):
     """Records every epoch of every stage and keeps the best weights.
 
