@@ -38,12 +38,12 @@ CONFIG = Path(__file__).with_suffix(".yaml")
 
 def main(overrides: list[str], verbose: int) -> None:
     config = load_config(CONFIG, overrides)  # the YAML, then each --set KEY=VALUE
-    keras.utils.set_random_seed(config.train.seed)
     kerastl.set_precision(config.train.precision)
     strategy = kerastl.get_strategy(config.train.strategy)
 
     # Training and validation batches, pixels resized; bad files skipped and reported.
     data = kerastl.data.load_data(config)
+    keras.utils.set_random_seed(config.train.seed)  # after the data, as `kerastl train` does
     size = config.model.image_size
     with strategy.scope():  # the pretrained backbone, its preprocessing and a new head
         model = kerastl.TransferModel(

@@ -40,9 +40,9 @@ REVIEWS = ["A gripping, beautifully acted film.", "Two hours I will never get ba
 
 def main(overrides: list[str], verbose: int) -> None:
     config = load_config(CONFIG, overrides)
-    keras.utils.set_random_seed(config.train.seed)
     strategy = kerastl.get_strategy(config.train.strategy)
     data = kerastl.data.load_data(config)  # token batches, grouped by length
+    keras.utils.set_random_seed(config.train.seed)  # after the data, as `kerastl train` does
     with strategy.scope():
         model = kerastl.TransferModel(  # raw strings in: tokenizer, encoder, pooling, head
             config.model.backbone,

@@ -66,13 +66,15 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     from kerastl.training.finetune import check_monitor, granularity_of
 
     check_monitor(config.train.monitor, config.train.metrics, validation=True)
-    keras.utils.set_random_seed(config.train.seed)
     set_precision(config.train.precision)
     with native_stderr_silenced():  # TF's C++ device start-up lines ("failed call to cuInit")
         strategy = get_strategy(config.train.strategy)
     chief = is_chief(strategy)
     say = _say if chief else (lambda message: None)
-    data = load_data(config)
+    data = load_data(config)  # its shuffles and samples take their own seeds
+    # Seeded after the data: preparing a TFDS dataset on first use draws random
+    # numbers, and the model's initialisation must not depend on whether it ran.
+    keras.utils.set_random_seed(config.train.seed)
     for report in data.reports:
         if report.one_line():
             say(f"{report.one_line()}: see report.md")
