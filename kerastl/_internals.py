@@ -88,10 +88,17 @@ def optimizer_for(
     return optimizer._optimizer_map(variable)
 
 
+def symbolic_build(model: keras.Model, data_batch) -> None:
+    """Builds a model's metrics and optimizer from one batch (what `fit` does on
+    its first batch); the multi-worker fix calls it with one replica's batch."""
+    model._symbolic_build(data_batch=data_batch)
+
+
 def tensorflow_trainer():
-    """Keras's TensorFlow trainer module: the multi-worker fix replaces its
-    `_maybe_symbolic_build` on kerastl's models and, during their `fit`, its
-    module-level `reduce_per_replica` (see `kerastl.distribute.keras_fixes`)."""
+    """Keras's TensorFlow trainer module: the multi-worker fix overrides its
+    `TensorFlowTrainer._maybe_symbolic_build` on kerastl's models and, during
+    their `fit`, swaps its module-level `reduce_per_replica`
+    (see `kerastl.distribute.keras_fixes`)."""
     from keras.src.backend.tensorflow import trainer
 
     return trainer

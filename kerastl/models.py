@@ -354,7 +354,7 @@ class TransferModel(FixedTraining, keras.Model):
             ),
             "frozen_layers": [
                 index
-                for index, layer in enumerate(self._flatten_layers(include_self=False))
+                for index, layer in enumerate(sublayers(self, include_self=False))
                 if not layer.trainable
             ],
         }

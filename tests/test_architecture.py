@@ -5,6 +5,7 @@ import ast
 import pathlib
 
 import keras
+import numpy as np
 import pytest
 
 import kerastl
@@ -108,6 +109,9 @@ def test_every_private_keras_name_kerastl_uses_still_exists():
     assert _internals.optimizer_for(optimizer, dense.bias) is not _internals.optimizer_for(
         optimizer, dense.kernel
     )
+    model.compile("sgd", "mse")
+    _internals.symbolic_build(model, (np.ones((2, 4)), np.ones((2, 2))))
+    assert model.optimizer.built
     trainer = _internals.tensorflow_trainer()
     assert callable(trainer.reduce_per_replica)
     assert callable(trainer.TensorFlowTrainer._maybe_symbolic_build)

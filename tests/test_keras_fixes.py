@@ -161,3 +161,28 @@ def test_multi_optimizer_skips_a_group_without_gradients(fixes):
     else:  # the bug: the unused group's sub-optimizer raises
         assert result.returncode != 0
         assert "No gradients provided for any variable" in result.stderr
+
+
+def test_the_fixed_optimizers_save_and_load_as_themselves(tmp_path):
+    import keras
+    import numpy as np
+
+    import kerastl
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+    by_path = {"d/bias": keras.optimizers.Adam(0.1)}
+    inner = kerastl.GroupOptimizer(
+        keras.optimizers.OptimizerMap(keras.optimizers.SGD(0.1), by_path)
+    )
+    model.compile(keras_fixes.AllReplicaLossScaleOptimizer(inner), "mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 2)), epochs=3, verbose=0)
+    model.save(tmp_path / "m.keras")
+    for loaded in (
+        keras.models.load_model(tmp_path / "m.keras"),
+        kerastl.load_model(tmp_path / "m.keras"),
+    ):
+        assert type(loaded.optimizer) is keras_fixes.AllReplicaLossScaleOptimizer
+        assert type(loaded.optimizer.inner_optimizer) is kerastl.GroupOptimizer
+        before = np.array(loaded.layers[-1].kernel)
+        loaded.fit(np.ones((4, 3)), np.zeros((4, 2)), verbose=0)  # and still trains
+        assert np.abs(np.array(loaded.layers[-1].kernel) - before).max() > 1e-3

@@ -33,7 +33,12 @@ import warnings
 
 import keras
 
-from kerastl._internals import multi_optimizer_variables, optimizer_for, tensorflow_trainer
+from kerastl._internals import (
+    multi_optimizer_variables,
+    optimizer_for,
+    symbolic_build,
+    tensorflow_trainer,
+)
 
 DISABLE_ENV = "KERASTL_KERAS_FIXES"
 
@@ -244,7 +249,7 @@ class FixedTraining:
             data_batch = keras.tree.map_structure(first_replica, next(batches))
             break
         with strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
+            symbolic_build(self, data_batch)
 
 
 class FixedFunctional(FixedTraining, keras.Model):
