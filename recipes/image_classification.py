@@ -23,21 +23,19 @@ minutes in all. Always predicting "functional" scores 0.5 balanced (0.688
 plain accuracy).
 """
 
-import argparse
 import os
 from pathlib import Path
 
 import keras
 
 import kerastl
-from kerastl.app.config import load_config
+from kerastl.app.config import RunConfig, recipe_command_line
 from kerastl.training.run_directory import new_run_directory
 
 CONFIG = Path(__file__).with_suffix(".yaml")
 
 
-def main(overrides: list[str], verbose: int) -> None:
-    config = load_config(CONFIG, overrides)  # the YAML, then each --set KEY=VALUE
+def main(config: RunConfig, verbose: int) -> None:
     kerastl.set_precision(config.train.precision)
     strategy = kerastl.get_strategy(config.train.strategy)
 
@@ -92,8 +90,4 @@ def main(overrides: list[str], verbose: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
-    args = parser.parse_args()
-    main(args.set, verbose=0 if args.quiet else 2)
+    main(*recipe_command_line(CONFIG))  # --set KEY=VALUE (repeatable), --quiet

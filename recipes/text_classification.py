@@ -24,22 +24,21 @@ layer-3 output); about 10 minutes in all. Always answering "fresh" scores
 0.578.
 """
 
-import argparse
 import os
 from pathlib import Path
 
 import keras
 
 import kerastl
-from kerastl.app.config import load_config
+from kerastl.app.config import RunConfig, recipe_command_line
 from kerastl.training.run_directory import new_run_directory
 
 CONFIG = Path(__file__).with_suffix(".yaml")
 REVIEWS = ["A gripping, beautifully acted film.", "Two hours I will never get back."]
 
 
-def main(overrides: list[str], verbose: int) -> None:
-    config = load_config(CONFIG, overrides)
+def main(config: RunConfig, verbose: int) -> None:
+    kerastl.set_precision(config.train.precision)
     strategy = kerastl.get_strategy(config.train.strategy)
     data = kerastl.data.load_data(config)  # token batches, grouped by length
     keras.utils.set_random_seed(config.train.seed)  # after the data, as `kerastl train` does
@@ -58,11 +57,13 @@ def main(overrides: list[str], verbose: int) -> None:
     tuner = kerastl.FineTuner(
         model,
         strategy=strategy,
+        cache_features=config.train.cache_features,  # lower layers run once per boundary
         cache_memory_mb=config.train.cache_memory_mb,  # cached layer outputs beyond: on disk
         class_weight=config.train.class_weight,
         metrics=config.train.metrics,
         monitor=config.train.monitor,
         run_dir=run_dir,
+        jit_compile=config.train.jit_compile,
         verbose=verbose,
     )
     tuner.fit(data.train, data.validation, stages=config.stages)
@@ -79,8 +80,4 @@ def main(overrides: list[str], verbose: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
-    args = parser.parse_args()
-    main(args.set, verbose=0 if args.quiet else 2)
+    main(*recipe_command_line(CONFIG))  # --set KEY=VALUE (repeatable), --quiet

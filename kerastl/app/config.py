@@ -15,7 +15,7 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import yaml
@@ -392,3 +392,28 @@ def build_tuner(
         jit_compile=config.train.jit_compile,
         verbose=verbose,
     )
+
+
+def recipe_command_line(
+    path: str | os.PathLike, argv: Sequence[str] | None = None
+) -> tuple[RunConfig, int]:
+    """A recipe script's command line: its YAML with `--set KEY=VALUE` overrides.
+
+    Args:
+        path: the recipe's YAML file.
+        argv: the arguments (default: `sys.argv[1:]`): `--set KEY=VALUE`
+            (repeatable) and `--quiet` (no per-epoch progress).
+
+    Returns:
+        `(config, verbose)`: the resolved `RunConfig` and the Keras verbosity.
+
+    Example:
+        >>> config, verbose = recipe_command_line("recipes/image_classification.yaml")
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=f"The recipe configured by {path}.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    args = parser.parse_args(argv)
+    return load_config(path, args.set), 0 if args.quiet else 2

@@ -272,9 +272,6 @@ class FineTuner:
         self.cache_features = cache_features is not False and augmentation is None
         self._cache_required = cache_features is True
         self.augmentation = augmentation
-        self.cache_memory_mb = cache_memory_mb
-        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
-        self.cache_shuffle_seed = cache_shuffle_seed
         self.class_weight = class_weight
         self.metrics = tuple(metrics)
         self.monitor = monitor
@@ -286,9 +283,9 @@ class FineTuner:
         self.stage_starts: list[int] = []
         self.stage_summaries: list[dict] = []
         self.recorder: run_directory.RunRecorder | None = None
-        self._features = FeatureStore(
+        self.features = FeatureStore(  # the run's feature caches (memory bound, folder, order)
             memory_limit_mb=cache_memory_mb,
-            directory=self.cache_dir,
+            directory=cache_dir,
             shuffle_seed=cache_shuffle_seed,
             verbose=verbose,
         )
@@ -403,7 +400,7 @@ class FineTuner:
         if split is not None:
             if split.note and self.verbose:
                 print(f"kerastl: caching {split.boundary}: {split.note}.")
-            train, validation = self._features.datasets(split, train, validation)
+            train, validation = self.features.datasets(split, train, validation)
         result = target.fit(
             train,
             validation_data=validation,
