@@ -68,7 +68,7 @@ def test_image_recipe_script_and_kerastl_train_give_the_same_run(tmp_path):
             "train",
             str(ROOT / "recipes" / "image_classification.yaml"),
             "--quiet",
-            *[f"--set={item}" for item in (f"output_dir={tmp_path / 'cli'}", *common)],
+            *[f"--set={i}" for i in (f"output_dir={tmp_path / 'cli'}", "export=false", *common)],
         ],
         capture_output=True,
         text=True,

@@ -55,7 +55,9 @@ def test_the_run_directory_holds_every_artefact(run):
 def test_config_yaml_is_the_resolved_config_with_the_override(run):
     config = load_config(run / "config.yaml")
     assert config.stages[0].lr == 0.02 and config.stages[1].train == "block7"
-    assert config.model.weights == "none" and config.data.batch_size == 8
+    # `weights: none` resolves to None (random initialisation), written as null.
+    assert config.model.weights is None and config.data.batch_size == 8
+    assert "weights: null" in (run / "config.yaml").read_text()
 
 
 def test_history_has_one_row_per_epoch_with_its_stage(run):

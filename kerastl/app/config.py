@@ -37,7 +37,8 @@ class ModelConfig:
 
     Args:
         backbone: a registry name (`kerastl list-backbones`).
-        weights: `default`, `none`, `imagenet`, a preset, an asset or a local path.
+        weights: `default`, `none` (random initialisation; resolved to null), `imagenet`,
+            a preset, an asset or a local path.
         image_size: square input size for image backbones.
         sequence_length: maximum tokens for text backbones.
         dropout: dropout before the head.
