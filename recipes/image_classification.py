@@ -24,6 +24,10 @@ plain accuracy).
 """
 
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ warnings off; errors still show
+
+import time
 from pathlib import Path
 
 import keras
@@ -72,12 +76,12 @@ def main(config: RunConfig, verbose: int) -> None:
         jit_compile=config.train.jit_compile,
         verbose=verbose,
     )
+    started = time.perf_counter()
     tuner.fit(data.train, data.validation, stages=config.stages)
+    seconds = time.perf_counter() - started
     report = tuner.write_report(data.validation, title=f"{config.name}: {config.model.backbone}")
-    print(
-        f"kerastl: Best epoch {tuner.recorder.best_epoch}: {tuner.recorder.monitor} = "
-        f"{tuner.recorder.best:.4f}"
-    )
+    best, epoch, monitor = tuner.recorder.best, tuner.recorder.best_epoch, tuner.recorder.monitor
+    print(f"kerastl: Best epoch {epoch}: {monitor} = {best:.4f} ({seconds:.0f}s training)")
     print(f"kerastl: Report: {report}")
     print(f"kerastl: Plots: {os.path.join(run_dir, 'learning_curves.png')}, confusion_matrix.png")
     if data.test is not None:  # `data.test_source`: evaluated once, with the best epoch's weights
