@@ -18,9 +18,11 @@ data.source=folder:/path/to/images`) work through the config.
 
 Measured on the default (2 CPU cores, 128 px, defective = defect probability
 >= 0.5, stratified 75/25 split, class-balanced loss), validation balanced
-accuracy: best epoch 7 (the probe), 0.8228, 93-106 s of training; about 2.5
-minutes in all. Always predicting "functional" scores 0.5 balanced (0.688
-plain accuracy).
+accuracy: 0.824 after the linear probe (epoch 7), 0.828 at the end of the
+top-block stage (epoch 14, the best, kept), after dips to 0.76-0.80; 379 s
+of training on the slower of our 2-core machines (under 2 minutes on the
+faster). Always predicting "functional" scores 0.5 balanced (0.688 plain
+accuracy).
 """
 
 import os
