@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import keras
 
 from kerastl._internals import sublayers
-from kerastl.groups import COARSE, HEAD, group_variables, layer_groups
+from kerastl.groups import COARSE, HEAD, LayerGroups, group_variables, layer_groups
 
 
 def set_trainable_groups(
@@ -54,12 +54,7 @@ def set_trainable_groups(
     """
     groups = layer_groups(model, granularity)
     wanted = list(trainable)
-    unknown = [name for name in wanted if name not in groups]
-    if unknown:
-        raise ValueError(
-            f"Unknown layer groups {unknown}. Valid groups ({granularity}): {list(groups)}. "
-            f"Received: trainable={wanted}."
-        )
+    LayerGroups.of(model).check(wanted, granularity, f"trainable={wanted}")
     return _apply_trainable(model, groups, wanted, train_bn, recompile)
 
 
@@ -131,13 +126,9 @@ def freeze_to(
                 f"Received: group={group}."
             )
         start = group % len(names)
-    elif group in names:
-        start = names.index(group)
     else:
-        raise ValueError(
-            f"Unknown layer group {group!r}. Valid groups ({granularity}): {names}. "
-            f"Received: group={group!r}."
-        )
+        LayerGroups.of(model).check([group], granularity, f"group={group!r}")
+        start = names.index(group)
     return _apply_trainable(model, groups, names[start:], train_bn, recompile)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 import keras
 
 from kerastl.distribute.keras_fixes import GroupOptimizer
-from kerastl.groups import COARSE, FINE, group_variables, layer_groups
+from kerastl.groups import COARSE, FINE, LayerGroups, group_variables, layer_groups
 
 Optimizer = keras.optimizers.Optimizer
 
@@ -66,12 +66,8 @@ def group_optimizer(
     for key, optimizer in optimizers.items():
         names = [key] if isinstance(key, str) else list(key)
         _check_optimizer(optimizer, f"optimizers[{key!r}]")
+        LayerGroups.of(model).check(names, granularity, f"optimizers keys {list(optimizers)}")
         for name in names:
-            if name not in variables:
-                raise ValueError(
-                    f"Unknown layer group {name!r}. Valid groups ({granularity}): "
-                    f"{list(variables)}. Received: optimizers keys {list(optimizers)}."
-                )
             if name in assignment:
                 raise ValueError(f"Layer group {name!r} is given two optimizers.")
             assignment[name] = optimizer
