@@ -88,6 +88,22 @@ def optimizer_for(
     return optimizer._optimizer_map(variable)
 
 
+def ema_pairs(optimizer: keras.optimizers.Optimizer) -> list:
+    """`(variable, moving average)` pairs of a built optimizer with `use_ema`
+    (of each sub-optimizer of a `MultiOptimizer`); Keras only exposes them by
+    overwriting the variables for good (`finalize_variable_values`)."""
+    inner = getattr(optimizer, "optimizers", None) or [optimizer]
+    return [
+        (variable, average)
+        for each in inner
+        if each.use_ema and each.built
+        for variable, average in zip(
+            each._trainable_variables, each._model_variables_moving_average, strict=True
+        )
+        if average is not None
+    ]
+
+
 def symbolic_build(model: keras.Model, data_batch) -> None:
     """Builds a model's metrics and optimizer from one batch (what `fit` does on
     its first batch); the multi-worker fix calls it with one replica's batch."""

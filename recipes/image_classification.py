@@ -63,12 +63,13 @@ def main(config: RunConfig, verbose: int) -> None:
 
     run_dir = new_run_directory(config.output_dir, config.name)  # never an earlier run's
     print(f"kerastl: Run directory: {run_dir}")
-    augment = config.data.augment  # e.g. [flip_horizontal, flip_vertical]
+    augment = config.data.augment  # a policy such as [orientation_free] (the 8 symmetries)
     augmentation = kerastl.data.augmentation(augment, seed=config.train.seed) if augment else None
     tuner = kerastl.FineTuner(
         model,
         strategy=strategy,
         augmentation=augmentation,  # training inputs only; never part of the exported model
+        cache_views=config.train.cache_views if augment else None,  # K views cached per image
         cache_features=config.train.cache_features,  # frozen layers run once per boundary
         cache_memory_mb=config.train.cache_memory_mb,
         class_weight=config.train.class_weight,
@@ -81,13 +82,20 @@ def main(config: RunConfig, verbose: int) -> None:
     started = time.perf_counter()
     tuner.fit(data.train, data.validation, stages=config.stages)
     seconds = time.perf_counter() - started
-    report = tuner.write_report(data.validation, title=f"{config.name}: {config.model.backbone}")
+    test = None if data.test is None else kerastl.evaluate(model, data.test, tta=config.data.tta)
+    sections = [test.markdown("Test (evaluated once, after training)")] if test else []
+    report = tuner.write_report(
+        data.validation, title=f"{config.name}: {config.model.backbone}", extra_sections=sections
+    )
     best, epoch, monitor = tuner.recorder.best, tuner.recorder.best_epoch, tuner.recorder.monitor
     print(f"kerastl: Best epoch {epoch}: {monitor} = {best:.4f} ({seconds:.0f}s training)")
+    print(f"kerastl: Best {monitor} per stage: {tuner.recorder.stage_gains()}")
     print(f"kerastl: Report: {report}")
     print(f"kerastl: Plots: {os.path.join(run_dir, 'learning_curves.png')}, confusion_matrix.png")
-    if data.test is not None:  # `data.test_source`: evaluated once, with the best epoch's weights
-        print(f"kerastl: Test: {model.evaluate(data.test, return_dict=True, verbose=0)}")
+    if test is not None:
+        print(f"kerastl: Test (once, best epoch's model): {test.plain.one_line()}")
+        if test.tta is not None:  # mean probabilities over the test-time views
+            print(f"kerastl: Test with TTA ({config.data.tta}): {test.tta.one_line()}")
     if config.export:  # serving signatures, checked against Keras before the rename
         path = kerastl.export.saved_model(
             model, os.path.join(run_dir, "saved_model"), samples=data.validation

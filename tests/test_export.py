@@ -515,3 +515,27 @@ def test_samples_from_length_bucketed_text_batches_are_padded_to_one_length():
     samples = model_samples(model, batches)
     assert samples["token_ids"].shape == (3, 5)
     np.testing.assert_array_equal(samples["padding_mask"].sum(axis=1), [3, 3, 5])
+
+
+@pytest.mark.parametrize("tta", ["dihedral", "flip"])
+def test_the_tta_signature_matches_the_mean_of_keras_over_the_views(tmp_path, tta):
+    model = _tiny_image_model()
+    path = kx.saved_model(model, tmp_path / "sm", signatures="image_tensor_tta", tta=tta)
+    with open(os.path.join(path, "assets.extra", "parity.json")) as file:
+        checked = [r["target"] for r in json.load(file)["results"]]
+    assert checked == [path, f"{path}#image_tensor_tta"]
+    loaded = tf.saved_model.load(path)
+    images = np.round(_images(6, seed=4, size=32))
+    probabilities = loaded.signatures["image_tensor_tta"](images=images)["probabilities"]
+    views = [images, images[:, :, ::-1]]
+    if tta == "dihedral":
+        views = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
+        views += [v[:, :, ::-1] for v in views]
+    keras_mean = np.mean(
+        [keras.ops.softmax(model(np.ascontiguousarray(v), training=False)) for v in views], axis=0
+    )
+    np.testing.assert_allclose(probabilities, keras_mean, atol=1e-5)
+    plain = loaded.signatures["image_tensor"](images=images)["probabilities"]
+    assert np.abs(np.asarray(plain) - keras_mean).max() > 1e-4  # the views change the answer
+    with pytest.raises(ValueError, match=r"needs test-time views.*Received: tta='none'"):
+        kx.saved_model(model, tmp_path / "none", signatures="image_tensor_tta", tta="none")

@@ -192,15 +192,55 @@ def test_feature_cache_spills_to_disk_beyond_its_bound_and_replays_the_same(tmp_
     assert shapes == [[(8, 12, 16), (8, 12)]] * 2 + [[(8, 7, 16), (8, 7)]]
 
 
-def test_augmentation_refuses_caching_and_never_enters_the_model():
+def test_augmentation_without_views_refuses_caching_and_never_enters_the_model():
     flip = keras.layers.RandomFlip("horizontal")
     with pytest.raises(ValueError, match="cached features would hold one random augmentation"):
         kerastl.FineTuner(_model(), cache_features=True, augmentation=flip)
+    with pytest.raises(ValueError, match="`cache_views` needs an `augmentation`"):
+        kerastl.FineTuner(_model(), cache_views=8)
     model = _model()
     tuner = kerastl.FineTuner(model, augmentation=flip, verbose=0)
     tuner.fit(_data(), stages=[kerastl.Stage(1)])
     assert tuner.stage_summaries[0]["cached"] == "no"
     assert not any(isinstance(layer, keras.layers.RandomFlip) for layer in model._flatten_layers())
+
+
+def test_cached_dihedral_views_equal_end_to_end_training_on_the_same_views():
+    """K-view caching serves, each epoch, the view `FeatureCache.dataset` documents;
+    end-to-end training on those very views must give the same model."""
+    epochs, batches = 3, list(_data().as_numpy_iterator())
+    rng = np.random.default_rng(0)  # view_seed: cache_shuffle_seed=None -> 0
+    views = [
+        [(kerastl.data.dihedral_view(x, rng.integers(8, size=len(x))), y) for x, y in batches]
+        for _ in range(epochs)
+    ]
+    served = tf.data.Dataset.from_tensor_slices(
+        (
+            np.concatenate([np.asarray(x) for epoch in views for x, _ in epoch]),
+            np.concatenate([y for epoch in views for _, y in epoch]),
+        )
+    ).batch(8)
+    heads = []
+    for cached in (True, False):
+        model = _model()
+        options = {"augmentation": kerastl.data.augmentation("dihedral"), "cache_views": 8}
+        tuner = kerastl.FineTuner(
+            model, cache_shuffle_seed=None, verbose=0, **(options if cached else {})
+        )
+        if cached:
+            tuner.fit(_data(), stages=[kerastl.Stage(epochs, lr=1e-2)])
+            assert tuner.stage_summaries[0]["cached"] == "pooled features"
+        else:  # the same steps as one pass over the served views, no caching
+            tuner.cache_features = False
+            tuner.fit(served, stages=[kerastl.Stage(1, lr=1e-2)])
+        heads.append(_values(model.head_layer.weights))
+    plain = _model()
+    kerastl.FineTuner(plain, cache_shuffle_seed=None, verbose=0).fit(
+        _data(), stages=[kerastl.Stage(epochs, lr=1e-2)]
+    )
+    assert np.abs(heads[0][0] - _values(plain.head_layer.weights)[0]).max() > 1e-3  # views used
+    for cached, uncached in zip(*heads, strict=True):
+        np.testing.assert_allclose(cached, uncached, atol=1e-5)
 
 
 def test_run_directory_records_every_epoch_and_restores_the_best(tmp_path):
@@ -352,3 +392,37 @@ def test_each_stage_reads_the_groups_resolved_once_for_the_model():
     kerastl.layer_groups(fresh)
     kerastl.freeze(fresh)
     assert kerastl.LayerGroups.resolutions == before + 1
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_ema_validation_and_the_saved_model_hold_the_hand_computed_average(tmp_path, cached):
+    """Stage(ema=m): average_1 = w_1, then average_t = m * average_{t-1} + (1 - m) * w_t."""
+    seen = []
+
+    class Raw(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append([np.array(w) for w in tuned.head_layer.weights])
+
+    tuned = _model(dropout=0.0)
+    validation = _data(16, seed=1)
+    tuner = kerastl.FineTuner(
+        tuned, cache_features=cached, callbacks=[Raw()], run_dir=tmp_path, verbose=0
+    )
+    tuner.fit(_data(), validation, stages=[kerastl.Stage(1, lr=0.05, optimizer="sgd", ema=0.8)])
+    assert tuner.stage_summaries[0]["cached"] == ("pooled features" if cached else "no")
+    average = seen[0]
+    for weights in seen[1:]:
+        average = [0.8 * a + 0.2 * w for a, w in zip(average, weights, strict=True)]
+    assert np.abs(average[0] - seen[-1][0]).max() > 1e-3  # the average is not the last step
+    for held, expected in zip(tuned.head_layer.weights, average, strict=True):
+        np.testing.assert_allclose(np.array(held), expected, atol=1e-6)
+    tuned.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    logged = tuner.recorder.rows[0]["val_loss"]
+    assert tuned.evaluate(validation, verbose=0, return_dict=True)["loss"] == pytest.approx(
+        logged, rel=1e-5
+    )
+    tuner.write_report(validation)
+    saved = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(np.array(saved.head_layer.kernel), average[0], atol=1e-6)
+    with pytest.raises(ValueError, match=r"`ema` must be in \(0, 1\). Received: ema=1.5"):
+        kerastl.Stage(1, ema=1.5)

@@ -5,7 +5,6 @@ import pytest
 import tensorflow as tf
 
 from kerastl.data.pipeline import (
-    augmentation,
     batched,
     from_arrays,
     prepare_images,
@@ -44,11 +43,6 @@ def test_batched_shuffles_reproducibly_and_differently_each_epoch():
     assert sorted(first) == list(range(20)) and first != second
     assert epochs(0) == [first, second]
     assert int(batched(data, 8, limit=10).cardinality()) == 2
-
-
-def test_unknown_augmentation_names_the_valid_ones():
-    with pytest.raises(ValueError, match="Received: \\['flip', 'blur'\\]"):
-        augmentation(["flip", "blur"])
 
 
 class _Preprocessor:

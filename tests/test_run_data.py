@@ -1,6 +1,8 @@
 """Data for `kerastl train`: separate validation/test sources, split folders refused,
 stratified limits, class names from the config, skipped records on the console."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from checks import image_folder_of
@@ -111,3 +113,63 @@ def test_a_corrupt_image_is_named_in_the_report_not_in_a_raw_tensorflow_line(tmp
     assert "rendezvous" not in captured.err.lower() and "Invalid PNG" not in captured.err
     assert report.one_line() == f"skipped 1 of 5 records in {tmp_path} (1 x corrupt)"
     assert "broken.png" in report.summary()
+
+
+def _ids_of(dataset):
+    """Each example's id: images whose every pixel holds it."""
+    return sorted(int(x[0, 0, 0]) for batch, _ in dataset for x in np.asarray(batch))
+
+
+def test_validation_is_held_out_of_training_and_the_test_split_evaluated_once(
+    tmp_path, monkeypatch
+):
+    import kerastl.app.run as run
+
+    def arrays(name, ids):
+        x = np.broadcast_to(ids[:, None, None, None], (len(ids), 8, 8, 3)).astype("float32")
+        np.savez(tmp_path / f"{name}.npz", x=x, y=(ids % 2).astype("int64"))
+        return f"arrays:{tmp_path / name}.npz"
+
+    config = _config(
+        tmp_path,
+        f"data.source={arrays('train', np.arange(40))}",
+        f"data.test_source={arrays('test', np.arange(100, 110))}",
+        "data.validation_fraction=0.25",
+        "stages=[{epochs: 2, train: head}]",
+        "export=false",
+    )
+    data = load_data(config)
+    train, validation, test = (_ids_of(d) for d in (data.train, data.validation, data.test))
+    assert len(validation) == 10 and sorted(train + validation) == list(range(40))
+    assert sorted(_labels(data.validation)) == [0] * 5 + [1] * 5  # stratified
+    assert test == list(range(100, 110))
+
+    passes = []
+
+    def counted(dataset):
+        def examples():
+            passes.append(1)
+            yield from dataset.as_numpy_iterator()
+
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_generator(examples, output_signature=dataset.element_spec)
+
+    monkeypatch.setattr(
+        run, "load_data", lambda c: dataclasses.replace(data, test=counted(data.test))
+    )
+    result = run.train(config, verbose=0)
+    assert len(passes) == 1 and result.test.plain.examples == 10
+    with open(result.report) as report:
+        assert "## Test (evaluated once" in report.read()
+
+
+def test_the_recipes_hold_validation_out_of_training_and_never_select_on_test():
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    for name in ("image_classification", "text_classification"):
+        data = load_config(recipes / f"{name}.yaml").data
+        assert data.validation_split is None and data.test_split == "test", name
+    with pytest.raises(ValueError, match="cannot be the test split"):
+        load_config(None, ["data.validation_split=test", "data.test_split=test"])

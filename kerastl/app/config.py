@@ -22,7 +22,7 @@ import yaml
 
 from kerastl.backbones.registry import get_spec
 from kerastl.backbones.spec import TEXT
-from kerastl.data.pipeline import augmentation
+from kerastl.data.augment import augmentation, tta_views
 from kerastl.models import TransferModel
 from kerastl.training.finetune import FineTuner, Stage
 
@@ -67,17 +67,18 @@ class DataConfig:
             `arrays:PATH.npz` (arrays `x`, `y`).
         validation_source: validation data from another folder, table or
             arrays file (same forms as `source`), read with the training
-            classes; default: the TFDS `validation_split`, or for other
-            sources a held-out `validation_fraction`.
+            classes; default: the TFDS `validation_split` if given, else a
+            stratified `validation_fraction` held out of the training data.
         test_source: test data (same forms), evaluated once after training.
         class_names: the classes in label order for folders and tables
             (default: the sub-folders or labels found, sorted); a label
             outside them is a bad record.
         train_split: TFDS split for training.
-        validation_split: TFDS split for validation.
+        validation_split: TFDS split for validation (default: none, a
+            fraction of the training split is held out). Never the test split.
         test_split: TFDS split evaluated once after training (default: none).
-        validation_fraction: held-out fraction (stratified, seeded) for
-            sources without splits.
+        validation_fraction: held-out fraction (stratified, seeded) of the
+            training data, when no validation source or split is given.
         data_dir: TFDS `data_dir`.
         manual_dir: TFDS `manual_dir` (files placed by hand when offline).
         text_key: text column of a table.
@@ -87,7 +88,11 @@ class DataConfig:
         limit: use N training examples (quick runs), each class keeping its
             share, drawn after a shuffle seeded with `shuffle_seed`.
         validation_limit: the same for validation examples.
-        augment: image augmentations (`flip`, `rotate`, ...); they rule out caching.
+        augment: an augmentation policy (`light`, `orientation_free`,
+            `natural`) or a list of augmentations (`flip`, `dihedral`, ...;
+            `kerastl.data.augmentation`), training inputs only.
+        tta: test-time views whose probabilities are averaged for the test
+            scores, reported beside the plain ones: `none`, `flip` or `dihedral`.
         bucket_by_length: batch texts of similar length together.
         strict: stop at the first bad record instead of skipping it.
     """
@@ -97,7 +102,7 @@ class DataConfig:
     test_source: str | None = None
     class_names: tuple[str, ...] | None = None
     train_split: str = "train"
-    validation_split: str = "test"
+    validation_split: str | None = None
     test_split: str | None = None
     validation_fraction: float = 0.25
     data_dir: str | None = None
@@ -109,8 +114,24 @@ class DataConfig:
     limit: int | None = None
     validation_limit: int | None = None
     augment: tuple[str, ...] = ()
+    tta: str = "none"
     bucket_by_length: bool = True
     strict: bool = False
+
+    def __post_init__(self):
+        if self.validation_split is not None and self.validation_split == self.test_split:
+            raise ValueError(
+                "The validation split picks the best epoch, so it cannot be the test split "
+                "(the test score would be chosen on itself). Leave `validation_split` unset "
+                "to hold out `validation_fraction` of the training data. Received: "
+                f"validation_split={self.validation_split!r}, test_split={self.test_split!r}."
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(
+                "`validation_fraction` must be in (0, 1). "
+                f"Received: validation_fraction={self.validation_fraction!r}."
+            )
+        tta_views(self.tta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +143,9 @@ class TrainConfig:
         precision: `float32`, `mixed_float16` or `mixed_bfloat16`.
         seed: the global random seed.
         cache_features: null (cache when possible), true or false.
+        cache_views: with `data.augment`, cache the frozen features of this
+            many fixed views per training example (8 with `orientation_free`:
+            the exact dihedral views), one served per example each epoch.
         cache_memory_mb: cached features beyond this go to disk.
         class_weight: `balanced` (inverse frequency) or null.
         metrics: logged metrics (`accuracy`, `balanced_accuracy`, ...).
@@ -133,6 +157,7 @@ class TrainConfig:
     precision: str = "float32"
     seed: int = 0
     cache_features: bool | None = None
+    cache_views: int | None = None
     cache_memory_mb: float = 1024.0
     class_weight: str | None = "balanced"
     metrics: tuple[str, ...] = ("accuracy", "balanced_accuracy")
@@ -385,6 +410,7 @@ def build_tuner(
         strategy=strategy,
         cache_features=config.train.cache_features,
         augmentation=augmentation(policy, seed=config.train.seed) if policy else None,
+        cache_views=config.train.cache_views if policy else None,
         cache_memory_mb=config.train.cache_memory_mb,
         class_weight=config.train.class_weight,
         metrics=config.train.metrics,

@@ -17,6 +17,7 @@ from kerastl._atomic import write_text
 from kerastl._quiet import native_stderr_silenced
 from kerastl.app.config import RunConfig, build_model, build_tuner, to_yaml
 from kerastl.data.from_config import Data, load_data
+from kerastl.training.evaluation import Evaluation, evaluate
 from kerastl.training.run_directory import new_run_directory
 
 
@@ -32,7 +33,8 @@ class RunResult:
         best: the best monitored value and its epoch.
         model: the trained `TransferModel` (best epoch's weights).
         transfer: the transfer report's rows, or None.
-        test: the test data's results (`evaluate_test`), or None.
+        test: the test data's `Evaluation` (`kerastl.evaluate`, evaluated
+            once after training, with `data.tta`), or None.
     """
 
     run_dir: str
@@ -42,7 +44,7 @@ class RunResult:
     best: tuple[float | None, int | None]
     model: object
     transfer: list[dict] | None = None
-    test: dict | None = None
+    test: Evaluation | None = None
 
 
 def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
@@ -112,9 +114,11 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
         )
         sections.append(markdown(transfer, config.train.monitor))
     test_results = None
-    if data.test is not None:
-        test_results = evaluate_test(model, data.test, config.train.metrics)
-        sections.append(_test_section(test_results))
+    if data.test is not None:  # once, after training, with the best epoch's weights
+        test_results = evaluate(model, data.test, tta=config.data.tta)
+        sections.append(
+            test_results.markdown("Test (evaluated once, after training, best epoch's model)")
+        )
     report = tuner.write_report(
         data.validation, title=f"{config.name}: {config.model.backbone}", extra_sections=sections
     )
@@ -128,50 +132,16 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
     best = (tuner.recorder.best, tuner.recorder.best_epoch)
     monitored = f"{config.train.monitor} = {_fmt(best[0])}"
     say(f"Best epoch {best[1]}: {monitored} ({seconds:.0f}s training)")
+    say(f"Best {config.train.monitor} per stage: {tuner.recorder.stage_gains()}")
     say(f"Report: {report}")
     say(f"Plots: {os.path.join(run_dir, 'learning_curves.png')}, confusion_matrix.png")
     if test_results:
-        say("Test (once, best epoch's model): " + _format_results(test_results))
+        say(f"Test (once, best epoch's model): {test_results.plain.one_line()}")
+        if test_results.tta:
+            say(f"Test with TTA ({config.data.tta}): {test_results.tta.one_line()}")
     if saved_model:
         say(f"SavedModel: {saved_model}")
     return RunResult(run_dir, report, saved_model, history, best, model, transfer, test_results)
-
-
-def evaluate_test(model, test, metrics) -> dict[str, float]:
-    """The test split's accuracy and balanced accuracy (those of `metrics`), evaluated once.
-
-    Args:
-        model: the trained `TransferModel` (best epoch's weights).
-        test: batched `(inputs, labels)`.
-        metrics: the run's metric names (`accuracy`, `balanced_accuracy`, ...).
-
-    Returns:
-        `{name: value}`, e.g. `{"examples": 656, "accuracy": 0.88}`.
-
-    Example:
-        >>> evaluate_test(result.model, data.test, ("accuracy",))
-    """
-    from kerastl.training.run_directory import accuracy, balanced_accuracy, confusion_matrix
-
-    matrix = confusion_matrix(model, test, model.num_classes)
-    scores = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy}
-    results = {"examples": int(matrix.sum())}
-    results.update({name: scores[name](matrix) for name in metrics if name in scores})
-    return results
-
-
-def _format_results(results: dict) -> str:
-    return ", ".join(
-        f"{key} = {value:.4f}" if isinstance(value, float) else f"{key} = {value}"
-        for key, value in results.items()
-    )
-
-
-def _test_section(results: dict) -> str:
-    return (
-        "## Test\n\nEvaluated once, after training, with the best epoch's weights: "
-        f"{_format_results(results)}."
-    )
 
 
 def lr_find_for_config(config: RunConfig):

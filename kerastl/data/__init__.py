@@ -9,11 +9,17 @@ Example:
     >>> train = kerastl.data.load_tfds("elpv", "train")  # the same, failing fast offline
 """
 
+from kerastl.data.augment import (
+    RandomDihedral,
+    augmentation,
+    dihedral_view,
+    tta_views,
+    views_of,
+)
 from kerastl.data.builders import Elpv, RottenTomatoes, stratified_split
 from kerastl.data.from_config import Data, load_data
 from kerastl.data.images import image_folder
 from kerastl.data.pipeline import (
-    augmentation,
     batched,
     from_arrays,
     prepare_images,
@@ -28,9 +34,11 @@ __all__ = [
     "Data",
     "DataReport",
     "Elpv",
+    "RandomDihedral",
     "RottenTomatoes",
     "augmentation",
     "batched",
+    "dihedral_view",
     "from_arrays",
     "image_folder",
     "load_data",
@@ -39,4 +47,6 @@ __all__ = [
     "stratified_split",
     "text_batches",
     "text_table",
+    "tta_views",
+    "views_of",
 ]

@@ -1,9 +1,10 @@
 """Data from a `RunConfig`: the configured sources read, split and batched.
 
 Training data comes from `data.source`; validation from
-`data.validation_source`, else the TFDS `validation_split`, else a
-stratified `validation_fraction` held out of the training data; test data
-(optional) from `data.test_source` or the TFDS `test_split`.
+`data.validation_source`, else the TFDS `validation_split` if one is named,
+else a stratified `validation_fraction` held out of the training data; test
+data (optional) from `data.test_source` or the TFDS `test_split`. The
+validation data picks the best epoch; the test data is evaluated once.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def load_data(config: RunConfig) -> Data:
     """The configured sources, prepared and batched for the configured backbone.
 
     Training data comes from `data.source`; validation from
-    `data.validation_source`, else the TFDS `validation_split`, else a
-    stratified `validation_fraction` held out of the training data; test data
+    `data.validation_source`, else the TFDS `validation_split` if one is
+    named, else a stratified `validation_fraction` held out of the training data; test data
     (optional) from `data.test_source` or the TFDS `test_split`. Validation and
     test data are read with the training classes: another label is a bad record.
 
@@ -59,7 +60,7 @@ def load_data(config: RunConfig) -> Data:
     if data.validation_source:
         validation_raw, _, more = _read(data.validation_source, config, class_names)
         reports += more
-    elif kind == "tfds":
+    elif kind == "tfds" and data.validation_split:
         validation_raw = _read(data.source, config, class_names, data.validation_split)[0]
     else:
         train_raw, validation_raw = _held_out(train_raw, config)

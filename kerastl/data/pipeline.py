@@ -3,21 +3,18 @@
 Order of the steps: per-example preparation (parallel decode/resize or
 tokenization) → `cache` → `shuffle` (seeded, reshuffled each epoch) →
 batch → `prefetch`. Augmentation is not a pipeline step here: it is a Keras
-layer given to `FineTuner(augmentation=...)`, applied to training batches
-only and never part of the model, so never exported.
+layer (`kerastl.data.augment`) given to `FineTuner(augmentation=...)`, applied
+to training batches only and never part of the model, so never exported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import keras
 import numpy as np
 
 from kerastl._validation import check_positive_int
 from kerastl.data.sampling import take_stratified
-
-AUGMENTATIONS = ("flip", "flip_vertical", "rotate", "zoom", "translate", "contrast", "brightness")
 
 
 def from_arrays(x, y, *, num_classes: int | None = None):
@@ -133,39 +130,6 @@ def batched(
     if int(batches.cardinality()) < 0:  # after a filter: known to us, not to tf.data
         batches = batches.apply(tf.data.experimental.assert_cardinality(-(-size // batch_size)))
     return batches.prefetch(tf.data.AUTOTUNE)
-
-
-def augmentation(names: Sequence[str], *, seed: int = 0) -> keras.Sequential:
-    """Random image augmentations as one Keras layer (active only when training).
-
-    Args:
-        names: any of `flip` (horizontal), `flip_vertical`, `rotate` (±10%
-            of a turn), `zoom` (±10%), `translate` (±10%), `contrast` (±20%),
-            `brightness` (±20%).
-        seed: seed of the random draws.
-
-    Returns:
-        A `keras.Sequential`; pass it as `FineTuner(augmentation=...)`.
-
-    Example:
-        >>> tuner = kerastl.FineTuner(model, augmentation=augmentation(["flip", "rotate"]))
-    """
-    layers = keras.layers
-    makers = {
-        "flip": lambda: layers.RandomFlip("horizontal", seed=seed),
-        "flip_vertical": lambda: layers.RandomFlip("vertical", seed=seed),
-        "rotate": lambda: layers.RandomRotation(0.1, seed=seed),
-        "zoom": lambda: layers.RandomZoom(0.1, seed=seed),
-        "translate": lambda: layers.RandomTranslation(0.1, 0.1, seed=seed),
-        "contrast": lambda: layers.RandomContrast(0.2, seed=seed),
-        "brightness": lambda: layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed),
-    }
-    unknown = [name for name in names if name not in makers]
-    if unknown or not names:
-        raise ValueError(
-            f"Augmentations must be a non-empty list of {AUGMENTATIONS}. Received: {list(names)!r}."
-        )
-    return keras.Sequential([makers[name]() for name in names], name="augmentation")
 
 
 def text_batches(

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from kerastl.export.samples import model_inputs, model_samples, sample_count, whole_pixels
-from kerastl.export.signatures import TENSOR_SIGNATURES, probabilities_of
+from kerastl.export.signatures import IMAGE_TENSOR_TTA, TENSOR_SIGNATURES, probabilities_of
 
 DEFAULT_TOLERANCE = 1e-4
 PARITY_FILE = "parity.json"
@@ -71,9 +71,17 @@ class ParityReport:
         return all(result.passed for result in self.results)
 
     def for_target(self, target: str) -> ParityReport:
-        """The same report naming `target` (where a checked temporary export is published)."""
-        results = tuple(dataclasses.replace(r, target=target) for r in self.results)
+        """The same report naming `target` (where a checked temporary export is published);
+        a result for one signature keeps its `#signature` suffix."""
+        results = tuple(
+            dataclasses.replace(r, target=target + r.target[len(r.target.split("#")[0]) :])
+            for r in self.results
+        )
         return dataclasses.replace(self, results=results)
+
+    def including(self, result: ParityResult) -> ParityReport:
+        """The same report with one more result."""
+        return dataclasses.replace(self, results=(*self.results, result))
 
     def to_dict(self) -> dict:
         """The report as JSON-ready data."""
@@ -153,6 +161,39 @@ def check_parity(
     if report_path is not None:
         report.write(report_path)
     return report
+
+
+def check_tta_parity(
+    model: keras.Model, path: str, samples=None, *, tta: str, tolerance: float = DEFAULT_TOLERANCE
+) -> ParityResult:
+    """Compares a SavedModel's `image_tensor_tta` with `kerastl.predict_probabilities`.
+
+    Args:
+        model: the Keras model.
+        path: the SavedModel directory.
+        samples: images (see `check_parity`).
+        tta: the views the signature was exported with.
+        tolerance: largest absolute difference of probabilities allowed.
+
+    Returns:
+        A `ParityResult` whose target is `PATH#image_tensor_tta`.
+
+    Example:
+        >>> print(check_tta_parity(model, "out/1", images, tta="dihedral").passed)
+    """
+    import tensorflow as tf
+
+    from kerastl.training.evaluation import predict_probabilities
+
+    images = whole_pixels(model_inputs(model_samples(model, samples))).astype(np.float32)
+    expected = predict_probabilities(model, images, tta=tta)
+    function = tf.saved_model.load(path).signatures[IMAGE_TENSOR_TTA]
+    dtype = function.structured_input_signature[1]["images"].dtype
+    actual = function(images=tf.cast(images, dtype))["probabilities"].numpy()
+    diff = float(np.max(np.abs(actual - expected)))
+    top1 = float(np.mean(actual.argmax(-1) == expected.argmax(-1)))
+    passed = diff <= tolerance and top1 == 1.0
+    return ParityResult(f"{path}#{IMAGE_TENSOR_TTA}", diff, top1, passed)
 
 
 def _run_export(target: str, inputs) -> dict[str, np.ndarray]:

@@ -10,9 +10,20 @@ import keras
 
 from kerastl import _atomic
 from kerastl.export.float32 import float32_copy
-from kerastl.export.parity import DEFAULT_TOLERANCE, PARITY_FILE, ParityError, check_parity
+from kerastl.export.parity import (
+    DEFAULT_TOLERANCE,
+    PARITY_FILE,
+    ParityError,
+    check_parity,
+    check_tta_parity,
+)
 from kerastl.export.samples import model_samples
-from kerastl.export.signatures import TEXT, check_signatures, serving_function
+from kerastl.export.signatures import (
+    IMAGE_TENSOR_TTA,
+    TEXT,
+    check_signatures,
+    serving_function,
+)
 
 EXTRA_DIR = "assets.extra"
 
@@ -29,6 +40,7 @@ def saved_model(
     sequence_length: int = 128,
     tolerance: float = DEFAULT_TOLERANCE,
     overwrite: bool = False,
+    tta: str = "dihedral",
 ) -> str:
     """Exports `model` as a SavedModel with serving signatures, if it matches Keras.
 
@@ -43,7 +55,8 @@ def saved_model(
         model: a `TransferModel` (or a Keras model with one logits output).
         path: the SavedModel directory to create.
         signatures: signature names, the first one becoming `serving_default`;
-            images: `image_bytes`, `image_tensor`, `tf_example`; text:
+            images: `image_bytes`, `image_tensor`, `tf_example`,
+            `image_tensor_tta` (test-time augmentation in the graph); text:
             `token_ids`, `text` (see `kerastl.export.signatures`). Default:
             `("image_bytes", "image_tensor")` or `("token_ids",)`. The tensor
             signature (`image_tensor`/`token_ids`) is always included.
@@ -56,6 +69,8 @@ def saved_model(
         sequence_length: token length of the default text preprocessor.
         tolerance: largest absolute difference of probabilities allowed.
         overwrite: replace an existing export at `path`.
+        tta: the views `image_tensor_tta` averages over: `dihedral` (8) or
+            `flip` (2); it is parity-checked against `kerastl.predict_probabilities`.
 
     Returns:
         `path`.
@@ -81,6 +96,7 @@ def saved_model(
             sequence_length=sequence_length,
             tolerance=tolerance,
             published_as=path,
+            tta=tta,
         )
     return path
 
@@ -97,6 +113,7 @@ def write_saved_model(
     sequence_length: int = 128,
     tolerance: float = DEFAULT_TOLERANCE,
     published_as: str | None = None,
+    tta: str = "dihedral",
 ):
     """Writes the SavedModel into `directory` (not atomic) and checks parity.
 
@@ -126,12 +143,17 @@ def write_saved_model(
         archive.track(preprocessor)
     for name in names:
         function = serving_function(
-            model, name, image_dtype=image_dtype, top_k=top_k, preprocessor=preprocessor
+            model, name, image_dtype=image_dtype, top_k=top_k, preprocessor=preprocessor, tta=tta
         )
         archive.add_endpoint(name, function)
     archive.write_out(directory, verbose=False)
     os.makedirs(os.path.join(directory, EXTRA_DIR), exist_ok=True)
     report = check_parity(model, directory, samples, tolerance=tolerance)
+    if IMAGE_TENSOR_TTA in names:
+        tta_samples = samples if len(samples) <= 8 else samples[:8]  # 8 views each: keep it short
+        report = report.including(
+            check_tta_parity(model, directory, tta_samples, tta=tta, tolerance=tolerance)
+        )
     if published_as is not None:
         report = report.for_target(published_as)
     report.write(os.path.join(directory, EXTRA_DIR, PARITY_FILE))

@@ -9,6 +9,10 @@ Image signatures:
   REST clients send each as `{"b64": ...}`.
 - `tf_example`: `examples`, serialized `tf.train.Example`s holding the
   encoded image under `image/encoded`.
+- `image_tensor_tta`: `images` as `image_tensor`, classified under each
+  test-time view (`tta`: the 8 dihedral symmetries, or the horizontal
+  mirror) and the softmax probabilities averaged, as `kerastl.evaluate(...,
+  tta=...)` does; its `logits` are the log of the averaged probabilities.
 
 Text signatures:
 - `token_ids`: the model's own token inputs (`token_ids`, `padding_mask`,
@@ -27,12 +31,15 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from kerastl.data.augment import dihedral_view, tta_views
+
 IMAGE_TENSOR = "image_tensor"
 IMAGE_BYTES = "image_bytes"
 TF_EXAMPLE = "tf_example"
 TOKEN_IDS = "token_ids"
 TEXT = "text"
-IMAGE_SIGNATURES = (IMAGE_TENSOR, IMAGE_BYTES, TF_EXAMPLE)
+IMAGE_TENSOR_TTA = "image_tensor_tta"
+IMAGE_SIGNATURES = (IMAGE_TENSOR, IMAGE_BYTES, TF_EXAMPLE, IMAGE_TENSOR_TTA)
 TEXT_SIGNATURES = (TOKEN_IDS, TEXT)
 TENSOR_SIGNATURES = (IMAGE_TENSOR, TOKEN_IDS)
 STRING_INPUT_SIGNATURES = (IMAGE_BYTES, TF_EXAMPLE, TEXT)
@@ -110,7 +117,7 @@ def decode_images(encoded, size: tuple[int, int]):
 
 def input_specs(model: keras.Model, signature: str, image_dtype: str = "float32") -> dict:
     """The named `tf.TensorSpec`s a signature takes."""
-    if signature == IMAGE_TENSOR:
+    if signature in (IMAGE_TENSOR, IMAGE_TENSOR_TTA):
         if image_dtype not in _IMAGE_DTYPES:
             raise ValueError(
                 f"`image_dtype` must be one of {_IMAGE_DTYPES}. "
@@ -137,6 +144,7 @@ def serving_function(
     top_k: int = 5,
     preprocessor=None,
     numeric_only: bool = False,
+    tta: str = "dihedral",
 ):
     """A `tf.function` with a fixed input signature for one exported signature.
 
@@ -147,6 +155,7 @@ def serving_function(
         top_k: how many labels `class_name` holds (at most the class count).
         preprocessor: a KerasHub text preprocessor, for the `text` signature.
         numeric_only: leave out the string output (for ONNX).
+        tta: the test-time views of `image_tensor_tta` (`dihedral` or `flip`).
 
     Returns:
         A `tf.function` taking the inputs of `input_specs` as keyword
@@ -156,7 +165,7 @@ def serving_function(
     names = list(specs)
     outputs = _output_fn(model, top_k, numeric_only)
 
-    if signature == IMAGE_TENSOR:
+    if signature in (IMAGE_TENSOR, IMAGE_TENSOR_TTA):
 
         def model_inputs(images):
             return tf.cast(images, tf.float32)
@@ -183,12 +192,34 @@ def serving_function(
             tokens = preprocessor(text)
             return {name: tf.cast(tokens[name], tf.int32) for name in model.input}
 
+    views = _tta_views(model, tta) if signature == IMAGE_TENSOR_TTA else (0,)
+
     def serve(*args):
         inputs = model_inputs(**dict(zip(names, args, strict=True)))
-        logits = keras.tree.flatten(model(inputs, training=False))[0]
-        return outputs(logits)
+        if len(views) == 1:
+            return outputs(keras.tree.flatten(model(inputs, training=False))[0])
+        probabilities = [
+            tf.nn.softmax(keras.tree.flatten(model(dihedral_view(inputs, v), training=False))[0])
+            for v in views
+        ]
+        return outputs(tf.math.log(tf.reduce_mean(tf.stack(probabilities), axis=0)))
 
     return tf.function(serve, input_signature=list(specs.values()), autograph=False)
+
+
+def _tta_views(model: keras.Model, tta: str) -> tuple[int, ...]:
+    if getattr(model, "task", "classification") != "classification":
+        raise ValueError(
+            f"`{IMAGE_TENSOR_TTA}` averages softmax probabilities: single-label "
+            f"classification only. Received: a {model.task} model."
+        )
+    views = tta_views(tta)
+    if len(views) < 2:
+        raise ValueError(
+            f"`{IMAGE_TENSOR_TTA}` needs test-time views: `tta` 'dihedral' or 'flip'. "
+            f"Received: tta={tta!r}."
+        )
+    return views
 
 
 def probabilities_of(model: keras.Model, logits):

@@ -8,6 +8,12 @@ that shares the model's upper layers, so training the trainer trains the
 model. `cache_features` runs the extractor once over a dataset and replays
 the result batch by batch, in memory up to a bound and on disk beyond it.
 
+Augmentation-aware caching: with `views` (`kerastl.data.views_of`), the
+frozen part runs once over each of K fixed views of every training batch (the
+8 dihedral symmetries, or K seeded draws of a random policy), and each epoch
+serves one view per example, drawn afresh: a probe or a top-group stage gets
+augmentation at caching speed.
+
 The frozen part always runs in inference mode when cached: BatchNorm
 already does so when frozen; Dropout inside frozen layers (Keras applies it
 even to frozen layers) is off, as it should be for a fixed feature extractor.
@@ -24,6 +30,7 @@ import numpy as np
 
 from kerastl._graph import close_upward, crossing_tensors
 from kerastl.backbones.spec import TEXT
+from kerastl.data.augment import Views
 from kerastl.distribute.keras_fixes import FixedFunctional
 from kerastl.groups import LayerGroups
 
@@ -155,6 +162,9 @@ class FeatureCache:
         dataset: batches of `(inputs, labels)` or `(inputs, labels, weights)`.
         memory_limit_mb: the in-memory bound.
         directory: where to spill beyond the bound.
+        views: fixed views of each input batch (`kerastl.data.views_of`):
+            the features of every view are kept, and `dataset` serves one
+            view per example; None: the inputs as they are.
         verbose: 0 silent, 2 one line at the end, else a progress bar (as `fit`).
 
     Example:
@@ -169,6 +179,7 @@ class FeatureCache:
         *,
         memory_limit_mb: float = 1024,
         directory: str | os.PathLike | None = None,
+        views: Views | None = None,
         verbose: int | str = 1,
     ):
         import tensorflow as tf
@@ -183,6 +194,8 @@ class FeatureCache:
         self._temporary = None
         self._layout: list = []
         self._num_features = 0
+        self.num_views = views.count if views is not None else 1
+        self._views_stacked = views is not None
         self.nbytes = 0
         # One trace for every batch: any batch size, and any length where it varies.
         signature = tf.nest.map_structure(
@@ -194,9 +207,17 @@ class FeatureCache:
         progress = keras.utils.Progbar(
             total if total > 0 else None, unit_name="batch", verbose=2 if verbose == 2 else 1
         )
+
+        def extract(inputs):
+            return [np.asarray(array) for array in keras.tree.flatten(run(inputs))]
+
         for step, batch in enumerate(dataset):
             inputs, rest = batch[0], tuple(np.asarray(part) for part in batch[1:])
-            features = tuple(np.asarray(array) for array in keras.tree.flatten(run(inputs)))
+            if views is None:
+                features = tuple(extract(inputs))
+            else:  # [views, batch, ...] per output
+                per_view = [extract(views(inputs, index)) for index in range(views.count)]
+                features = tuple(np.stack(parts) for parts in zip(*per_view, strict=True))
             self._store((features, *rest), memory_limit_mb * 2**20)
             if verbose:
                 progress.update(step + 1)
@@ -212,7 +233,13 @@ class FeatureCache:
         flat = [*element[0], *element[1:]]
         if not self._layout:
             self._num_features = len(element[0])
-            self._layout = [((None, *part.shape[1:]), part.dtype) for part in flat]
+            batch_axis = [
+                1 if self._views_stacked and i < self._num_features else 0 for i in range(len(flat))
+            ]
+            self._layout = [
+                (tuple(None if axis == b else d for axis, d in enumerate(part.shape)), part.dtype)
+                for part, b in zip(flat, batch_axis, strict=True)
+            ]
         self._layout = [  # a dimension that varies between batches (text length) is None
             (tuple(d if d == n else None for d, n in zip(shape, part.shape, strict=True)), dtype)
             for (shape, dtype), part in zip(self._layout, flat, strict=True)
@@ -245,13 +272,17 @@ class FeatureCache:
                 flat = [np.load(file) for _ in self._layout]
         return (tuple(flat[: self._num_features]), *flat[self._num_features :])
 
-    def dataset(self, shuffle_seed: int | None = None):
+    def dataset(self, shuffle_seed: int | None = None, view_seed: int = 0):
         """The cached batches as a `tf.data.Dataset`.
 
         Args:
             shuffle_seed: None: the original order every epoch; an integer: a
                 new order of the batches each epoch, from this seed (the
                 examples inside a batch stay together).
+            view_seed: with views, which view each example gets: every epoch,
+                batch after batch (in the order served), the view indices are
+                `numpy.random.default_rng(view_seed).integers(num_views,
+                size=batch_size)` drawn from one generator kept across epochs.
 
         Returns:
             A dataset of `((features...), labels[, weights])` batches.
@@ -259,13 +290,25 @@ class FeatureCache:
         import tensorflow as tf
 
         rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
+        view_rng = np.random.default_rng(view_seed)
 
         def elements():
             count = self.num_batches
             for index in rng.permutation(count) if rng is not None else range(count):
-                yield self._batch(int(index))
+                features, *rest = self._batch(int(index))
+                if self.num_views > 1:
+                    size = len(features[0][0])
+                    chosen = view_rng.integers(self.num_views, size=size)
+                    features = tuple(part[chosen, np.arange(size)] for part in features)
+                elif self._views_stacked:
+                    features = tuple(part[0] for part in features)
+                yield (features, *rest)
 
         specs = [_spec(part) for part in self._layout]
+        if self._views_stacked:
+            specs[: self._num_features] = [
+                tf.TensorSpec(spec.shape[1:], spec.dtype) for spec in specs[: self._num_features]
+            ]
         signature = (tuple(specs[: self._num_features]), *specs[self._num_features :])
         dataset = tf.data.Dataset.from_generator(elements, output_signature=signature)
         return dataset.apply(tf.data.experimental.assert_cardinality(self.num_batches)).prefetch(
@@ -284,6 +327,9 @@ class FeatureStore:
         directory: where caches beyond the bound go, one folder per boundary.
         shuffle_seed: cached training batches in a new seeded order each epoch
             (see `FeatureCache.dataset`); None keeps the stored order.
+        views: fixed views of the training batches (`kerastl.data.views_of`),
+            one served per example each epoch; validation data is never augmented.
+        view_seed: the seed of the view drawn for each example.
         verbose: as `FeatureCache`.
 
     Example:
@@ -297,9 +343,13 @@ class FeatureStore:
         memory_limit_mb: float = 1024,
         directory: str | os.PathLike | None = None,
         shuffle_seed: int | None = 0,
+        views: Views | None = None,
+        view_seed: int = 0,
         verbose: int | str = 1,
     ):
         self.memory_limit_mb = memory_limit_mb
+        self.views = views
+        self.view_seed = view_seed
         self.directory = os.fspath(directory) if directory is not None else None
         self.shuffle_seed = shuffle_seed
         self.verbose = verbose
@@ -322,24 +372,29 @@ class FeatureStore:
             self._caches, self._data = {}, pair
         if split.boundary not in self._caches:
             if self.verbose:
-                print(f"kerastl: caching {split.boundary} (once) ...")
+                views = f" of {self.views.count} views" if self.views else ""
+                print(f"kerastl: caching {split.boundary}{views} (once) ...")
             self._caches[split.boundary] = [
-                None if data is None else self._cache(split, data, name)
-                for name, data in (("train", train), ("validation", validation))
+                None if data is None else self._cache(split, data, name, views)
+                for name, data, views in (
+                    ("train", train, self.views),
+                    ("validation", validation, None),
+                )
             ]
         train_cache, validation_cache = self._caches[split.boundary]
         return (
-            train_cache.dataset(self.shuffle_seed),
+            train_cache.dataset(self.shuffle_seed, self.view_seed),
             validation_cache.dataset() if validation_cache else None,
         )
 
-    def _cache(self, split: Split, data, name: str) -> FeatureCache:
+    def _cache(self, split: Split, data, name: str, views: Views | None) -> FeatureCache:
         slug = "".join(c if c.isalnum() else "_" for c in split.boundary)
         return FeatureCache(
             split.extractor,
             data,
             memory_limit_mb=self.memory_limit_mb,
             directory=os.path.join(self.directory, slug, name) if self.directory else None,
+            views=views,
             verbose=self.verbose,
         )
 

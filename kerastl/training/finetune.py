@@ -12,8 +12,10 @@ Feature caching: a stage whose lower layers are all frozen runs them once
 over the data and trains the upper part on the stored outputs (pooled
 features for a head stage, the last frozen group's output for a top-group
 stage). The upper layers are shared, so the model holds what was trained.
-Augmentation (`augmentation=`) rules caching out: cached features would
-freeze one random draw.
+With an augmentation, caching needs `cache_views=K`: the features of K fixed
+views of every training example are cached and one is served per example
+each epoch (stages that train end to end draw fresh augmentations); without
+it, cached features would replay one random draw, so stages train end to end.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import warnings
 import keras
 
 from kerastl._validation import check_positive_int
+from kerastl.data.augment import views_of
 from kerastl.data.sampling import balanced_class_weights
 from kerastl.freezing import freeze, freeze_to, unfreeze
 from kerastl.groups import COARSE, LayerGroups
 from kerastl.models import TransferModel
 from kerastl.optimizers import discriminative_optimizer
 from kerastl.training import run_directory
+from kerastl.training.ema import EmaWeights
 from kerastl.training.feature_cache import CacheRefused, FeatureStore, split_model
 from kerastl.training.losses import SparseSmoothedCrossentropy
 from kerastl.training.metrics import BalancedAccuracy
@@ -65,6 +69,10 @@ class Stage:
         train_bn: let BatchNormalization layers in training groups update.
         warmup: fraction of the stage's steps spent rising linearly to `lr`.
         schedule: `constant` after warm-up, or `cosine` decay to 0.
+        ema: keep an exponential moving average of the trained weights with
+            this momentum (e.g. 0.99; Keras's `use_ema`): validation, the
+            best-epoch checkpoint and the stage's final weights are the
+            averaged ones; None: off.
 
     Example:
         >>> kerastl.Stage(epochs=5, train="block6", lr=1e-4, lr_mult=10, patience=2)
@@ -83,6 +91,7 @@ class Stage:
     train_bn: bool = False
     warmup: float = 0.0
     schedule: str = "constant"
+    ema: float | None = None
 
     def __post_init__(self):
         check_positive_int("epochs", self.epochs)
@@ -116,6 +125,8 @@ class Stage:
             raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={self.dropout!r}.")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"`warmup` must be in [0, 1). Received: warmup={self.warmup!r}.")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"`ema` must be in (0, 1). Received: ema={self.ema!r}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"`schedule` must be one of {SCHEDULES}. Received: schedule={self.schedule!r}."
@@ -160,6 +171,8 @@ class Stage:
         # tracked variable, and the model can then no longer be exported.
         rate = schedule(self.lr) if schedule is not None and not grouped else self.lr
         options = {"weight_decay": self.weight_decay} if self.weight_decay else {}
+        if self.ema is not None:
+            options.update(use_ema=True, ema_momentum=self.ema)
         if self.optimizer == "sgd":
             template = keras.optimizers.SGD(rate, momentum=0.9, **options)
         elif self.optimizer == "adamw":
@@ -200,12 +213,19 @@ class FineTuner:
         model: a classification `TransferModel` (built inside `strategy.scope()`).
         strategy: the tf.distribute strategy (default: the model's).
         cache_features: None (default): cache whenever a stage's lower layers
-            are frozen and there is no augmentation, else say why not and
-            train end to end; True: the same, but an augmentation or a model
-            that cannot be cut there is an error; False: never.
+            are frozen (and, with an augmentation, `cache_views` is set), else
+            say why not and train end to end; True: the same, but a model that
+            cannot be cut there, or an augmentation without `cache_views`, is
+            an error; False: never.
         augmentation: a Keras layer applied to training inputs only
             (`training=True`), inside the input pipeline: never part of the
-            model, so never in an export.
+            model, so never in an export (`kerastl.data.augmentation`).
+        cache_views: with an augmentation, cache the frozen features of this
+            many fixed views of every training example (`kerastl.data.views_of`:
+            the 8 exact symmetries for the `dihedral` policy with 8, else
+            seeded random draws) and serve one view per example each epoch,
+            drawn with `cache_shuffle_seed` (0 if None). None: no caching
+            with an augmentation.
         cache_memory_mb: cached features kept in memory up to this size,
             written to `cache_dir` (or a temporary folder) beyond it.
         cache_dir: where features beyond the memory bound go.
@@ -241,6 +261,7 @@ class FineTuner:
         strategy=None,
         cache_features: bool | None = None,
         augmentation: keras.layers.Layer | None = None,
+        cache_views: int | None = None,
         cache_memory_mb: float = 1024,
         cache_dir: str | os.PathLike | None = None,
         cache_shuffle_seed: int | None = 0,
@@ -255,13 +276,22 @@ class FineTuner:
     ):
         if not isinstance(model, TransferModel):
             raise TypeError(f"FineTuner needs a kerastl.TransferModel. Received: model={model!r}.")
-        if cache_features and augmentation is not None:
+        if cache_features and augmentation is not None and cache_views is None:
             raise ValueError(
-                "Cannot cache features with augmentation: the cached features would hold one "
-                "random augmentation of each input, replayed every epoch, instead of a new one. "
-                "Pass cache_features=None (cache only without augmentation) or False. "
-                f"Received: cache_features=True, augmentation={augmentation!r}."
+                "Cannot cache features with augmentation without `cache_views`: the cached "
+                "features would hold one random augmentation of each input, replayed every "
+                "epoch, instead of a new one. Pass cache_views=K (K fixed views per example, "
+                "one served each epoch), cache_features=None (cache only without augmentation) "
+                f"or False. Received: cache_features=True, augmentation={augmentation!r}."
             )
+        if cache_views is not None and augmentation is None:
+            raise ValueError(
+                "`cache_views` needs an `augmentation` to draw the views from. "
+                f"Received: cache_views={cache_views!r}, augmentation=None."
+            )
+        views = None
+        if cache_views is not None:
+            views = views_of(augmentation, cache_views, seed=cache_shuffle_seed or 0)
         if not (class_weight in (None, "balanced") or isinstance(class_weight, dict)):
             raise ValueError(
                 "`class_weight` must be None, 'balanced' or a dict. "
@@ -269,7 +299,9 @@ class FineTuner:
             )
         self.model = model
         self.strategy = strategy or model.distribute_strategy
-        self.cache_features = cache_features is not False and augmentation is None
+        self.cache_features = cache_features is not False and (
+            augmentation is None or views is not None
+        )
         self._cache_required = cache_features is True
         self.augmentation = augmentation
         self.class_weight = class_weight
@@ -287,10 +319,20 @@ class FineTuner:
             memory_limit_mb=cache_memory_mb,
             directory=cache_dir,
             shuffle_seed=cache_shuffle_seed,
+            views=views,
+            view_seed=cache_shuffle_seed or 0,
             verbose=verbose,
         )
-        if self.verbose and augmentation is not None and cache_features is None:
-            print("kerastl: not caching features: the training inputs are augmented.")
+        if (
+            self.verbose
+            and augmentation is not None
+            and cache_views is None
+            and cache_features is None
+        ):
+            print(
+                "kerastl: not caching features: the training inputs are augmented "
+                "(cache_views=K caches K views of each)."
+            )
 
     def fit(self, train, validation=None, *, stages) -> keras.callbacks.History:
         """Trains stage after stage; epochs are numbered across stages.
@@ -325,8 +367,7 @@ class FineTuner:
         train = self.model.prepare_data(train)  # raw strings -> tokens; wrong inputs raise here
         validation = self.model.prepare_data(validation)
         class_weight = self._class_weight(train)
-        if self.augmentation is not None:
-            train = _augmented(train, self.augmentation)
+        augmented = train if self.augmentation is None else _augmented(train, self.augmentation)
         history = keras.callbacks.History()
         history.history, history.epoch = {}, []
         self.stage_starts, self.stage_summaries = [], []
@@ -335,7 +376,7 @@ class FineTuner:
             self.stage_starts.append(epoch)
             self.recorder.stage = f"{number}:{stage.train}"
             started = time.perf_counter()
-            result, cached = self._run(stage, train, validation, epoch, class_weight)
+            result, cached = self._run(stage, train, augmented, validation, epoch, class_weight)
             self.stage_summaries.append(
                 {
                     "stage": self.recorder.stage,
@@ -365,7 +406,8 @@ class FineTuner:
             )
         return history
 
-    def _run(self, stage: Stage, train, validation, first_epoch: int, class_weight):
+    def _run(self, stage: Stage, train, augmented, validation, first_epoch: int, class_weight):
+        """One stage: cached from `train` (its views, if any) or end to end on `augmented`."""
         model = self.model
         callbacks = [self.recorder, *self.callbacks]
         if stage.patience:
@@ -376,6 +418,8 @@ class FineTuner:
             callbacks.append(
                 keras.callbacks.TensorBoard(os.path.join(self.run_dir, "logs"), write_graph=False)
             )
+        if stage.ema is not None:
+            callbacks.append(EmaWeights())  # last: the others see the averaged weights
         granularity = granularity_of(model, stage.train)
         steps = int(train.cardinality()) * stage.epochs
         with self.strategy.scope():
@@ -400,9 +444,9 @@ class FineTuner:
         if split is not None:
             if split.note and self.verbose:
                 print(f"kerastl: caching {split.boundary}: {split.note}.")
-            train, validation = self.features.datasets(split, train, validation)
+            augmented, validation = self.features.datasets(split, train, validation)
         result = target.fit(
-            train,
+            augmented,
             validation_data=validation,
             initial_epoch=first_epoch,
             epochs=first_epoch + stage.epochs,

@@ -88,6 +88,40 @@ class RunRecorder(keras.callbacks.Callback):
                 path = os.path.join(self.directory, BEST_WEIGHTS)
                 write_atomically(path, self.full_model.save_weights)
 
+    def best_per_stage(self) -> list[tuple[str, float, int]]:
+        """`(stage, best monitored value, its epoch)` for each stage that logged it.
+
+        Example:
+            >>> tuner.recorder.best_per_stage()
+            [('1:head', 0.8357, 6), ('2:all', 0.8712, 12)]
+        """
+        best: dict[str, tuple[float, int]] = {}
+        for row in self.rows:
+            value = row.get(self.monitor)
+            if value is None or not np.isfinite(value):
+                continue
+            kept = best.get(row["stage"])
+            better = kept is None or (value < kept[0] if self.lower_is_better else value > kept[0])
+            if better:
+                best[row["stage"]] = (value, row["epoch"])
+        return [(stage, value, epoch) for stage, (value, epoch) in best.items()]
+
+    def stage_gains(self) -> str:
+        """One line: each stage's best monitored value, and the last stage's gain
+        over the first (the fine-tuning stages over the probe).
+
+        Example:
+            >>> print(tuner.recorder.stage_gains())
+            1:head 0.8357 (epoch 6), 2:all 0.8712 (epoch 12); last stage vs first: +0.0355
+        """
+        per_stage = self.best_per_stage()
+        line = ", ".join(
+            f"{stage} {value:.4f} (epoch {epoch})" for stage, value, epoch in per_stage
+        )
+        if len(per_stage) > 1:
+            line += f"; last stage vs first: {per_stage[-1][1] - per_stage[0][1]:+.4f}"
+        return line
+
     def restore_best(self) -> bool:
         """Puts the best epoch's weights back into the model; False if none was seen."""
         if self._best_weights is None:
@@ -177,6 +211,7 @@ def write_report(
     if recorder.best_epoch is not None:
         best = f"{recorder.monitor} = {recorder.best:.4f}"
         lines.append(f"- best epoch: {recorder.best_epoch} ({best})")
+        lines.append(f"- best per stage: {recorder.stage_gains()}")
     if recorder.rows:
         final = {k: v for k, v in recorder.rows[-1].items() if k.startswith("val_")}
         lines.append("- last epoch: " + ", ".join(f"{k} = {v:.4f}" for k, v in final.items()))

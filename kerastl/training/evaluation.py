@@ -1,0 +1,187 @@
+"""Scores of a trained classifier on labelled data, plain and with test-time augmentation.
+
+`evaluate` reads the data once: each batch is classified as it is and, with
+`tta`, under each test-time view (`kerastl.data.tta_views`), the views'
+softmax probabilities averaged. Both confusion matrices come from that one
+pass, so a test split is touched exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from kerastl.data.augment import dihedral_view, tta_views
+
+
+@dataclasses.dataclass
+class Scores:
+    """Accuracy, balanced accuracy and per-class recall of one confusion matrix.
+
+    Args:
+        matrix: `[classes, classes]` counts, rows the true class.
+        class_names: the classes in label order.
+    """
+
+    matrix: np.ndarray
+    class_names: list[str]
+
+    @property
+    def examples(self) -> int:
+        return int(self.matrix.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.matrix) / max(self.examples, 1))
+
+    @property
+    def recall(self) -> dict[str, float]:
+        """Per-class recall (nan for a class with no examples)."""
+        support = self.matrix.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.diag(self.matrix) / support
+        return {name: float(v) for name, v in zip(self.class_names, values, strict=True)}
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean recall over the classes that occur."""
+        present = [v for v in self.recall.values() if not np.isnan(v)]
+        return float(np.mean(present)) if present else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "examples": self.examples,
+            "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+            "recall": self.recall,
+        }
+
+    def one_line(self) -> str:
+        recall = ", ".join(f"{name} {value:.3f}" for name, value in self.recall.items())
+        return (
+            f"accuracy {self.accuracy:.4f}, balanced accuracy {self.balanced_accuracy:.4f} "
+            f"(recall: {recall}; {self.examples} examples)"
+        )
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """The plain scores and, with test-time augmentation, the averaged ones.
+
+    Args:
+        plain: `Scores` of the model on the inputs as they are.
+        tta: `Scores` of the mean probabilities over the test-time views, or None.
+        tta_name: which views (`flip`, `dihedral`), or `none`.
+    """
+
+    plain: Scores
+    tta: Scores | None = None
+    tta_name: str = "none"
+
+    def markdown(self, title: str = "Test") -> str:
+        """A report section: both scores, per-class recall, the confusion matrices."""
+        lines = [f"## {title}", ""]
+        runs = [("plain", self.plain)]
+        if self.tta is not None:
+            runs.append((f"TTA ({self.tta_name}, mean of probabilities)", self.tta))
+        lines += [
+            "| | accuracy | balanced accuracy | "
+            + " | ".join(f"recall {name}" for name in self.plain.class_names)
+            + " |",
+            "|" + " --- |" * (3 + len(self.plain.class_names)),
+        ]
+        for name, scores in runs:
+            recall = " | ".join(f"{v:.4f}" for v in scores.recall.values())
+            lines.append(
+                f"| {name} | {scores.accuracy:.4f} | {scores.balanced_accuracy:.4f} | {recall} |"
+            )
+        for name, scores in runs:
+            lines += ["", f"Confusion matrix, {name} (rows: true, columns: predicted):", ""]
+            names = scores.class_names
+            lines += ["| | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+            lines += [
+                f"| {label} | " + " | ".join(str(int(c)) for c in row) + " |"
+                for label, row in zip(names, scores.matrix, strict=True)
+            ]
+        return "\n".join(lines)
+
+
+def predict_probabilities(model: keras.Model, inputs, *, tta: str = "none") -> np.ndarray:
+    """Class probabilities, averaged over the test-time views with `tta`.
+
+    Args:
+        model: a classifier producing logits (a `TransferModel`).
+        inputs: a batch of images `[batch, size, size, 3]` (or, with `tta="none"`,
+            any inputs the model takes).
+        tta: `none`, `flip` (identity and horizontal mirror) or `dihedral` (all 8).
+
+    Returns:
+        `[batch, classes]` probabilities.
+
+    Example:
+        >>> probabilities = kerastl.predict_probabilities(model, images, tta="dihedral")
+    """
+    return _view_probabilities(model, inputs, tta_views(tta)).mean(axis=0)
+
+
+def evaluate(
+    model: keras.Model,
+    dataset,
+    *,
+    tta: str = "none",
+    class_names: Sequence[str] | None = None,
+) -> Evaluation:
+    """Plain and test-time-augmented scores from one pass over `dataset`.
+
+    Args:
+        model: a trained classifier producing logits (a `TransferModel`).
+        dataset: batches of `(inputs, integer labels)`.
+        tta: `none`, `flip` or `dihedral`: the views whose mean probabilities
+            give the TTA scores (images only).
+        class_names: names for the report (default: the model's, else numbers).
+
+    Returns:
+        An `Evaluation` (`.plain`, `.tta`).
+
+    Example:
+        >>> result = kerastl.evaluate(model, test_ds, tta="dihedral")
+        >>> print(result.plain.accuracy, result.tta.accuracy)
+    """
+    views = tta_views(tta)
+    if len(views) > 1 and getattr(model, "modality", "image") != "image":
+        raise ValueError(
+            f"Test-time views are image transforms. Received: tta={tta!r} for a "
+            f"{model.modality} model."
+        )
+    names = list(class_names or getattr(model, "class_names", None) or [])
+    classes = None
+    plain = averaged = None
+    for batch in dataset:
+        # Direct calls, not `predict`: under a multi-worker strategy `predict`
+        # returns the global batch's outputs, which do not line up with these labels.
+        probabilities = _view_probabilities(model, batch[0], views)
+        labels = np.asarray(batch[1]).reshape(-1)
+        if classes is None:
+            classes = probabilities.shape[-1]
+            plain = np.zeros((classes, classes), np.int64)
+            averaged = np.zeros_like(plain)
+        np.add.at(plain, (labels, probabilities[0].argmax(-1)), 1)
+        np.add.at(averaged, (labels, probabilities.mean(axis=0).argmax(-1)), 1)
+    if classes is None:
+        raise ValueError("Cannot evaluate on an empty dataset.")
+    names = names if len(names) == classes else [str(i) for i in range(classes)]
+    tta_scores = Scores(averaged, names) if len(views) > 1 else None
+    return Evaluation(Scores(plain, names), tta_scores, tta)
+
+
+def _view_probabilities(model, inputs, views) -> np.ndarray:
+    """`[views, batch, classes]` softmax probabilities, view 0 the identity."""
+    outputs = []
+    for view in views:
+        viewed = inputs if view == 0 else dihedral_view(inputs, view)
+        logits = keras.tree.flatten(model(viewed, training=False))[0]
+        outputs.append(keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1)))
+    return np.stack(outputs)

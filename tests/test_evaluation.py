@@ -1,0 +1,80 @@
+"""`kerastl.evaluate`: plain and test-time-augmented scores from one pass."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kerastl
+
+
+def _model():
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(6, 3, activation="relu")(inputs)
+    backbone = keras.Model(inputs, keras.layers.Conv2D(8, 3)(x), name="tiny")
+    keras.utils.set_random_seed(3)
+    model = kerastl.TransferModel(backbone, 3, preprocessing="tf", class_names=["a", "b", "c"])
+    kernel = np.random.default_rng(1).normal(0, 30, model.head_layer.kernel.shape)
+    model.head_layer.kernel.assign(kernel)  # predictions that depend on orientation
+    return model
+
+
+def _data(count=20):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (count, 16, 16, 3)).astype("float32")
+    return x, rng.integers(0, 3, count)
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_tta_scores_are_those_of_the_mean_probability_over_the_views():
+    model = _model()
+    x, y = _data()
+    symmetries = [np.rot90(x, k, axes=(1, 2)) for k in range(4)]
+    symmetries += [np.flip(view, axis=2) for view in symmetries]
+    per_view = np.stack(  # batches of 6, as evaluated below: the very same computations
+        [
+            np.concatenate(
+                [
+                    _softmax(np.asarray(model(np.ascontiguousarray(v[i : i + 6]), training=False)))
+                    for i in range(0, len(v), 6)
+                ]
+            )
+            for v in symmetries
+        ]
+    )
+    result = kerastl.evaluate(
+        model, tf.data.Dataset.from_tensor_slices((x, y)).batch(6), tta="dihedral"
+    )
+    expected = np.zeros((3, 3), int)
+    np.add.at(expected, (y, per_view.mean(0).argmax(-1)), 1)
+    np.testing.assert_array_equal(result.tta.matrix, expected)
+    plain = np.zeros((3, 3), int)
+    np.add.at(plain, (y, per_view[0].argmax(-1)), 1)
+    np.testing.assert_array_equal(result.plain.matrix, plain)
+    assert not np.array_equal(per_view.mean(0).argmax(-1), per_view[0].argmax(-1))  # TTA matters
+    np.testing.assert_allclose(
+        kerastl.predict_probabilities(model, x[:6], tta="dihedral"),
+        per_view[:, :6].mean(0),
+        atol=1e-6,
+    )
+    recall = [plain[i, i] / plain[i].sum() for i in range(3)]
+    assert result.plain.recall == pytest.approx(dict(zip("abc", recall, strict=True)))
+    assert result.plain.balanced_accuracy == pytest.approx(np.mean(recall))
+    assert result.plain.accuracy == pytest.approx(np.trace(plain) / 20)
+    report = result.markdown()
+    assert "| TTA (dihedral, mean of probabilities) |" in report and "recall c" in report
+
+
+def test_tta_names_are_checked_and_text_models_refuse_image_views():
+    model = _model()
+    with pytest.raises(ValueError, match=r"`tta` must be one of \('dihedral', 'flip', 'none'\)"):
+        kerastl.evaluate(model, [], tta="rotate")
+    model.modality = "text"
+    with pytest.raises(
+        ValueError, match=r"image transforms\. Received: tta='flip' for a text model"
+    ):
+        kerastl.evaluate(model, [], tta="flip")
