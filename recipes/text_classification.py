@@ -73,9 +73,16 @@ def main(config: RunConfig, verbose: int) -> None:
     started = time.perf_counter()
     tuner.fit(data.train, data.validation, stages=config.stages)
     seconds = time.perf_counter() - started
+    # The test split: evaluated once, with the best epoch's weights.
+    test = None if data.test is None else kerastl.evaluate(model, data.test)
+    sections = [test.markdown("Test (evaluated once, after training)")] if test else []
+    report = tuner.write_report(data.validation, title=config.name, extra_sections=sections)
     best, epoch, monitor = tuner.recorder.best, tuner.recorder.best_epoch, tuner.recorder.monitor
     print(f"kerastl: Best epoch {epoch}: {monitor} = {best:.4f} ({seconds:.0f}s training)")
-    print(f"kerastl: Report: {tuner.write_report(data.validation, title=config.name)}")
+    print(f"kerastl: Best {monitor} per stage: {tuner.recorder.stage_gains()}")
+    print(f"kerastl: Report: {report}")
+    if test is not None:
+        print(f"kerastl: Test (once, best epoch's model): {test.plain.one_line()}")
     probabilities = keras.ops.softmax(model.predict(REVIEWS, verbose=0))
     for review, row in zip(REVIEWS, keras.ops.convert_to_numpy(probabilities), strict=True):
         scores = dict(zip(data.class_names, row.round(3).tolist(), strict=True))

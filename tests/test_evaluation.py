@@ -61,6 +61,11 @@ def test_tta_scores_are_those_of_the_mean_probability_over_the_views():
         per_view[:, :6].mean(0),
         atol=1e-6,
     )
+    np.testing.assert_allclose(  # `flip`: the identity and the horizontal mirror
+        kerastl.predict_probabilities(model, x[:6], tta="flip"),
+        per_view[[0, 4], :6].mean(0),
+        atol=1e-6,
+    )
     recall = [plain[i, i] / plain[i].sum() for i in range(3)]
     assert result.plain.recall == pytest.approx(dict(zip("abc", recall, strict=True)))
     assert result.plain.balanced_accuracy == pytest.approx(np.mean(recall))

@@ -517,8 +517,8 @@ def test_samples_from_length_bucketed_text_batches_are_padded_to_one_length():
     np.testing.assert_array_equal(samples["padding_mask"].sum(axis=1), [3, 3, 5])
 
 
-@pytest.mark.parametrize("tta", ["dihedral", "flip"])
-def test_the_tta_signature_matches_the_mean_of_keras_over_the_views(tmp_path, tta):
+def test_the_tta_signature_matches_the_mean_of_keras_over_the_views(tmp_path):
+    tta = "dihedral"
     model = _tiny_image_model()
     path = kx.saved_model(model, tmp_path / "sm", signatures="image_tensor_tta", tta=tta)
     with open(os.path.join(path, "assets.extra", "parity.json")) as file:
@@ -527,10 +527,8 @@ def test_the_tta_signature_matches_the_mean_of_keras_over_the_views(tmp_path, tt
     loaded = tf.saved_model.load(path)
     images = np.round(_images(6, seed=4, size=32))
     probabilities = loaded.signatures["image_tensor_tta"](images=images)["probabilities"]
-    views = [images, images[:, :, ::-1]]
-    if tta == "dihedral":
-        views = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
-        views += [v[:, :, ::-1] for v in views]
+    views = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
+    views += [v[:, :, ::-1] for v in views]
     keras_mean = np.mean(
         [keras.ops.softmax(model(np.ascontiguousarray(v), training=False)) for v in views], axis=0
     )

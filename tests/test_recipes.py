@@ -45,6 +45,7 @@ def _run_dir(result) -> Path:
 TINY_IMAGE_RUN = (
     "data.limit=32",
     "data.validation_limit=16",
+    "data.test_limit=16",
     "model.image_size=32",
     "stages.0.epochs=1",
     "stages.1.epochs=1",
@@ -92,6 +93,7 @@ def test_text_recipe_runs_one_step_of_each_stage_on_tiny_data(tmp_path):
         f"data.data_dir={tmp_path / 'tfds'}",
         "data.limit=48",
         "data.validation_limit=16",
+        "data.test_limit=16",
         "stages.0.epochs=1",
         "stages.1.epochs=1",
     )
@@ -119,6 +121,7 @@ def test_on_elpv_fine_tuning_beats_the_same_network_from_scratch(tmp_path):
             "export=false",
             "model.image_size=96",
             "data.limit=512",
+            "data.test_limit=64",
             "stages.0.epochs=3",
             "stages.1.epochs=1",
         ],

@@ -88,6 +88,8 @@ class DataConfig:
         limit: use N training examples (quick runs), each class keeping its
             share, drawn after a shuffle seeded with `shuffle_seed`.
         validation_limit: the same for validation examples.
+        test_limit: the same for test examples (quick runs; the reported
+            test scores are then on that sample only).
         augment: an augmentation policy (`light`, `orientation_free`,
             `natural`) or a list of augmentations (`flip`, `dihedral`, ...;
             `kerastl.data.augmentation`), training inputs only.
@@ -113,6 +115,7 @@ class DataConfig:
     shuffle_seed: int = 0
     limit: int | None = None
     validation_limit: int | None = None
+    test_limit: int | None = None
     augment: tuple[str, ...] = ()
     tta: str = "none"
     bucket_by_length: bool = True

@@ -35,6 +35,8 @@ class RunResult:
         transfer: the transfer report's rows, or None.
         test: the test data's `Evaluation` (`kerastl.evaluate`, evaluated
             once after training, with `data.tta`), or None.
+        best_per_stage: `(stage, best monitored value, epoch)` per stage.
+        seconds: training time (the stages, not data loading or export).
     """
 
     run_dir: str
@@ -45,6 +47,8 @@ class RunResult:
     model: object
     transfer: list[dict] | None = None
     test: Evaluation | None = None
+    best_per_stage: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
 
 
 def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
@@ -141,7 +145,18 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
             say(f"Test with TTA ({config.data.tta}): {test_results.tta.one_line()}")
     if saved_model:
         say(f"SavedModel: {saved_model}")
-    return RunResult(run_dir, report, saved_model, history, best, model, transfer, test_results)
+    return RunResult(
+        run_dir,
+        report,
+        saved_model,
+        history,
+        best,
+        model,
+        transfer,
+        test_results,
+        tuner.recorder.best_per_stage(),
+        seconds,
+    )
 
 
 def lr_find_for_config(config: RunConfig):

@@ -150,5 +150,5 @@ def _batches(config: RunConfig, train_raw, validation_raw, test_raw=None):
 
     train = make(train_raw, shuffle=True, limit=data.limit)
     validation = make(validation_raw, limit=data.validation_limit)
-    test = make(test_raw) if test_raw is not None else None
+    test = make(test_raw, limit=data.test_limit) if test_raw is not None else None
     return train, validation, test
