@@ -99,7 +99,7 @@ def test_text_recipe_runs_one_step_of_each_stage_on_tiny_data(tmp_path):
     )
     run = _run_dir(result)
     rows = (run / "history.csv").read_text().splitlines()[1:]
-    assert [row.split(",")[1] for row in rows] == ["1:head", "2:layer_4"]
+    assert [row.split(",")[1] for row in rows] == ["1:head", "2:all"]
     assert "| rotten | fresh |" in (run / "report.md").read_text()
 
 
