@@ -26,31 +26,30 @@ from kerastl.app.config import load_config
 from kerastl.app.run import train
 
 RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
-HEAD = "{epochs: 8, train: head, lr: 3.0e-3}"
 VARIANTS = {
     "image": {
-        # The recipe before augmentation: probe, then block6.. with BatchNorm frozen.
-        "old recipe (no augmentation, block6)": [
+        # The recipe before augmentation: probe, then block6.. on one view.
+        "old recipe: no augmentation, probe 8 + block6 6": [
             "data.augment=[]",
             "data.tta=none",
-            f"stages=[{HEAD}, {{epochs: 6, train: block6, lr: 3.0e-4, lr_mult: 3, warmup: 0.3}}]",
+            "stages=[{epochs: 8, train: head, lr: 3.0e-3}, {epochs: 6, train: block6, "
+            "lr: 3.0e-4, lr_mult: 3, warmup: 0.3}]",
         ],
-        "probe, no augmentation": ["data.augment=[]", "data.tta=none", f"stages=[{HEAD}]"],
-        "probe, 8 cached dihedral views": ["data.tta=none", f"stages=[{HEAD}]"],
-        "probe, 8 cached dihedral views, TTA": [f"stages=[{HEAD}]"],
-        "recipe": [],
-        "recipe, EMA 0.99 in the last stage": ["stages.1.ema=0.99"],
-        "recipe, BatchNorm trained in the last stage": ["stages.1.train_bn=true"],
-        "recipe at 224 px": ["model.image_size=224"],
+        "8 cached views, probe 6 + all layers 8 (lr 1e-3, x10 spread)": [
+            "stages.1={epochs: 8, train: all, lr: 1.0e-3, lr_mult: 10, warmup: 0.2, "
+            "schedule: cosine}",
+        ],
+        "8 cached views, probe 8 + block6 10": ["stages.0.epochs=8", "stages.1.epochs=10"],
+        "recipe: 8 cached views, probe 6 + block6 8": [],
+        "recipe at 192 px, from block5": ["model.image_size=192", "stages.1.train=block5"],
     },
     "text": {
-        "old recipe (top two layers, 2 epochs)": [
+        "old recipe: probe 6 + top two layers 2 (decay 0.7)": [
             "stages=[{epochs: 6, train: head, lr: 3.0e-3}, {epochs: 2, train: layer_4, "
             "lr: 1.0e-4, lr_decay: 0.7, warmup: 0.1}]"
         ],
-        "probe": ["stages=[{epochs: 6, train: head, lr: 3.0e-3}]"],
-        "recipe": [],
-        "recipe, 3 epochs": ["stages.1.epochs=3"],
+        "probe 4 + all layers 2": ["stages.1.epochs=2"],
+        "recipe: probe 4 + all layers 1": [],
     },
 }
 

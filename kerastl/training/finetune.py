@@ -222,8 +222,8 @@ class FineTuner:
             model, so never in an export (`kerastl.data.augmentation`).
         cache_views: with an augmentation, cache the frozen features of this
             many fixed views of every training example (`kerastl.data.views_of`:
-            the 8 exact symmetries for the `dihedral` policy with 8, else
-            seeded random draws) and serve one view per example each epoch,
+            the 8 exact symmetries for `dihedral`/`orientation_free` with
+            8, else seeded random draws) and serve one view per example each epoch,
             drawn with `cache_shuffle_seed` (0 if None). None: no caching
             with an augmentation.
         cache_memory_mb: cached features kept in memory up to this size,
