@@ -101,12 +101,18 @@ def test_a_second_run_never_overwrites_the_first(run):
         ("data.source=ftp:x", "must start with tfds:, folder:, table: or arrays:"),
         ("stages.1.train=block9", "Unknown layer group 'block9'"),
         ("train.monitor=val_balanced_acc", "Did you mean 'val_balanced_accuracy'?"),
+        ("data.tta=rotate", "`tta` must be one of ('dihedral', 'flip', 'none')"),
+        (
+            "data.tta=flip model.backbone=all-minilm-l6-v2",
+            "`data.tta` views are image transforms; a text backbone takes none",
+        ),
     ],
 )
 def test_bad_configs_exit_2_naming_the_problem(run, capsys, override, message):
     config = run.parent.parent / "tiny.yaml"
     runs = sorted(path.name for path in run.parent.iterdir())
-    assert main(["train", str(config), "--set", override, "--quiet"]) == 2
+    sets = [part for item in override.split() for part in ("--set", item)]
+    assert main(["train", str(config), *sets, "--quiet"]) == 2
     assert message in capsys.readouterr().err
     assert sorted(path.name for path in run.parent.iterdir()) == runs  # no run directory
 

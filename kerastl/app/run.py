@@ -72,6 +72,7 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     from kerastl.training.finetune import check_monitor, granularity_of
 
     check_monitor(config.train.monitor, config.train.metrics, validation=True)
+    check_tta(config)
     set_precision(config.train.precision)
     with native_stderr_silenced():  # TF's C++ device start-up lines ("failed call to cuInit")
         strategy = get_strategy(config.train.strategy)
@@ -157,6 +158,24 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
         tuner.recorder.best_per_stage(),
         seconds,
     )
+
+
+def check_tta(config: RunConfig) -> None:
+    """Raises before any training if `data.tta` asks for image views of a text model.
+
+    Example:
+        >>> check_tta(load_config(None, ["model.backbone=all-minilm-l6-v2", "data.tta=flip"]))
+        Traceback (most recent call last):
+        ValueError: ... image transforms ...
+    """
+    from kerastl.backbones.registry import get_spec
+    from kerastl.backbones.spec import TEXT
+
+    if config.data.tta != "none" and get_spec(config.model.backbone).modality == TEXT:
+        raise ValueError(
+            "`data.tta` views are image transforms; a text backbone takes none. Received: "
+            f"data.tta={config.data.tta!r} for model.backbone={config.model.backbone!r}."
+        )
 
 
 def lr_find_for_config(config: RunConfig):

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from kerastl.data.augment import dihedral_view, tta_views
+from kerastl.training.run_directory import accuracy, balanced_accuracy
 
 
 @dataclasses.dataclass
@@ -35,7 +36,7 @@ class Scores:
 
     @property
     def accuracy(self) -> float:
-        return float(np.trace(self.matrix) / max(self.examples, 1))
+        return accuracy(self.matrix)
 
     @property
     def recall(self) -> dict[str, float]:
@@ -48,8 +49,7 @@ class Scores:
     @property
     def balanced_accuracy(self) -> float:
         """Mean recall over the classes that occur."""
-        present = [v for v in self.recall.values() if not np.isnan(v)]
-        return float(np.mean(present)) if present else 0.0
+        return balanced_accuracy(self.matrix)
 
     def as_dict(self) -> dict:
         return {
