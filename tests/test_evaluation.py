@@ -83,3 +83,19 @@ def test_tta_names_are_checked_and_text_models_refuse_image_views():
         ValueError, match=r"image transforms\. Received: tta='flip' for a text model"
     ):
         kerastl.evaluate(model, [], tta="flip")
+
+
+def test_the_tuner_takes_a_policy_name_and_warns_when_the_test_split_is_read_twice():
+    model = _model()
+    x, y = _data(24)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    tuner = kerastl.FineTuner(model, augmentation="orientation_free", cache_views=8, verbose=0)
+    tuner.fit(data, stages=[kerastl.Stage(1)])
+    assert tuner.stage_summaries[0]["cached"] == "pooled features"
+    test = tf.data.Dataset.from_tensor_slices(_data(12)).batch(6)
+    first = tuner.evaluate(test, tta=True)
+    expected = kerastl.evaluate(model, test, tta="dihedral")
+    np.testing.assert_array_equal(first.tta.matrix, expected.tta.matrix)
+    np.testing.assert_array_equal(first.plain.matrix, expected.plain.matrix)
+    with pytest.warns(UserWarning, match="evaluated before"):
+        tuner.evaluate(test)

@@ -24,10 +24,12 @@ import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Sequence
 
 import keras
 
 from kerastl._validation import check_positive_int
+from kerastl.data.augment import augmentation as augment_policy
 from kerastl.data.augment import views_of
 from kerastl.data.sampling import balanced_class_weights
 from kerastl.freezing import freeze, freeze_to, unfreeze
@@ -36,6 +38,8 @@ from kerastl.models import TransferModel
 from kerastl.optimizers import discriminative_optimizer
 from kerastl.training import run_directory
 from kerastl.training.ema import EmaWeights
+from kerastl.training.evaluation import Evaluation
+from kerastl.training.evaluation import evaluate as evaluate_model
 from kerastl.training.feature_cache import CacheRefused, FeatureStore, split_model
 from kerastl.training.losses import SparseSmoothedCrossentropy
 from kerastl.training.metrics import BalancedAccuracy
@@ -219,7 +223,8 @@ class FineTuner:
             an error; False: never.
         augmentation: a Keras layer applied to training inputs only
             (`training=True`), inside the input pipeline: never part of the
-            model, so never in an export (`kerastl.data.augmentation`).
+            model, so never in an export; or a policy or list of names for
+            `kerastl.data.augmentation` (e.g. `"orientation_free"`, seed 0).
         cache_views: with an augmentation, cache the frozen features of this
             many fixed views of every training example (`kerastl.data.views_of`:
             the 8 exact symmetries for `dihedral`/`orientation_free` with
@@ -260,7 +265,7 @@ class FineTuner:
         *,
         strategy=None,
         cache_features: bool | None = None,
-        augmentation: keras.layers.Layer | None = None,
+        augmentation: keras.layers.Layer | str | Sequence[str] | None = None,
         cache_views: int | None = None,
         cache_memory_mb: float = 1024,
         cache_dir: str | os.PathLike | None = None,
@@ -276,6 +281,8 @@ class FineTuner:
     ):
         if not isinstance(model, TransferModel):
             raise TypeError(f"FineTuner needs a kerastl.TransferModel. Received: model={model!r}.")
+        if isinstance(augmentation, str | list | tuple):
+            augmentation = augment_policy(augmentation)
         if cache_features and augmentation is not None and cache_views is None:
             raise ValueError(
                 "Cannot cache features with augmentation without `cache_views`: the cached "
@@ -312,6 +319,7 @@ class FineTuner:
         self.callbacks = tuple(callbacks)
         self.jit_compile = jit_compile
         self.verbose = verbose
+        self._evaluated: list = []
         self.stage_starts: list[int] = []
         self.stage_summaries: list[dict] = []
         self.recorder: run_directory.RunRecorder | None = None
@@ -477,6 +485,36 @@ class FineTuner:
         if self.class_weight != "balanced":
             return self.class_weight
         return balanced_class_weights(train, self.model.num_classes)
+
+    def evaluate(self, test, *, tta: bool | str = False) -> Evaluation:
+        """Scores the trained model on `test`: meant for the test split, once, at the end.
+
+        Args:
+            test: batches of `(inputs, labels)`, held out of everything that
+                chose the model (epochs, settings).
+            tta: also score the mean probability over test-time views: True
+                (`dihedral`, the 8 symmetries), `"flip"`, `"dihedral"`, or False.
+
+        Returns:
+            An `Evaluation` (`kerastl.evaluate`): `.plain` and `.tta` scores.
+
+        Warns:
+            UserWarning: when the same dataset is evaluated a second time
+                (choosing anything on it would make its score optimistic).
+
+        Example:
+            >>> tuner.fit(train_ds, val_ds, stages=stages)
+            >>> print(tuner.evaluate(test_ds, tta=True).tta.one_line())
+        """
+        if any(seen is test for seen in self._evaluated):
+            warnings.warn(
+                "This dataset was evaluated before: a test split scored more than once "
+                "invites choosing on it. Choose on validation data; read the test once.",
+                stacklevel=2,
+            )
+        self._evaluated.append(test)
+        name = "dihedral" if tta is True else ("none" if tta is False else tta)
+        return evaluate_model(self.model, test, tta=name)
 
     def write_report(
         self,
