@@ -358,6 +358,10 @@ def test_versions_count_up_from_the_highest_integer_directory(tmp_path):
             r"shape=\(2, 8, 8, 3\)",
         ),
         (lambda m, p: kx.saved_model(m, p, image_dtype="int8"), "image_dtype='int8'"),
+        (
+            lambda m, p: kx.onnx(m, p / "m.onnx", signature="image_tensor_tta"),
+            "export it in a SavedModel",
+        ),
     ],
 )
 def test_bad_arguments_name_the_value(tmp_path, call, message):
@@ -533,6 +537,8 @@ def test_the_tta_signature_matches_the_mean_of_keras_over_the_views(tmp_path):
         [keras.ops.softmax(model(np.ascontiguousarray(v), training=False)) for v in views], axis=0
     )
     np.testing.assert_allclose(probabilities, keras_mean, atol=1e-5)
+    requested = signature_inputs("image_tensor_tta", images)["images"]  # a bundle's requests
+    np.testing.assert_array_equal(requested, images)
     plain = loaded.signatures["image_tensor"](images=images)["probabilities"]
     assert np.abs(np.asarray(plain) - keras_mean).max() > 1e-4  # the views change the answer
     with pytest.raises(ValueError, match=r"needs test-time views.*Received: tta='none'"):

@@ -13,6 +13,7 @@ from kerastl.export.float32 import float32_copy
 from kerastl.export.parity import DEFAULT_TOLERANCE, ParityError, check_parity
 from kerastl.export.samples import model_samples
 from kerastl.export.signatures import (
+    IMAGE_TENSOR_TTA,
     STRING_INPUT_SIGNATURES,
     check_signatures,
     serving_function,
@@ -102,6 +103,12 @@ def onnx(
     check_opset(opset)
     signature = signature or tensor_signature(model)
     check_signatures(model, signature)
+    if signature == IMAGE_TENSOR_TTA:
+        raise ValueError(
+            f"ONNX exports one signature checked against the plain model; `{IMAGE_TENSOR_TTA}` "
+            "averages test-time views: export it in a SavedModel (`saved_model`). "
+            f"Received: signature={signature!r}."
+        )
     _atomic.check_destination(path, overwrite)
     samples = model_samples(model, samples)  # bad samples fail before the slow conversion
     model = float32_copy(model)

@@ -17,6 +17,7 @@ from kerastl.export.signatures import (
     EXAMPLE_IMAGE_KEY,
     IMAGE_BYTES,
     IMAGE_TENSOR,
+    IMAGE_TENSOR_TTA,
     TEXT,
     TF_EXAMPLE,
     TOKEN_IDS,
@@ -42,7 +43,7 @@ def signature_inputs(signature: str, samples, *, image_dtype: str = "float32") -
         >>> signature_inputs("image_bytes", images)["image_bytes"][0][:2]
         b'\\xff\\xd8'
     """
-    if signature == IMAGE_TENSOR:
+    if signature in (IMAGE_TENSOR, IMAGE_TENSOR_TTA):
         images = np.asarray(samples, np.float32)
         if image_dtype == "uint8":
             return {"images": whole_pixels(images)}
