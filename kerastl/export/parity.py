@@ -149,14 +149,7 @@ def check_parity(
     results = []
     for target in targets:
         actual = _run_export(os.fspath(target), inputs)[output]
-        diff = (
-            float(np.max(np.abs(actual - expected))) if actual.shape == expected.shape else np.inf
-        )
-        top1 = None
-        if not regression and actual.shape == expected.shape:
-            top1 = float(np.mean(actual.argmax(-1) == expected.argmax(-1)))
-        passed = diff <= tolerance and (top1 is None or top1 == 1.0)
-        results.append(ParityResult(os.fspath(target), diff, top1, passed))
+        results.append(_compared(os.fspath(target), actual, expected, tolerance, regression))
     report = ParityReport(output, float(tolerance), sample_count(samples), tuple(results))
     if report_path is not None:
         report.write(report_path)
@@ -190,10 +183,18 @@ def check_tta_parity(
     function = tf.saved_model.load(path).signatures[IMAGE_TENSOR_TTA]
     dtype = function.structured_input_signature[1]["images"].dtype
     actual = function(images=tf.cast(images, dtype))["probabilities"].numpy()
-    diff = float(np.max(np.abs(actual - expected)))
-    top1 = float(np.mean(actual.argmax(-1) == expected.argmax(-1)))
-    passed = diff <= tolerance and top1 == 1.0
-    return ParityResult(f"{path}#{IMAGE_TENSOR_TTA}", diff, top1, passed)
+    return _compared(f"{path}#{IMAGE_TENSOR_TTA}", actual, expected, tolerance)
+
+
+def _compared(target: str, actual, expected, tolerance: float, regression: bool = False):
+    """The `ParityResult` of an export's outputs against Keras's."""
+    same_shape = actual.shape == expected.shape
+    diff = float(np.max(np.abs(actual - expected))) if same_shape else np.inf
+    top1 = None
+    if not regression and same_shape:
+        top1 = float(np.mean(actual.argmax(-1) == expected.argmax(-1)))
+    passed = diff <= tolerance and (top1 is None or top1 == 1.0)
+    return ParityResult(target, diff, top1, passed)
 
 
 def _run_export(target: str, inputs) -> dict[str, np.ndarray]:

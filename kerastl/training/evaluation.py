@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from kerastl.data.augment import dihedral_view, tta_views
-from kerastl.training.run_directory import accuracy, balanced_accuracy
+from kerastl.training.run_directory import accuracy, balanced_accuracy, matrix_table
 
 
 @dataclasses.dataclass
@@ -50,14 +50,6 @@ class Scores:
     def balanced_accuracy(self) -> float:
         """Mean recall over the classes that occur."""
         return balanced_accuracy(self.matrix)
-
-    def as_dict(self) -> dict:
-        return {
-            "examples": self.examples,
-            "accuracy": self.accuracy,
-            "balanced_accuracy": self.balanced_accuracy,
-            "recall": self.recall,
-        }
 
     def one_line(self) -> str:
         recall = ", ".join(f"{name} {value:.3f}" for name, value in self.recall.items())
@@ -100,12 +92,7 @@ class Evaluation:
             )
         for name, scores in runs:
             lines += ["", f"Confusion matrix, {name} (rows: true, columns: predicted):", ""]
-            names = scores.class_names
-            lines += ["| | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
-            lines += [
-                f"| {label} | " + " | ".join(str(int(c)) for c in row) + " |"
-                for label, row in zip(names, scores.matrix, strict=True)
-            ]
+            lines += matrix_table(scores.matrix, scores.class_names)
         return "\n".join(lines)
 
 

@@ -223,12 +223,7 @@ def write_report(
             "",
             "Confusion matrix (rows: true, columns: predicted):",
             "",
-            "| | " + " | ".join(map(str, names)) + " |",
-            "|" + " --- |" * (len(names) + 1),
-        ]
-        lines += [
-            f"| {name} | " + " | ".join(str(int(c)) for c in row) + " |"
-            for name, row in zip(names, matrix, strict=True)
+            *matrix_table(matrix, names),
         ]
     lines += ["", "## Files", ""]
     for name, what in (
@@ -247,6 +242,16 @@ def write_report(
     path = os.path.join(directory, REPORT)
     write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def matrix_table(matrix: np.ndarray, names: Sequence) -> list[str]:
+    """A confusion matrix as Markdown table lines (rows: true class)."""
+    lines = ["| | " + " | ".join(map(str, names)) + " |", "|" + " --- |" * (len(names) + 1)]
+    lines += [
+        f"| {name} | " + " | ".join(str(int(c)) for c in row) + " |"
+        for name, row in zip(names, matrix, strict=True)
+    ]
+    return lines
 
 
 def _cell(value) -> str:
