@@ -426,3 +426,70 @@ def test_ema_validation_and_the_saved_model_hold_the_hand_computed_average(tmp_p
     np.testing.assert_allclose(np.array(saved.head_layer.kernel), average[0], atol=1e-6)
     with pytest.raises(ValueError, match=r"`ema` must be in \(0, 1\). Received: ema=1.5"):
         kerastl.Stage(1, ema=1.5)
+
+
+def test_a_cache_is_recomputed_when_an_earlier_stage_trained_its_frozen_layers():
+    """head -> all -> head: the last stage must not replay the pooled features of
+    the first (the backbone, BatchNorm statistics included, changed in between)."""
+    heads, summaries = [], []
+    stages = [kerastl.Stage(1, lr=1e-2), kerastl.Stage(1, train="all", lr=1e-2)]
+    stages.append(kerastl.Stage(2, lr=1e-2))
+    for cache in (True, False):
+        model = _model()
+        tuner = kerastl.FineTuner(
+            model, cache_features=cache, cache_shuffle_seed=None, restore_best=False, verbose=0
+        )
+        tuner.fit(_data(), _data(16, seed=1), stages=stages)
+        heads.append(_values(model.head_layer.weights))
+        summaries.append([summary["cached"] for summary in tuner.stage_summaries])
+    assert summaries == [["pooled features", "no", "pooled features"], ["no"] * 3]
+    for cached, uncached in zip(*heads, strict=True):
+        np.testing.assert_allclose(cached, uncached, atol=1e-5)
+
+
+@pytest.mark.parametrize("memory_limit_mb", [1024, 0])
+def test_pooled_features_computed_from_a_lower_cache_equal_those_from_the_images(
+    memory_limit_mb, tmp_path
+):
+    model = _lite0()
+    head = kerastl.training.feature_cache.split_model(model, "head")
+    block6 = kerastl.training.feature_cache.split_model(model, "block6")
+    views = kerastl.data.views_of(kerastl.data.augmentation("dihedral"), 8)
+    train, validation = _images(), _images(8, seed=1)
+    served = []
+    for source in (block6, None):
+        store = kerastl.training.feature_cache.FeatureStore(
+            views=views,
+            memory_limit_mb=memory_limit_mb,
+            directory=tmp_path / str(source is None),
+            verbose=0,
+        )
+        datasets = store.datasets(head, train, validation, source=source)
+        served.append([list(data.as_numpy_iterator()) for data in datasets])
+        assert sorted(store._caches) == (
+            ["block6", "pooled features"] if source else ["pooled features"]
+        )
+        entry = store._caches["pooled features"]
+        assert entry.train.in_memory == entry.validation.in_memory == (memory_limit_mb > 0)
+    for derived, direct, batches in zip(*served, (4, 1), strict=True):  # train, validation
+        assert len(derived) == len(direct) == batches
+        for (features, labels), (expected, expected_labels) in zip(derived, direct, strict=True):
+            np.testing.assert_array_equal(labels, expected_labels)
+            np.testing.assert_allclose(features[0], expected[0], atol=1e-5)
+
+
+def test_a_probe_before_a_top_block_stage_runs_the_lower_layers_once(capsys):
+    weights = []
+    stages = [kerastl.Stage(2, lr=1e-2), kerastl.Stage(2, train="block7", lr=1e-2)]
+    for cache in (True, False):
+        model = _lite0()
+        tuner = kerastl.FineTuner(model, cache_features=cache, cache_shuffle_seed=None, verbose=1)
+        tuner.fit(_images(), _images(8, seed=1), stages=stages)
+        weights.append(_values(model.weights))
+    printed = [line for line in capsys.readouterr().out.splitlines() if "caching" in line]
+    assert printed == [
+        "kerastl: caching block7 (once) ...",
+        "kerastl: caching pooled features from block7's cache ...",
+    ]
+    for cached, uncached in zip(*weights, strict=True):
+        np.testing.assert_allclose(cached, uncached, atol=1e-5)

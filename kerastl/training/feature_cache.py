@@ -14,6 +14,12 @@ frozen part runs once over each of K fixed views of every training batch (the
 serves one view per example, drawn afresh: a probe or a top-group stage gets
 augmentation at caching speed.
 
+A `FeatureStore` keeps one cache per cut for a whole run. It recomputes a
+cache whose frozen layers changed since (a stage trained them), and, for an
+image model, computes a cut's features from a lower cut's cache instead of
+from the images (`FeatureCache.derived`): a probe followed by a top-block
+stage runs the layers below the block once.
+
 The frozen part always runs in inference mode when cached: BatchNorm
 already does so when frozen; Dropout inside frozen layers (Keras applies it
 even to frozen layers) is off, as it should be for a fixed feature extractor.
@@ -22,6 +28,7 @@ even to frozen layers) is off, as it should be for a fixed feature extractor.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 
@@ -50,12 +57,57 @@ class Split:
         trainer: those outputs → the model's logits, sharing the model's layers.
         boundary: where the cut is (`"pooled features"` or a group name).
         note: why the cached path may differ from the uncached one, or "".
+        model: the `TransferModel` cut.
+        cut: the backbone tensors crossing the cut (None: the pooled features).
+        upper: ids of the backbone operations above the cut.
     """
 
     extractor: keras.Model
     trainer: keras.Model
     boundary: str
     note: str = ""
+    model: keras.Model | None = dataclasses.field(default=None, repr=False)
+    cut: list | None = dataclasses.field(default=None, repr=False)
+    upper: frozenset = dataclasses.field(default=frozenset(), repr=False)
+
+    def is_below(self, other: Split) -> bool:
+        """Whether `other`'s cut lies strictly above this one's (its frozen part is larger)."""
+        return self.cut is not None and other.upper < self.upper
+
+
+def bridge(lower: Split, upper: Split) -> keras.Model | None:
+    """The frozen layers between two cuts of one image model: `lower`'s frozen
+    outputs → `upper`'s.
+
+    Args:
+        lower: a cut at a group (`split_model(model, "block6")`).
+        upper: a cut above it, or the pooled features (`split_model(model, "head")`).
+
+    Returns:
+        A model from `lower.extractor`'s outputs to `upper.extractor`'s, or None
+        where there is none to build: `upper` is not above `lower`, or the model
+        is a text model or pools tokens (only image feature maps are bridged).
+
+    Example:
+        >>> middle = bridge(split_model(model, "block6"), split_model(model, "head"))
+        >>> pooled = middle(block6_features)
+    """
+    model = lower.model
+    if model is None or model.modality == TEXT or not lower.is_below(upper):
+        return None
+    backbone = model.backbone
+    if upper.cut is None and len(backbone.output_shape) != 4:
+        return None
+    span = keras.Model(lower.cut, upper.cut if upper.cut is not None else backbone.output)
+    inputs = [
+        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=f"frozen_{i}")
+        for i, tensor in enumerate(lower.cut)
+    ]
+    outputs = span(inputs)
+    if upper.cut is None:
+        outputs = model.pooling_layer(outputs)
+    name = upper.boundary.replace(" ", "_")
+    return keras.Model(inputs, keras.tree.flatten(outputs), name=f"{model.name}_to_{name}")
 
 
 def split_model(model, first_trained: str, granularity: str = "coarse") -> Split:
@@ -105,7 +157,8 @@ def split_model(model, first_trained: str, granularity: str = "coarse") -> Split
     logits = model.classify(features, cut_inputs[mask_at[0]] if mask_at else None)
     trainer = FixedFunctional(cut_inputs, logits, name=f"{model.name}_from_{first_trained}")
     lower_ops = [op for op in backbone.operations if id(op) not in upper]
-    return Split(extractor, trainer, first_trained, _stochastic_note(lower_ops))
+    note = _stochastic_note(lower_ops)
+    return Split(extractor, trainer, first_trained, note, model, cut, frozenset(upper))
 
 
 def _head_split(model) -> Split:
@@ -114,7 +167,8 @@ def _head_split(model) -> Split:
     cut_input = keras.Input(shape=features.shape[1:], dtype=features.dtype, name="features")
     logits = model.head_layer(model.dropout_layer(cut_input))
     trainer = FixedFunctional([cut_input], logits, name=f"{model.name}_head")
-    return Split(extractor, trainer, "pooled features", _stochastic_note(model.backbone.layers))
+    note = _stochastic_note(model.backbone.layers)
+    return Split(extractor, trainer, "pooled features", note, model)
 
 
 def _upper_operations(model, first_trained: str, granularity: str) -> set[int]:
@@ -182,43 +236,103 @@ class FeatureCache:
         views: Views | None = None,
         verbose: int | str = 1,
     ):
+        self._prepare(memory_limit_mb, directory, views.count if views is not None else 1)
+        self._views_stacked = views is not None
+        run = _inference(extractor, dataset.element_spec[0])
+
+        def extract(inputs):
+            return [np.asarray(array) for array in keras.tree.flatten(run(inputs))]
+
+        def elements():
+            for batch in dataset:
+                inputs, rest = batch[0], tuple(np.asarray(part) for part in batch[1:])
+                if views is None:
+                    features = tuple(extract(inputs))
+                else:  # [views, batch, ...] per output
+                    per_view = [extract(views(inputs, index)) for index in range(views.count)]
+                    features = tuple(np.stack(parts) for parts in zip(*per_view, strict=True))
+                yield (features, *rest)
+
+        self._fill(elements(), int(dataset.cardinality()), verbose)
+
+    def derived(
+        self,
+        middle: keras.Model,
+        *,
+        memory_limit_mb: float = 1024,
+        directory: str | os.PathLike | None = None,
+        verbose: int | str = 1,
+    ) -> FeatureCache:
+        """The cache one cut higher: `middle` run over every cached batch (every view).
+
+        Equals a cache extracted from the inputs at the higher cut (the same
+        frozen layers run in inference mode on the same values) without
+        running the layers below this cache again. Views, batches, order and
+        labels are kept.
+
+        Args:
+            middle: the frozen layers between the two cuts (`bridge`).
+            memory_limit_mb: the new cache's in-memory bound.
+            directory: where the new cache spills beyond it.
+            verbose: as the constructor.
+
+        Returns:
+            A new `FeatureCache`.
+
+        Example:
+            >>> pooled = block6_cache.derived(bridge(block6_split, head_split))
+        """
         import tensorflow as tf
 
+        cache = FeatureCache.__new__(FeatureCache)
+        cache._prepare(memory_limit_mb, directory, self.num_views)
+        cache._views_stacked = self._views_stacked
+        skip = 2 if self._views_stacked else 1  # [views, batch, ...] or [batch, ...]
+        specs = [
+            tf.TensorSpec((None, *shape[skip:]), dtype)
+            for shape, dtype in self._layout[: self._num_features]
+        ]
+        run = _inference(middle, specs)
+
+        def elements():
+            for index in range(self.num_batches):
+                features, *rest = self._batch(index)
+                if self._views_stacked:
+                    views, size = features[0].shape[:2]
+                    flat = [part.reshape(views * size, *part.shape[2:]) for part in features]
+                    outputs = keras.tree.flatten(run(flat))
+                    features = tuple(
+                        np.asarray(part).reshape(views, size, *part.shape[1:]) for part in outputs
+                    )
+                else:
+                    outputs = keras.tree.flatten(run(list(features)))
+                    features = tuple(np.asarray(part) for part in outputs)
+                yield (features, *rest)
+
+        cache._fill(elements(), self.num_batches, verbose)
+        return cache
+
+    def _prepare(self, memory_limit_mb: float, directory, num_views: int) -> None:
         if not memory_limit_mb >= 0:
             raise ValueError(
                 f"`memory_limit_mb` must be >= 0. Received: memory_limit_mb={memory_limit_mb!r}."
             )
+        self._limit_bytes = memory_limit_mb * 2**20
         self._memory: list = []
         self._files: list[str] = []
         self._directory = directory
         self._temporary = None
         self._layout: list = []
         self._num_features = 0
-        self.num_views = views.count if views is not None else 1
-        self._views_stacked = views is not None
+        self.num_views = num_views
         self.nbytes = 0
-        # One trace for every batch: any batch size, and any length where it varies.
-        signature = tf.nest.map_structure(
-            lambda spec: tf.TensorSpec((None, *spec.shape[1:]), spec.dtype),
-            dataset.element_spec[0],
-        )
-        run = tf.function(lambda x: extractor(x, training=False), input_signature=[signature])
-        total = int(dataset.cardinality())
+
+    def _fill(self, elements, total: int, verbose: int | str) -> None:
         progress = keras.utils.Progbar(
             total if total > 0 else None, unit_name="batch", verbose=2 if verbose == 2 else 1
         )
-
-        def extract(inputs):
-            return [np.asarray(array) for array in keras.tree.flatten(run(inputs))]
-
-        for step, batch in enumerate(dataset):
-            inputs, rest = batch[0], tuple(np.asarray(part) for part in batch[1:])
-            if views is None:
-                features = tuple(extract(inputs))
-            else:  # [views, batch, ...] per output
-                per_view = [extract(views(inputs, index)) for index in range(views.count)]
-                features = tuple(np.stack(parts) for parts in zip(*per_view, strict=True))
-            self._store((features, *rest), memory_limit_mb * 2**20)
+        for step, element in enumerate(elements):
+            self._store(element, self._limit_bytes)
             if verbose:
                 progress.update(step + 1)
         if not self._memory and not self._files:
@@ -316,11 +430,23 @@ class FeatureCache:
         )
 
 
+@dataclasses.dataclass
+class _Entry:
+    split: Split
+    fingerprint: bytes
+    train: FeatureCache
+    validation: FeatureCache | None
+
+
 class FeatureStore:
     """The feature caches of one fine-tuning run: one per cut, computed once.
 
     A `FineTuner` owns one. Stages that cut the model at the same boundary
-    share its cache; new data (another `fit`) drops the old caches.
+    share its cache, as long as the frozen layers below the cut hold the
+    values they were cached with (a cache whose layers an earlier stage
+    trained is computed again); new data (another `fit`) drops the old caches.
+    For an image model, a cut's features are computed from a lower cut's
+    cache where there is one (or where `source` names one a later stage needs).
 
     Args:
         memory_limit_mb: each cache's in-memory bound (see `FeatureCache`).
@@ -353,16 +479,19 @@ class FeatureStore:
         self.directory = os.fspath(directory) if directory is not None else None
         self.shuffle_seed = shuffle_seed
         self.verbose = verbose
-        self._caches: dict[str, list] = {}
+        self._caches: dict[str, _Entry] = {}
         self._data: tuple | None = None
 
-    def datasets(self, split: Split, train, validation=None) -> tuple:
+    def datasets(self, split: Split, train, validation=None, *, source: Split | None = None):
         """`(training features, validation features or None)` at `split`'s cut.
 
         Args:
             split: where the model is cut (`split_model`).
             train: the batched training data.
             validation: the batched validation data, or None.
+            source: a cut below `split` that a later stage will train from:
+                its cache is made now (once) and `split`'s features are
+                computed from it (`bridge`) instead of from the inputs.
 
         Returns:
             Two datasets of cached features (the second None without validation).
@@ -370,33 +499,89 @@ class FeatureStore:
         pair = (train, validation)
         if self._data is None or any(a is not b for a, b in zip(self._data, pair, strict=True)):
             self._caches, self._data = {}, pair
-        if split.boundary not in self._caches:
-            if self.verbose:
-                views = f" of {self.views.count} views" if self.views else ""
-                print(f"kerastl: caching {split.boundary}{views} (once) ...")
-            self._caches[split.boundary] = [
-                None if data is None else self._cache(split, data, name, views)
-                for name, data, views in (
-                    ("train", train, self.views),
-                    ("validation", validation, None),
-                )
-            ]
-        train_cache, validation_cache = self._caches[split.boundary]
+        entry = self._fresh(split) or self._derive(split, source) or self._extract(split)
         return (
-            train_cache.dataset(self.shuffle_seed, self.view_seed),
-            validation_cache.dataset() if validation_cache else None,
+            entry.train.dataset(self.shuffle_seed, self.view_seed),
+            entry.validation.dataset() if entry.validation else None,
         )
 
-    def _cache(self, split: Split, data, name: str, views: Views | None) -> FeatureCache:
-        slug = "".join(c if c.isalnum() else "_" for c in split.boundary)
-        return FeatureCache(
-            split.extractor,
-            data,
-            memory_limit_mb=self.memory_limit_mb,
-            directory=os.path.join(self.directory, slug, name) if self.directory else None,
-            views=views,
-            verbose=self.verbose,
+    def _fresh(self, split: Split) -> _Entry | None:
+        entry = self._caches.get(split.boundary)
+        if entry is None or entry.fingerprint == _fingerprint(split.extractor):
+            return entry
+        if self.verbose:
+            print(f"kerastl: caching {split.boundary} again: a stage trained the layers below it.")
+        del self._caches[split.boundary]
+        return None
+
+    def _derive(self, split: Split, source: Split | None) -> _Entry | None:
+        kept = [entry.split for entry in self._caches.values()]
+        for lower in [*kept, *([source] if source is not None else [])]:
+            middle = bridge(lower, split)
+            base = None if middle is None else self._fresh(lower)
+            if middle is not None and base is None and lower is source:
+                base = self._extract(lower)
+            if base is None:
+                continue
+            if self.verbose:
+                views = f" of {self.views.count} views" if self.views else ""
+                print(f"kerastl: caching {split.boundary}{views} from {lower.boundary}'s cache ...")
+            return self._keep(
+                split,
+                *(
+                    None if cache is None else cache.derived(middle, **self._where(split, name))
+                    for name, cache in (("train", base.train), ("validation", base.validation))
+                ),
+            )
+        return None
+
+    def _extract(self, split: Split) -> _Entry:
+        if self.verbose:
+            views = f" of {self.views.count} views" if self.views else ""
+            print(f"kerastl: caching {split.boundary}{views} (once) ...")
+        return self._keep(
+            split,
+            *(
+                None
+                if data is None
+                else FeatureCache(split.extractor, data, views=views, **self._where(split, name))
+                for name, data, views in (
+                    ("train", self._data[0], self.views),
+                    ("validation", self._data[1], None),
+                )
+            ),
         )
+
+    def _keep(self, split: Split, train: FeatureCache, validation) -> _Entry:
+        entry = _Entry(split, _fingerprint(split.extractor), train, validation)
+        self._caches[split.boundary] = entry
+        return entry
+
+    def _where(self, split: Split, name: str) -> dict:
+        slug = "".join(c if c.isalnum() else "_" for c in split.boundary)
+        return {
+            "memory_limit_mb": self.memory_limit_mb,
+            "directory": os.path.join(self.directory, slug, name) if self.directory else None,
+            "verbose": self.verbose,
+        }
+
+
+def _fingerprint(model: keras.Model) -> bytes:
+    """A digest of every weight of `model` (trainable or not: BatchNorm statistics too)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.digest()
+
+
+def _inference(model: keras.Model, element_spec):
+    """`model` in inference mode, traced once for any batch size (and length, where it varies)."""
+    import tensorflow as tf
+
+    signature = tf.nest.map_structure(
+        lambda spec: tf.TensorSpec((None, *spec.shape[1:]), spec.dtype), element_spec
+    )
+    return tf.function(lambda x: model(x, training=False), input_signature=[signature])
 
 
 def _spec(layout):

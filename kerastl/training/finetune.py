@@ -384,7 +384,10 @@ class FineTuner:
             self.stage_starts.append(epoch)
             self.recorder.stage = f"{number}:{stage.train}"
             started = time.perf_counter()
-            result, cached = self._run(stage, train, augmented, validation, epoch, class_weight)
+            following = stages[number:]
+            result, cached = self._run(
+                stage, following, train, augmented, validation, epoch, class_weight
+            )
             self.stage_summaries.append(
                 {
                     "stage": self.recorder.stage,
@@ -414,7 +417,9 @@ class FineTuner:
             )
         return history
 
-    def _run(self, stage: Stage, train, augmented, validation, first_epoch: int, class_weight):
+    def _run(
+        self, stage: Stage, following, train, augmented, validation, first_epoch, class_weight
+    ):
         """One stage: cached from `train` (its views, if any) or end to end on `augmented`."""
         model = self.model
         callbacks = [self.recorder, *self.callbacks]
@@ -432,7 +437,7 @@ class FineTuner:
         steps = int(train.cardinality()) * stage.epochs
         with self.strategy.scope():
             stage.prepare(model)
-            split = None
+            split = source = None
             target = model
             if self.cache_features and stage.train != ALL:
                 try:
@@ -443,6 +448,7 @@ class FineTuner:
                         raise
                     if self.verbose:
                         print(f"kerastl: not caching: {refused}")
+                source = None if split is None else self._lowest_later_cut(split, following)
             target.compile(
                 stage.build_optimizer(model, steps),
                 stage.build_loss(),
@@ -452,7 +458,7 @@ class FineTuner:
         if split is not None:
             if split.note and self.verbose:
                 print(f"kerastl: caching {split.boundary}: {split.note}.")
-            augmented, validation = self.features.datasets(split, train, validation)
+            augmented, validation = self.features.datasets(split, train, validation, source=source)
         result = target.fit(
             augmented,
             validation_data=validation,
@@ -474,6 +480,23 @@ class FineTuner:
                     jit_compile=self.jit_compile,
                 )
         return result, split.boundary if split is not None else None
+
+    def _lowest_later_cut(self, split, following):
+        """The lowest cut below `split` that the following stages will cache at,
+        up to the first stage that trains every layer (which changes them all)."""
+        lowest = None
+        for stage in following:
+            if stage.train == ALL:
+                break
+            try:
+                later = split_model(
+                    self.model, stage.train, granularity_of(self.model, stage.train)
+                )
+            except CacheRefused:
+                continue
+            if later.is_below(lowest or split):
+                lowest = later
+        return lowest
 
     def _metric_objects(self) -> list:
         return [
