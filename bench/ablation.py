@@ -42,6 +42,8 @@ VARIANTS = {
         "8 cached views, probe 8 + block6 10": ["stages.0.epochs=8", "stages.1.epochs=10"],
         "recipe: 8 cached views, probe 6 + block6 8": [],
         "recipe at 192 px, from block5": ["model.image_size=192", "stages.1.train=block5"],
+        # MixUp images are blended: the block6 stage trains end to end (no cache).
+        "recipe, block6 stage with MixUp 0.2": ["stages.1.mixup=0.2"],
     },
     "text": {
         "old recipe: probe 6 + top two layers 2 (decay 0.7)": [

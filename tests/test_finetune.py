@@ -90,6 +90,10 @@ def test_stage_arguments_are_validated():
         kerastl.FineTuner(_model(), verbose=0).fit(
             _data(), stages=[kerastl.Stage(1, train="block9")]
         )
+    with pytest.raises(ValueError, match="Received: mixup=0"):
+        kerastl.Stage(1, mixup=0)
+    with pytest.raises(ValueError, match="not both"):
+        kerastl.Stage(1, mixup=0.2, cutmix=1.0)
 
 
 def test_sparse_label_smoothing_matches_the_one_hot_formula():
@@ -493,3 +497,43 @@ def test_a_probe_before_a_top_block_stage_runs_the_lower_layers_once(capsys):
     ]
     for cached, uncached in zip(*weights, strict=True):
         np.testing.assert_allclose(cached, uncached, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_a_mixing_stage_trains_end_to_end_on_the_soft_labels_of_the_mixed_batches(kind):
+    """Equal to Keras `fit` with a categorical cross-entropy on the same mixed
+    batches; validation stays unmixed, scored on one-hot labels."""
+    stage = kerastl.Stage(2, lr=1e-2, **{kind: 0.4})
+    model = _model()
+    tuner = kerastl.FineTuner(model, restore_best=False, verbose=0, metrics=["accuracy"])
+    history = tuner.fit(_data(), _data(16, seed=1), stages=[stage])
+    assert tuner.stage_summaries[0]["cached"] == "no"
+    by_hand = _model()
+    stage.prepare(by_hand)
+    by_hand.compile(
+        stage.build_optimizer(by_hand, steps=2 * 6),
+        keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    mixed = _data().map(kerastl.data.label_mixing(kind, 0.4, num_classes=3, seed=0))
+    by_hand.fit(mixed, epochs=2, verbose=0)
+    for trained, expected in zip(_values(model.weights), _values(by_hand.weights), strict=True):
+        np.testing.assert_allclose(trained, expected, atol=1e-5)
+    plain = _model()
+    kerastl.FineTuner(plain, cache_features=False, verbose=0).fit(
+        _data(), stages=[kerastl.Stage(2, lr=1e-2)]
+    )
+    assert (
+        np.abs(_values(plain.head_layer.weights)[0] - _values(model.head_layer.weights)[0]).max()
+        > 1e-3
+    )
+    x, y = next(iter(_data(16, seed=1)))
+    accuracy = np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y)
+    assert history.history["val_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_mixing_is_refused_for_a_text_model():
+    with pytest.raises(ValueError, match=r"MixUp and CutMix mix images.*mixup=0\.2"):
+        kerastl.FineTuner(_tiny_bert(), verbose=0).fit(
+            _tokens(), stages=[kerastl.Stage(1, mixup=0.2)]
+        )

@@ -13,6 +13,7 @@ from kerastl.data.augment import (
     RandomDihedral,
     augmentation,
     dihedral_view,
+    label_mixing,
     tta_views,
     views_of,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "dihedral_view",
     "from_arrays",
     "image_folder",
+    "label_mixing",
     "load_data",
     "load_tfds",
     "prepare_images",

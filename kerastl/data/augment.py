@@ -11,6 +11,10 @@ exported. Three uses share the views defined here:
 - **test time**: `tta_views("dihedral")` are the views whose predictions are
   averaged (`kerastl.evaluate(..., tta=...)`).
 
+`label_mixing` is the batch-level kind (MixUp, CutMix): it mixes pairs of
+images and their labels, so it maps whole `(images, labels)` batches to soft
+labels (`Stage(mixup=...)`, `Stage(cutmix=...)`).
+
 The dihedral group (the 8 symmetries of a square: 4 quarter turns, each
 mirrored or not) suits images without an orientation: solar cells, micrographs,
 satellite tiles, histology.
@@ -44,6 +48,7 @@ POLICIES = {
     "natural": ("flip", "rotate", "zoom", "translate", "contrast"),
 }
 TTA_VIEWS = {"dihedral": tuple(range(8)), "flip": (0, 1), "none": (0,)}
+MIXINGS = ("mixup", "cutmix")
 
 
 @keras.saving.register_keras_serializable(package="kerastl")
@@ -240,6 +245,95 @@ def tta_views(name: str) -> tuple[int, ...]:
     if name not in TTA_VIEWS:
         raise ValueError(f"`tta` must be one of {tuple(TTA_VIEWS)}. Received: tta={name!r}.")
     return TTA_VIEWS[name]
+
+
+def label_mixing(kind: str, strength: float, num_classes: int, *, seed: int = 0) -> Callable:
+    """MixUp or CutMix of a batch: pairs of images mixed, and their labels with them.
+
+    MixUp (Zhang et al. 2018) blends two images with a weight drawn from
+    Beta(`strength`, `strength`); CutMix (Yun et al. 2019) pastes a box of one
+    image into another, the box's area drawn from Beta(`strength`,
+    `strength`). Each image's one-hot label is mixed in the same proportions,
+    so the labels come out soft (train with a categorical cross-entropy). The
+    partners are a seeded permutation of the batch (Keras's `MixUp`/`CutMix`
+    layers).
+
+    Args:
+        kind: `mixup` or `cutmix`.
+        strength: the Beta distribution's parameter, > 0 (MixUp 0.2-0.4 and
+            CutMix 1.0 are the papers' choices).
+        num_classes: classes of the integer labels.
+        seed: seed of the draws.
+
+    Returns:
+        A function `(images, labels, *rest) -> (images, soft labels, *rest)`
+        for `tf.data.Dataset.map` on batches with integer labels.
+
+    Example:
+        >>> mixed = train_ds.map(label_mixing("mixup", 0.2, num_classes=2))
+    """
+    if kind not in MIXINGS:
+        raise ValueError(f"`kind` must be one of {MIXINGS}. Received: kind={kind!r}.")
+    if isinstance(strength, bool) or not isinstance(strength, int | float) or not strength > 0:
+        raise ValueError(f"`{kind}` must be a number > 0. Received: {kind}={strength!r}.")
+    layer = (
+        keras.layers.MixUp(alpha=strength, seed=seed)
+        if kind == "mixup"
+        else keras.layers.CutMix(factor=strength, seed=seed)
+    )
+
+    def mix(images, labels, *rest):
+        import tensorflow as tf
+
+        _, one_hot, *_ = one_hot_labels(num_classes)(images, labels)
+        if kind == "cutmix":
+            mixed_images, soft = _cutmix_labelled_by_pasted_pixels(layer, images, one_hot)
+        else:
+            mixed = layer({"images": images, "labels": one_hot}, training=True)
+            mixed_images, soft = mixed["images"], mixed["labels"]
+        return (tf.cast(mixed_images, images.dtype), soft, *rest)
+
+    return mix
+
+
+def one_hot_labels(num_classes: int) -> Callable:
+    """Integer labels of a batch as one-hot rows (validation data of a mixing stage).
+
+    Args:
+        num_classes: classes of the labels.
+
+    Returns:
+        A function `(inputs, labels, *rest) -> (inputs, one-hot labels, *rest)`
+        for `tf.data.Dataset.map`.
+
+    Example:
+        >>> validation = val_ds.map(one_hot_labels(2))
+    """
+
+    def one_hot(inputs, labels, *rest):
+        import tensorflow as tf
+
+        return (inputs, tf.one_hot(tf.reshape(tf.cast(labels, "int32"), [-1]), num_classes), *rest)
+
+    return one_hot
+
+
+def _cutmix_labelled_by_pasted_pixels(layer: keras.layers.CutMix, images, one_hot):
+    """Keras's `CutMix`, with each label weighted by the pixels actually pasted.
+
+    Keras 3.15 weights the labels by the box's real-valued area but pastes
+    the whole pixels inside it: a box of width 7.99 at offset 0.005 pastes 7
+    of 8 columns (49 of 64 pixels) and labels the image 100% its partner's
+    (tests/test_augment.py shows it). Here the partner's share is the mask's
+    mean.
+    """
+    import tensorflow as tf
+
+    transformation = layer.get_random_transformation({"images": images}, training=True)
+    pasted = layer.transform_images(images, transformation, training=True)
+    share = tf.reduce_mean(tf.cast(transformation["batch_masks"], "float32"), axis=[1, 2, 3])
+    partner = tf.gather(one_hot, transformation["permutation_order"])
+    return pasted, (1.0 - share[:, None]) * one_hot + share[:, None] * partner
 
 
 def _reseeded(config, seed: int):

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 import keras
 
 from kerastl._validation import check_positive_int
+from kerastl.data.augment import MIXINGS, label_mixing, one_hot_labels, views_of
 from kerastl.data.augment import augmentation as augment_policy
-from kerastl.data.augment import views_of
 from kerastl.data.sampling import balanced_class_weights
 from kerastl.freezing import freeze, freeze_to, unfreeze
 from kerastl.groups import COARSE, LayerGroups
@@ -77,6 +77,11 @@ class Stage:
             this momentum (e.g. 0.99; Keras's `use_ema`): validation, the
             best-epoch checkpoint and the stage's final weights are the
             averaged ones; None: off.
+        mixup: MixUp's Beta parameter (e.g. 0.2): pairs of training images
+            and their labels blended (`kerastl.data.label_mixing`); the
+            stage trains end to end on soft labels; images only.
+        cutmix: CutMix's Beta parameter (e.g. 1.0), likewise; give one of
+            `mixup` and `cutmix`.
 
     Example:
         >>> kerastl.Stage(epochs=5, train="block6", lr=1e-4, lr_mult=10, patience=2)
@@ -96,6 +101,8 @@ class Stage:
     warmup: float = 0.0
     schedule: str = "constant"
     ema: float | None = None
+    mixup: float | None = None
+    cutmix: float | None = None
 
     def __post_init__(self):
         check_positive_int("epochs", self.epochs)
@@ -135,6 +142,23 @@ class Stage:
             raise ValueError(
                 f"`schedule` must be one of {SCHEDULES}. Received: schedule={self.schedule!r}."
             )
+        for kind in MIXINGS:
+            strength = getattr(self, kind)
+            if strength is not None and (isinstance(strength, bool) or not strength > 0):
+                raise ValueError(f"`{kind}` must be > 0. Received: {kind}={strength!r}.")
+        if self.mixup is not None and self.cutmix is not None:
+            raise ValueError(
+                "Give `mixup` or `cutmix`, not both. "
+                f"Received: mixup={self.mixup}, cutmix={self.cutmix}."
+            )
+
+    @property
+    def mixing(self) -> tuple[str, float] | None:
+        """`("mixup" | "cutmix", strength)` when the stage mixes images, else None."""
+        for kind in MIXINGS:
+            if getattr(self, kind) is not None:
+                return kind, getattr(self, kind)
+        return None
 
     def prepare(self, model: TransferModel) -> None:
         """Sets `model`'s trainable flags and head dropout for this stage (no recompile).
@@ -195,7 +219,12 @@ class Stage:
         return template
 
     def build_loss(self) -> keras.losses.Loss:
-        """Sparse cross-entropy on logits, label-smoothed if `label_smoothing`."""
+        """Cross-entropy on logits, label-smoothed if `label_smoothing`: sparse,
+        or on soft labels when the stage mixes images."""
+        if self.mixing:
+            return keras.losses.CategoricalCrossentropy(
+                from_logits=True, label_smoothing=self.label_smoothing
+            )
         if self.label_smoothing:
             return SparseSmoothedCrossentropy(self.label_smoothing, from_logits=True)
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -367,6 +396,12 @@ class FineTuner:
             )
         for stage in stages:
             granularity_of(self.model, stage.train)  # unknown groups fail before any training
+            if stage.mixing and self.model.modality != "image":
+                kind, strength = stage.mixing
+                raise ValueError(
+                    f"MixUp and CutMix mix images; this is a {self.model.modality} model. "
+                    f"Received: {kind}={strength!r}."
+                )
         monitor = self.monitor or ("val_loss" if validation is not None else "loss")
         check_monitor(monitor, self.metrics, validation=validation is not None)
         if self.run_dir:
@@ -439,7 +474,9 @@ class FineTuner:
             stage.prepare(model)
             split = source = None
             target = model
-            if self.cache_features and stage.train != ALL:
+            if self.cache_features and stage.mixing and self.verbose:
+                print(f"kerastl: not caching: {stage.mixing[0]} mixes the images of each batch.")
+            if self.cache_features and stage.train != ALL and not stage.mixing:
                 try:
                     split = split_model(model, stage.train, granularity)
                     target = split.trainer
@@ -459,6 +496,10 @@ class FineTuner:
             if split.note and self.verbose:
                 print(f"kerastl: caching {split.boundary}: {split.note}.")
             augmented, validation = self.features.datasets(split, train, validation, source=source)
+        if stage.mixing:
+            augmented, validation = _mixed(
+                augmented, validation, stage, model.num_classes, seed=first_epoch
+            )
         result = target.fit(
             augmented,
             validation_data=validation,
@@ -707,6 +748,13 @@ def set_stage_trainable(model, stage: Stage) -> None:
         freeze_to(
             model, stage.train, train_bn=stage.train_bn, granularity=granularity, recompile=False
         )
+
+
+def _mixed(train, validation, stage: Stage, num_classes: int, seed: int):
+    """Training batches mixed (soft labels); validation labels one-hot to match the loss."""
+    # Sequential: the draws come from one seeded state, batch after batch.
+    train = train.map(label_mixing(*stage.mixing, num_classes, seed=seed))
+    return train, None if validation is None else validation.map(one_hot_labels(num_classes))
 
 
 def _augmented(dataset, augmentation):

@@ -11,6 +11,8 @@ from kerastl._validation import check_positive_int
 class BalancedAccuracy(keras.metrics.Metric):
     """Mean recall over the classes present in the labels seen so far.
 
+    Labels are integers, or one-hot / soft rows (the class with the most weight).
+
     On an imbalanced set (elpv: 69% functional) always predicting the majority
     class scores 0.5 here, where plain accuracy gives 0.69. Accumulates a
     confusion matrix, so it is exact over an epoch and sums across replicas.
@@ -36,6 +38,8 @@ class BalancedAccuracy(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         ops = keras.ops
+        if len(y_true.shape) == 2 and y_true.shape[-1] == self.num_classes > 1:
+            y_true = ops.argmax(y_true, axis=-1)  # one-hot or mixed (soft) labels
         labels = ops.one_hot(ops.reshape(ops.cast(y_true, "int32"), (-1,)), self.num_classes)
         predicted = ops.one_hot(ops.argmax(y_pred, axis=-1), self.num_classes)
         if sample_weight is not None:
