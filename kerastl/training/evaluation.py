@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from kerastl.data.augment import dihedral_view, tta_views
+from kerastl.training.inference import traced_inference
 from kerastl.training.run_directory import accuracy, balanced_accuracy, matrix_table
 
 
@@ -111,7 +112,9 @@ def predict_probabilities(model: keras.Model, inputs, *, tta: str = "none") -> n
     Example:
         >>> probabilities = kerastl.predict_probabilities(model, images, tta="dihedral")
     """
-    return _view_probabilities(model, inputs, tta_views(tta)).mean(axis=0)
+    return _view_probabilities(lambda x: model(x, training=False), inputs, tta_views(tta)).mean(
+        axis=0
+    )
 
 
 def evaluate(
@@ -146,10 +149,11 @@ def evaluate(
     names = list(class_names or getattr(model, "class_names", None) or [])
     classes = None
     plain = averaged = None
+    # Direct calls, not `predict`: under a multi-worker strategy `predict`
+    # returns the global batch's outputs, which do not line up with these labels.
+    run = traced_inference(model, dataset.element_spec[0])
     for batch in dataset:
-        # Direct calls, not `predict`: under a multi-worker strategy `predict`
-        # returns the global batch's outputs, which do not line up with these labels.
-        probabilities = _view_probabilities(model, batch[0], views)
+        probabilities = _view_probabilities(run, batch[0], views)
         labels = np.asarray(batch[1]).reshape(-1)
         if classes is None:
             classes = probabilities.shape[-1]
@@ -164,11 +168,12 @@ def evaluate(
     return Evaluation(Scores(plain, names), tta_scores, tta)
 
 
-def _view_probabilities(model, inputs, views) -> np.ndarray:
-    """`[views, batch, classes]` softmax probabilities, view 0 the identity."""
+def _view_probabilities(run, inputs, views) -> np.ndarray:
+    """`[views, batch, classes]` softmax probabilities (`run`: inputs -> logits),
+    view 0 the identity."""
     outputs = []
     for view in views:
         viewed = inputs if view == 0 else dihedral_view(inputs, view)
-        logits = keras.tree.flatten(model(viewed, training=False))[0]
+        logits = keras.tree.flatten(run(viewed))[0]
         outputs.append(keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1)))
     return np.stack(outputs)

@@ -40,6 +40,7 @@ from kerastl.backbones.spec import TEXT
 from kerastl.data.augment import Views
 from kerastl.distribute.keras_fixes import FixedFunctional
 from kerastl.groups import LayerGroups
+from kerastl.training.inference import traced_inference
 
 HEAD = "head"
 
@@ -238,7 +239,7 @@ class FeatureCache:
     ):
         self._prepare(memory_limit_mb, directory, views.count if views is not None else 1)
         self._views_stacked = views is not None
-        run = _inference(extractor, dataset.element_spec[0])
+        run = traced_inference(extractor, dataset.element_spec[0])
 
         def extract(inputs):
             return [np.asarray(array) for array in keras.tree.flatten(run(inputs))]
@@ -292,7 +293,7 @@ class FeatureCache:
             tf.TensorSpec((None, *shape[skip:]), dtype)
             for shape, dtype in self._layout[: self._num_features]
         ]
-        run = _inference(middle, specs)
+        run = traced_inference(middle, specs)
 
         def elements():
             for index in range(self.num_batches):
@@ -572,16 +573,6 @@ def _fingerprint(model: keras.Model) -> bytes:
     for weight in model.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.digest()
-
-
-def _inference(model: keras.Model, element_spec):
-    """`model` in inference mode, traced once for any batch size (and length, where it varies)."""
-    import tensorflow as tf
-
-    signature = tf.nest.map_structure(
-        lambda spec: tf.TensorSpec((None, *spec.shape[1:]), spec.dtype), element_spec
-    )
-    return tf.function(lambda x: model(x, training=False), input_signature=[signature])
 
 
 def _spec(layout):
