@@ -249,7 +249,7 @@ class FineTuner:
             are frozen (and, with an augmentation, `cache_views` is set), else
             say why not and train end to end; True: the same, but a model that
             cannot be cut there, or an augmentation without `cache_views`, is
-            an error; False: never.
+            an error; False: never. A MixUp/CutMix stage always trains end to end.
         augmentation: a Keras layer applied to training inputs only
             (`training=True`), inside the input pipeline: never part of the
             model, so never in an export; or a policy or list of names for
