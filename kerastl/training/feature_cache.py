@@ -237,8 +237,8 @@ class FeatureCache:
         views: Views | None = None,
         verbose: int | str = 1,
     ):
-        self._prepare(memory_limit_mb, directory, views.count if views is not None else 1)
-        self._views_stacked = views is not None
+        count = views.count if views is not None else 1
+        self._prepare(memory_limit_mb, directory, count, stacked=views is not None)
         run = traced_inference(extractor, dataset.element_spec[0])
 
         def extract(inputs):
@@ -286,8 +286,7 @@ class FeatureCache:
         import tensorflow as tf
 
         cache = FeatureCache.__new__(FeatureCache)
-        cache._prepare(memory_limit_mb, directory, self.num_views)
-        cache._views_stacked = self._views_stacked
+        cache._prepare(memory_limit_mb, directory, self.num_views, stacked=self._views_stacked)
         skip = 2 if self._views_stacked else 1  # [views, batch, ...] or [batch, ...]
         specs = [
             tf.TensorSpec((None, *shape[skip:]), dtype)
@@ -313,7 +312,7 @@ class FeatureCache:
         cache._fill(elements(), self.num_batches, verbose)
         return cache
 
-    def _prepare(self, memory_limit_mb: float, directory, num_views: int) -> None:
+    def _prepare(self, memory_limit_mb: float, directory, num_views: int, stacked: bool) -> None:
         if not memory_limit_mb >= 0:
             raise ValueError(
                 f"`memory_limit_mb` must be >= 0. Received: memory_limit_mb={memory_limit_mb!r}."
@@ -326,6 +325,7 @@ class FeatureCache:
         self._layout: list = []
         self._num_features = 0
         self.num_views = num_views
+        self._views_stacked = stacked  # features stored as [views, batch, ...]
         self.nbytes = 0
 
     def _fill(self, elements, total: int, verbose: int | str) -> None:
