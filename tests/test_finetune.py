@@ -537,3 +537,15 @@ def test_mixing_is_refused_for_a_text_model():
         kerastl.FineTuner(_tiny_bert(), verbose=0).fit(
             _tokens(), stages=[kerastl.Stage(1, mixup=0.2)]
         )
+
+
+def test_a_probe_before_a_mixing_stage_caches_only_its_own_features(capsys):
+    stages = [kerastl.Stage(1, lr=1e-2), kerastl.Stage(1, train="block7", lr=1e-2, mixup=0.2)]
+    tuner = kerastl.FineTuner(_lite0(), cache_shuffle_seed=None, verbose=1)
+    tuner.fit(_images(), _images(8, seed=1), stages=stages)
+    printed = [line for line in capsys.readouterr().out.splitlines() if "caching" in line]
+    assert printed == [
+        "kerastl: caching pooled features (once) ...",
+        "kerastl: not caching: mixup mixes the images of each batch.",
+    ]
+    assert [summary["cached"] for summary in tuner.stage_summaries] == ["pooled features", "no"]

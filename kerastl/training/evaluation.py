@@ -112,9 +112,8 @@ def predict_probabilities(model: keras.Model, inputs, *, tta: str = "none") -> n
     Example:
         >>> probabilities = kerastl.predict_probabilities(model, images, tta="dihedral")
     """
-    return _view_probabilities(lambda x: model(x, training=False), inputs, tta_views(tta)).mean(
-        axis=0
-    )
+    views = _view_probabilities(lambda x: model(x, training=False), inputs, tta_views(tta))
+    return views.mean(axis=0)
 
 
 def evaluate(

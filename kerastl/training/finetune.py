@@ -524,11 +524,14 @@ class FineTuner:
 
     def _lowest_later_cut(self, split, following):
         """The lowest cut below `split` that the following stages will cache at,
-        up to the first stage that trains every layer (which changes them all)."""
+        up to the first stage that trains every layer (which changes them all);
+        mixing stages train end to end and cache nothing."""
         lowest = None
         for stage in following:
             if stage.train == ALL:
                 break
+            if stage.mixing:
+                continue
             try:
                 later = split_model(
                     self.model, stage.train, granularity_of(self.model, stage.train)
