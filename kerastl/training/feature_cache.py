@@ -508,7 +508,7 @@ class FeatureStore:
 
     def _fresh(self, split: Split) -> _Entry | None:
         entry = self._caches.get(split.boundary)
-        if entry is None or entry.fingerprint == _fingerprint(split.extractor):
+        if entry is None or _unchanged(entry):
             return entry
         if self.verbose:
             print(f"kerastl: caching {split.boundary} again: a stage trained the layers below it.")
@@ -519,9 +519,13 @@ class FeatureStore:
         kept = [entry.split for entry in self._caches.values()]
         for lower in [*kept, *([source] if source is not None else [])]:
             middle = bridge(lower, split)
-            base = None if middle is None else self._fresh(lower)
-            if middle is not None and base is None and lower is source:
-                base = self._extract(lower)
+            if middle is None:
+                continue
+            if lower is source:
+                base = self._fresh(lower) or self._extract(lower)
+            else:  # a kept cache serves only while current; nobody asked for it again
+                kept_entry = self._caches[lower.boundary]
+                base = kept_entry if _unchanged(kept_entry) else None
             if base is None:
                 continue
             if self.verbose:
@@ -565,6 +569,11 @@ class FeatureStore:
             "directory": os.path.join(self.directory, slug, name) if self.directory else None,
             "verbose": self.verbose,
         }
+
+
+def _unchanged(entry: _Entry) -> bool:
+    """Whether the frozen layers below `entry`'s cut still hold the cached values."""
+    return entry.fingerprint == _fingerprint(entry.split.extractor)
 
 
 def _fingerprint(model: keras.Model) -> bytes:
