@@ -44,6 +44,15 @@ VARIANTS = {
         "recipe at 192 px, from block5": ["model.image_size=192", "stages.1.train=block5"],
         # MixUp images are blended: the block6 stage trains end to end (no cache).
         "recipe, block6 stage with MixUp 0.2": ["stages.1.mixup=0.2"],
+        # Stochastic depth in the trained blocks (block6b-d); still cached at block6.
+        "recipe, block6 stage with drop path 0.2": ["stages.1.drop_path=0.2"],
+        # Progressive resizing: a third stage, all layers end to end at 96 px
+        # (validated at 128 px), then the model as trained is chosen on validation.
+        "recipe + all layers 4 at 96 px": [
+            "stages=[{epochs: 6, train: head, lr: 3.0e-3}, {epochs: 8, train: block6, "
+            "lr: 3.0e-4, lr_mult: 3, warmup: 0.2, schedule: cosine}, {epochs: 4, train: all, "
+            "lr: 1.0e-4, lr_mult: 10, warmup: 0.2, schedule: cosine, image_size: 96}]",
+        ],
     },
     "text": {
         "old recipe: probe 6 + top two layers 2 (decay 0.7)": [

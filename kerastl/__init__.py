@@ -16,6 +16,7 @@ import sys as _sys
 # parsing its arguments: `kerastl --help` answers without starting TensorFlow.
 _EXPORTS = {
     "BackboneSpec": "kerastl.backbones",
+    "BackupError": "kerastl.training.staged_backup",
     "BalancedAccuracy": "kerastl.training.metrics",
     "CheckpointError": "kerastl.backbones",
     "FineTuner": "kerastl.training.finetune",
@@ -28,6 +29,8 @@ _EXPORTS = {
     "OneCycle": "kerastl.training.schedules",
     "Preprocessing": "kerastl.preprocessing",
     "ResumableBackup": "kerastl.distribute",
+    "RunFinished": "kerastl.training.staged_backup",
+    "RunInterrupted": "kerastl.training.staged_backup",
     "SparseSmoothedCrossentropy": "kerastl.training.losses",
     "Stage": "kerastl.training.finetune",
     "TransferModel": "kerastl.models",

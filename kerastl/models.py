@@ -143,12 +143,11 @@ class TransferModel(FixedTraining, keras.Model):
             }
             features = backbone(inputs)
             pooled = _pool(self.pooling_layer, features, inputs["padding_mask"], pooling)
+            outputs = self.head_layer(self.dropout_layer(pooled))
         else:
             shape = tuple(input_shape) if input_shape is not None else backbone.input_shape[1:]
             inputs = keras.Input(shape=shape, name="image")
-            features = backbone(self.preprocessing_layer(inputs))
-            pooled = _pool(self.pooling_layer, features, None, pooling, tokens)
-        outputs = self.head_layer(self.dropout_layer(pooled))
+            outputs = self._image_logits(inputs, pooling)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -161,6 +160,53 @@ class TransferModel(FixedTraining, keras.Model):
         self.preprocessing = preprocessing
         self.modality = modality
         self.preprocessor = preprocessor
+
+    def _image_logits(self, images, pooling: str):
+        features = self.backbone(self.preprocessing_layer(images))
+        tokens = len(self.backbone.output_shape) == 3
+        pooled = _pool(self.pooling_layer, features, None, pooling, tokens)
+        return self.head_layer(self.dropout_layer(pooled))
+
+    def at_any_image_size(self) -> keras.Model:
+        """This image model on images of any size, sharing every layer.
+
+        For training at another resolution than the model's input
+        (progressive resizing) while validating at it: what it trains is this
+        model's weights. The model itself keeps its input size (exports too).
+
+        Returns:
+            A functional `keras.Model` from `(None, None, channels)` images to
+            the same logits.
+
+        Raises:
+            ValueError: a text model, or a backbone built for one input size
+                (its input shape, or position embeddings, fix it).
+
+        Example:
+            >>> model.at_any_image_size().predict(images_96)
+        """
+        self.check_any_image_size()
+        images = keras.Input(shape=(None, None, self.input_shape[-1]), name="image")
+        return keras.Model(
+            images, self._image_logits(images, self.pooling), name=f"{self.name}_any_size"
+        )
+
+    def check_any_image_size(self) -> None:
+        """Raises unless `at_any_image_size` can be built (see there).
+
+        Example:
+            >>> model.check_any_image_size()  # before a long run that resizes
+        """
+        if self.modality == TEXT:
+            raise ValueError(
+                f"Only image models take other image sizes; {self.name!r} is a text model."
+            )
+        fixed = tuple(self.backbone.input_shape[1:3])
+        if fixed != (None, None):
+            raise ValueError(
+                f"The backbone of {self.name!r} takes {fixed[0]}x{fixed[1]} images only (its "
+                "input shape is fixed when built), so it cannot train at another size."
+            )
 
     def compile(self, optimizer="adam", loss="auto", metrics="auto", **kwargs):
         """`keras.Model.compile` with defaults for the model's task and a logits check.

@@ -1,6 +1,7 @@
 """`kerastl train` end to end on a tiny config: every artefact of the run directory."""
 
 import csv
+import dataclasses
 import json
 
 import keras
@@ -138,3 +139,39 @@ def test_export_command_publishes_a_bundle_and_names_bad_arguments(run, capsys):
     assert "opset=19" in capsys.readouterr().err
     assert main(["export", str(run / "nowhere")]) == 2
     assert "no model.keras" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_says_it_is_finished(run, capsys):
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"The run in {run} finished (3 epochs, best epoch" in out and "nothing to resume" in out
+
+
+def test_resuming_with_another_config_is_refused_naming_the_key(run, capsys):
+    config = run.parent.parent / "tiny.yaml"
+    args = ["train", str(config), "--set", "stages.0.lr=0.05", "--resume", str(run)]
+    assert main(args) == 2
+    assert "stages.0.lr: 0.02 -> 0.05" in capsys.readouterr().err
+
+
+def test_the_same_config_finds_its_unfinished_run_and_only_that(run, tmp_path):
+    from kerastl.app.config import to_yaml
+    from kerastl.app.run import unfinished_run
+
+    config = load_config(run.parent.parent / "tiny.yaml", ["stages.0.lr=0.02"])
+    config = dataclasses.replace(config, output_dir=str(tmp_path))
+    for name, finished, lr in (
+        ("tiny", False, 0.02),
+        ("tiny-2", True, 0.02),
+        ("tiny-3", False, 0.5),
+    ):
+        folder = tmp_path / name / "backup"
+        folder.mkdir(parents=True)
+        other = load_config(run.parent.parent / "tiny.yaml", [f"stages.0.lr={lr}"])
+        (tmp_path / name / "config.yaml").write_text(
+            to_yaml(dataclasses.replace(other, output_dir=str(tmp_path)))
+        )
+        (folder / "state-000001.json").write_text(json.dumps({"finished": finished}))
+    assert unfinished_run(config) == str(tmp_path / "tiny")
+    (tmp_path / "tiny" / "backup" / "state-000002.json").write_text('{"finished": true}')
+    assert unfinished_run(config) is None

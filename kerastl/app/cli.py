@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
             help="override a config value, e.g. --set stages.1.lr=1e-4 (repeatable)",
         )
         command.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+        if name == "train":
+            command.add_argument(
+                "--resume",
+                metavar="RUN_DIR",
+                help="continue the unfinished run in RUN_DIR (its config.yaml; a CONFIG or "
+                "--set given too must match it)",
+            )
 
     config = commands.add_parser(
         "config", help="print the configuration (defaults, or a file with overrides) as YAML"
@@ -143,9 +150,23 @@ def _config(args) -> int:
 def _train(args) -> int:
     from kerastl.app.config import load_config
     from kerastl.app.run import train
+    from kerastl.training.staged_backup import BackupError, RunFinished, RunInterrupted
 
-    config = load_config(args.config, args.set)
-    train(config, verbose=0 if args.quiet else 2)
+    if args.resume and args.config is None and not args.set:
+        config = load_config(os.path.join(args.resume, "config.yaml"))
+    else:
+        config = load_config(args.config, args.set)
+    try:
+        train(config, verbose=0 if args.quiet else 2, resume=args.resume)
+    except RunFinished as finished:
+        print(f"kerastl: {finished}")
+        return 0
+    except RunInterrupted as stopped:
+        print(f"kerastl: {stopped}", file=sys.stderr)
+        return 130 if "SIGINT" in str(stopped) else 143
+    except BackupError as error:
+        print(f"kerastl: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

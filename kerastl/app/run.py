@@ -15,10 +15,16 @@ import time
 
 from kerastl._atomic import write_text
 from kerastl._quiet import native_stderr_silenced
-from kerastl.app.config import RunConfig, build_model, build_tuner, to_yaml
+from kerastl.app.config import RunConfig, build_model, build_tuner, load_config, to_dict, to_yaml
 from kerastl.data.from_config import Data, load_data
 from kerastl.training.evaluation import Evaluation, evaluate
 from kerastl.training.run_directory import new_run_directory
+from kerastl.training.staged_backup import (
+    BackupError,
+    RunFinished,
+    StagedBackup,
+    signature_differences,
+)
 
 
 @dataclasses.dataclass
@@ -51,15 +57,29 @@ class RunResult:
     seconds: float = 0.0
 
 
-def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
+def train(
+    config: RunConfig, *, verbose: int | str = "auto", resume: str | os.PathLike | None = None
+) -> RunResult:
     """Runs the configured fine-tuning and writes the run directory.
+
+    A run backs itself up in `RUN_DIR/backup` every epoch. A killed run
+    resumes with `resume=RUN_DIR` (`kerastl train --resume RUN_DIR`), and
+    running the same config again resumes the newest unfinished run of it
+    in `output_dir` (saying so); a changed config starts a new run directory.
 
     Args:
         config: a `RunConfig` (see `kerastl.app.config.load_config`).
         verbose: Keras progress output (0: only the final summary lines).
+        resume: a run directory holding an unfinished run of this config.
 
     Returns:
         A `RunResult`.
+
+    Raises:
+        ValueError: `resume` names a run of another config (the differing
+            keys named) or a folder without a run.
+        RunFinished: the run in `resume` finished.
+        RunInterrupted: SIGTERM or Ctrl-C stopped the run, after a backup.
 
     Example:
         >>> from kerastl.app.config import load_config
@@ -78,6 +98,22 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
         strategy = get_strategy(config.train.strategy)
     chief = is_chief(strategy)
     say = _say if chief else (lambda message: None)
+    if resume is not None:  # checked before the data and model are built
+        check_same_config(config, os.fspath(resume))
+        state = StagedBackup(os.path.join(os.fspath(resume), "backup")).peek()
+        if state is not None and state.get("finished"):
+            raise RunFinished(
+                f"The run in {os.fspath(resume)} finished ({state['epoch']} epochs, best epoch "
+                f"{state['best_epoch']}): nothing to resume. Its report: "
+                f"{os.path.join(os.fspath(resume), 'report.md')}."
+            )
+    elif chief:
+        resume = unfinished_run(config)
+        if resume is not None:
+            _say(
+                f"{resume} holds an unfinished run of this config: resuming it "
+                "(move that folder aside to start over)."
+            )
     data = load_data(config)  # its shuffles and samples take their own seeds
     # Seeded after the data: preparing a TFDS dataset on first use draws random
     # numbers, and the model's initialisation must not depend on whether it ran.
@@ -91,7 +127,10 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
         model = build_model(config, data.class_names)
     for stage in config.stages:
         granularity_of(model, stage.train)  # a bad group fails before the run directory exists
-    if chief:
+    if resume is not None:
+        run_dir = os.fspath(resume)
+        say(f"Run directory (resumed): {run_dir}")
+    elif chief:
         run_dir = new_run_directory(config.output_dir, config.name)
         _say(f"Run directory: {run_dir}")
     else:  # a non-chief worker trains in step with the chief and writes nothing shared
@@ -99,12 +138,13 @@ def train(config: RunConfig, *, verbose: int | str = "auto") -> RunResult:
     try:
         return _train_in(config, data, model, strategy, run_dir, say, verbose)
     finally:
-        if not chief:
+        if not chief and resume is None:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say, verbose):
-    write_text(os.path.join(run_dir, "config.yaml"), to_yaml(config))
+    if not os.path.isfile(os.path.join(run_dir, "config.yaml")):
+        write_text(os.path.join(run_dir, "config.yaml"), to_yaml(config))
     tuner = build_tuner(config, model, strategy, run_dir=run_dir, verbose=verbose)
     started = time.perf_counter()
     history = tuner.fit(data.train, data.validation, stages=config.stages)
@@ -138,6 +178,9 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
     monitored = f"{config.train.monitor} = {_fmt(best[0])}"
     say(f"Best epoch {best[1]}: {monitored} ({seconds:.0f}s training)")
     say(f"Best {config.train.monitor} per stage: {tuner.recorder.stage_gains()}")
+    if tuner.backup_seconds:
+        share = 100 * tuner.backup_seconds / max(seconds, 1e-9)
+        say(f"Backups: {tuner.backup_seconds:.1f}s ({share:.1f}% of training)")
     say(f"Report: {report}")
     say(f"Plots: {os.path.join(run_dir, 'learning_curves.png')}, confusion_matrix.png")
     if test_results:
@@ -158,6 +201,49 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
         tuner.recorder.best_per_stage(),
         seconds,
     )
+
+
+def check_same_config(config: RunConfig, run_dir: str) -> None:
+    """Raises unless `run_dir` holds a run of `config` (naming the keys that differ).
+
+    Example:
+        >>> check_same_config(load_config("recipes/image_classification.yaml"), "runs/elpv-lite0")
+    """
+    saved_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(saved_path):
+        raise ValueError(
+            f"{run_dir!r} holds no run to resume (no config.yaml). Received: resume={run_dir!r}."
+        )
+    saved = to_dict(load_config(saved_path))
+    differences = signature_differences(saved, to_dict(config))
+    if differences:
+        raise ValueError(
+            f"The run in {run_dir} was trained with another config, so it cannot be resumed "
+            f"with this one: {'; '.join(differences)}. Resume it with its own config "
+            f"(`kerastl train --resume {run_dir}` alone reads it), or start a new run."
+        )
+
+
+def unfinished_run(config: RunConfig) -> str | None:
+    """The newest run directory of `config.name` in `config.output_dir` that holds
+    an unfinished backup of this same config, or None.
+
+    Example:
+        >>> unfinished_run(load_config("recipes/image_classification.yaml"))
+        'runs/elpv-lite0-2'
+    """
+    base = os.path.join(os.fspath(config.output_dir), config.name)
+    candidates = [base] + [f"{base}-{n}" for n in range(2, 1000) if os.path.isdir(f"{base}-{n}")]
+    for run_dir in reversed([path for path in candidates if os.path.isdir(path)]):
+        backup = StagedBackup(os.path.join(run_dir, "backup"))
+        try:
+            state = backup.peek()
+            check_same_config(config, run_dir)
+        except (ValueError, BackupError):
+            continue
+        if state is not None and not state.get("finished"):
+            return run_dir
+    return None
 
 
 def check_tta(config: RunConfig) -> None:

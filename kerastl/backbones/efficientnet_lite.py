@@ -13,6 +13,11 @@ side); TF pads `k - 2` in total, the extra pixel at the bottom/right. Left
 alone the features drift (correlation ~0.94). `TFSamePaddingEfficientNetBackbone`
 applies TF's padding for even-sized feature maps, the case at 224x224 and at
 every even input size.
+
+Google trained Lite0 with drop connect 0.2 (stochastic depth on the residual
+blocks). The backbone is built with those layers in place and switched off:
+a `Stage(drop_path=...)` turns them on in the blocks it trains
+(`kerastl.training.drop_path`).
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import numpy as np
 
 from kerastl import _atomic
 from kerastl.backbones.torch_checkpoint import CheckpointError, read_state_dict
+from kerastl.training.drop_path import switch_off_drop_path
 
 STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+DROP_CONNECT_RATE = 0.2  # Lite0's training setting: places the drop-path layers
 BATCH_NORM_EPSILON = 1e-3
 TIMM_CONFIG = {
     "architecture": "efficientnet_lite0",
@@ -161,12 +168,15 @@ def _make_backbone_class():
         """KerasHub's EfficientNet with TF "same" padding on stride-2 convolutions.
 
         For weights trained in TensorFlow (EfficientNet-Lite). Serializes as
-        this class, so the padding survives `load_model`.
+        this class, so the padding survives `load_model`. Built with Lite0's
+        drop-path layers (`dropout` at least `DROP_CONNECT_RATE`), switched off.
         """
 
         def __init__(self, **kwargs):
+            kwargs["dropout"] = kwargs.get("dropout") or DROP_CONNECT_RATE
             super().__init__(**kwargs)
             apply_tf_same_padding(self)
+            switch_off_drop_path(self)
 
     return TFSamePaddingEfficientNetBackbone
 

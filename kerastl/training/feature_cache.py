@@ -379,6 +379,10 @@ class FeatureCache:
                 np.save(file, part)
         self._files.append(path)
 
+    def _batch_size(self, index: int) -> int:
+        features = self._batch(index)[0]
+        return len(features[0][0]) if self.num_views > 1 else len(features[0])
+
     def _batch(self, index: int) -> tuple:
         if index < len(self._memory):
             flat = self._memory[index]
@@ -387,7 +391,7 @@ class FeatureCache:
                 flat = [np.load(file) for _ in self._layout]
         return (tuple(flat[: self._num_features]), *flat[self._num_features :])
 
-    def dataset(self, shuffle_seed: int | None = None, view_seed: int = 0):
+    def dataset(self, shuffle_seed: int | None = None, view_seed: int = 0, skip_epochs: int = 0):
         """The cached batches as a `tf.data.Dataset`.
 
         Args:
@@ -398,6 +402,8 @@ class FeatureCache:
                 batch after batch (in the order served), the view indices are
                 `numpy.random.default_rng(view_seed).integers(num_views,
                 size=batch_size)` drawn from one generator kept across epochs.
+            skip_epochs: start as the epoch after this many would (their
+                order and views drawn and dropped): a resumed stage.
 
         Returns:
             A dataset of `((features...), labels[, weights])` batches.
@@ -407,9 +413,17 @@ class FeatureCache:
         rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
         view_rng = np.random.default_rng(view_seed)
 
-        def elements():
+        def order():
             count = self.num_batches
-            for index in rng.permutation(count) if rng is not None else range(count):
+            return rng.permutation(count) if rng is not None else range(count)
+
+        for _ in range(skip_epochs):
+            for index in order():
+                if self.num_views > 1:
+                    view_rng.integers(self.num_views, size=self._batch_size(int(index)))
+
+        def elements():
+            for index in order():
                 features, *rest = self._batch(int(index))
                 if self.num_views > 1:
                     size = len(features[0][0])
@@ -482,8 +496,17 @@ class FeatureStore:
         self.verbose = verbose
         self._caches: dict[str, _Entry] = {}
         self._data: tuple | None = None
+        self.passes = None  # a run's `DataPasses`, told of each pass over the training data
 
-    def datasets(self, split: Split, train, validation=None, *, source: Split | None = None):
+    def datasets(
+        self,
+        split: Split,
+        train,
+        validation=None,
+        *,
+        source: Split | None = None,
+        skip_epochs: int = 0,
+    ):
         """`(training features, validation features or None)` at `split`'s cut.
 
         Args:
@@ -493,6 +516,8 @@ class FeatureStore:
             source: a cut below `split` that a later stage will train from:
                 its cache is made now (once) and `split`'s features are
                 computed from it (`bridge`) instead of from the inputs.
+            skip_epochs: the training features start as after this many
+                epochs (`FeatureCache.dataset`).
 
         Returns:
             Two datasets of cached features (the second None without validation).
@@ -502,7 +527,7 @@ class FeatureStore:
             self._caches, self._data = {}, pair
         entry = self._fresh(split) or self._derive(split, source) or self._extract(split)
         return (
-            entry.train.dataset(self.shuffle_seed, self.view_seed),
+            entry.train.dataset(self.shuffle_seed, self.view_seed, skip_epochs),
             entry.validation.dataset() if entry.validation else None,
         )
 
@@ -544,6 +569,8 @@ class FeatureStore:
         if self.verbose:
             views = f" of {self.views.count} views" if self.views else ""
             print(f"kerastl: caching {split.boundary}{views} (once) ...")
+        if self.passes is not None:
+            self.passes.before_extract(split.boundary)
         return self._keep(
             split,
             *(

@@ -20,6 +20,7 @@ it, cached features would replay one random draw, so stages train end to end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -32,11 +33,13 @@ from kerastl._validation import check_positive_int
 from kerastl.data.augment import MIXINGS, label_mixing, one_hot_labels, views_of
 from kerastl.data.augment import augmentation as augment_policy
 from kerastl.data.sampling import balanced_class_weights
+from kerastl.distribute.strategies import is_chief
 from kerastl.freezing import freeze, freeze_to, unfreeze
 from kerastl.groups import COARSE, LayerGroups
 from kerastl.models import TransferModel
 from kerastl.optimizers import discriminative_optimizer
 from kerastl.training import run_directory
+from kerastl.training.drop_path import reset_drop_path, set_drop_path
 from kerastl.training.ema import EmaWeights
 from kerastl.training.evaluation import Evaluation
 from kerastl.training.evaluation import evaluate as evaluate_model
@@ -44,6 +47,19 @@ from kerastl.training.feature_cache import CacheRefused, FeatureStore, split_mod
 from kerastl.training.losses import SparseSmoothedCrossentropy
 from kerastl.training.metrics import BalancedAccuracy
 from kerastl.training.schedules import warmup_cosine
+from kerastl.training.staged_backup import (
+    BackupCallback,
+    DataPasses,
+    InterruptSignals,
+    RunFinished,
+    RunInterrupted,
+    StagedBackup,
+    load_arrays,
+    restore_seed_states,
+    run_signature,
+    seed_states,
+    signature_differences,
+)
 
 HEAD, ALL = "head", "all"
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -82,6 +98,17 @@ class Stage:
             stage trains end to end on soft labels; images only.
         cutmix: CutMix's Beta parameter (e.g. 1.0), likewise; give one of
             `mixup` and `cutmix`.
+        drop_path: stochastic depth in the backbone blocks this stage trains:
+            the deepest block's rate, shallower ones less (in proportion to
+            the rates the backbone was built with); frozen blocks never drop.
+            None: trained blocks at their built rates (Keras's EfficientNets
+            0.2 deep down; kerastl's Lite0 0). Backbones without drop-path
+            layers refuse a rate > 0 (`kerastl.training.drop_path`).
+        image_size: train at this image side (progressive resizing): the
+            stage's training images are resized to it and it trains end to end
+            (`TransferModel.at_any_image_size`); validation, the best-epoch
+            choice and the final model stay at the model's input size. Image
+            models whose backbone takes any size; None: the model's size.
 
     Example:
         >>> kerastl.Stage(epochs=5, train="block6", lr=1e-4, lr_mult=10, patience=2)
@@ -103,6 +130,8 @@ class Stage:
     ema: float | None = None
     mixup: float | None = None
     cutmix: float | None = None
+    drop_path: float | None = None
+    image_size: int | None = None
 
     def __post_init__(self):
         check_positive_int("epochs", self.epochs)
@@ -151,6 +180,12 @@ class Stage:
                 "Give `mixup` or `cutmix`, not both. "
                 f"Received: mixup={self.mixup}, cutmix={self.cutmix}."
             )
+        if self.drop_path is not None and not 0 <= self.drop_path < 1:
+            raise ValueError(
+                f"`drop_path` must be in [0, 1). Received: drop_path={self.drop_path!r}."
+            )
+        if self.image_size is not None:
+            check_positive_int("image_size", self.image_size)
 
     @property
     def mixing(self) -> tuple[str, float] | None:
@@ -160,17 +195,41 @@ class Stage:
                 return kind, getattr(self, kind)
         return None
 
+    def end_to_end_reason(self, model: TransferModel) -> str | None:
+        """Why this stage cannot train on cached features, or None.
+
+        Args:
+            model: the `TransferModel` it trains.
+
+        Returns:
+            A phrase such as `"mixup mixes the images of each batch"`, or None.
+        """
+        if self.mixing:
+            return f"{self.mixing[0]} mixes the images of each batch"
+        if self.resizes(model):
+            return f"the stage trains at {self.image_size} px"
+        return None
+
+    def resizes(self, model: TransferModel) -> bool:
+        """Whether the stage trains at another size than `model`'s input."""
+        return self.image_size is not None and tuple(model.input_shape[1:3]) != (
+            self.image_size,
+            self.image_size,
+        )
+
     def prepare(self, model: TransferModel) -> None:
-        """Sets `model`'s trainable flags and head dropout for this stage (no recompile).
+        """Sets `model`'s trainable flags, head dropout and drop-path rates for
+        this stage (no recompile); `reset_drop_path(model)` after it.
 
         Args:
             model: a `TransferModel`.
 
         Example:
-            >>> Stage(3, train="block6", dropout=0.5).prepare(model)
+            >>> Stage(3, train="block6", dropout=0.5, drop_path=0.2).prepare(model)
         """
         model.dropout_layer.rate = model.dropout if self.dropout is None else self.dropout
         set_stage_trainable(model, self)
+        set_drop_path(model, self.drop_path)
 
     def build_optimizer(self, model: TransferModel, steps: int) -> keras.optimizers.Optimizer:
         """This stage's optimizer: one rate, or one per group (`lr_mult`, `lr_decay`).
@@ -279,6 +338,10 @@ class FineTuner:
             `report.md` there (see `kerastl.training.run_directory`); None: nothing.
         callbacks: further Keras callbacks for every stage.
         jit_compile: compile the training step with XLA (`compile(jit_compile=...)`).
+        backup_share: with a backup (`fit(backup_dir=...)`, or a `run_dir`),
+            the most of the training time epoch-end backups may take (0.03):
+            short epochs are backed up every few epochs; stage ends and stops
+            always are. None: every epoch.
         verbose: passed to `fit`; 0 also silences caching progress.
 
     Example:
@@ -306,6 +369,7 @@ class FineTuner:
         run_dir: str | os.PathLike | None = None,
         callbacks: tuple = (),
         jit_compile: bool | str = "auto",
+        backup_share: float | None = 0.03,
         verbose: str | int = "auto",
     ):
         if not isinstance(model, TransferModel):
@@ -347,9 +411,16 @@ class FineTuner:
         self.run_dir = os.fspath(run_dir) if run_dir is not None else None
         self.callbacks = tuple(callbacks)
         self.jit_compile = jit_compile
+        if backup_share is not None and not 0 < backup_share <= 1:
+            raise ValueError(
+                "`backup_share` must be in (0, 1] or None. "
+                f"Received: backup_share={backup_share!r}."
+            )
+        self.backup_share = backup_share
         self.verbose = verbose
         self._evaluated: list = []
         self.stage_starts: list[int] = []
+        self.backup_seconds = 0.0  # time spent writing backups in the last `fit`
         self.stage_summaries: list[dict] = []
         self.recorder: run_directory.RunRecorder | None = None
         self.features = FeatureStore(  # the run's feature caches (memory bound, folder, order)
@@ -371,19 +442,43 @@ class FineTuner:
                 "(cache_views=K caches K views of each)."
             )
 
-    def fit(self, train, validation=None, *, stages) -> keras.callbacks.History:
+    def fit(
+        self,
+        train,
+        validation=None,
+        *,
+        stages,
+        backup_dir: str | os.PathLike | bool | None = None,
+    ) -> keras.callbacks.History:
         """Trains stage after stage; epochs are numbered across stages.
+
+        With a backup (`backup_dir`, or `run_dir/backup` by default), a run
+        that was killed resumes when `fit` is called again with the same
+        stages and data: from its last epoch (or the batch where SIGTERM or
+        Ctrl-C stopped it), with the model, optimizer, best epoch, history,
+        seed-generator states and the data's order as they were. Feature
+        caches are computed again (deterministic from the restored weights).
 
         Args:
             train: a batched `tf.data.Dataset` of `(inputs, integer labels)`;
                 a text model's inputs may be raw strings (`TransferModel.prepare_data`).
             validation: the same for validation, or None.
             stages: the `Stage`s, in order.
+            backup_dir: where backups go (`kerastl.training.staged_backup`);
+                None: `run_dir/backup` when there is a `run_dir`, else none;
+                False: none.
 
         Returns:
             A `History` over all stages; `stage_starts` holds each stage's
             first epoch. With `restore_best`, the model ends with the best
             epoch's weights (`tuner.recorder.best_epoch`).
+
+        Raises:
+            RunInterrupted: SIGTERM or Ctrl-C stopped the run, after a backup.
+            RunFinished: the backup holds a finished run.
+            ValueError: the backup's run had other stages or settings (the
+                differing keys named).
+            BackupError: backups exist and none of them is whole.
         """
         stages = list(stages)
         if not stages or not all(isinstance(stage, Stage) for stage in stages):
@@ -402,41 +497,68 @@ class FineTuner:
                     f"MixUp and CutMix mix images; this is a {self.model.modality} model. "
                     f"Received: {kind}={strength!r}."
                 )
+            if stage.resizes(self.model):
+                self.model.check_any_image_size()
+            if stage.drop_path:  # a stage with nothing that can drop raises here
+                stage.prepare(self.model)  # (each stage sets its own flags again)
+                reset_drop_path(self.model)
         monitor = self.monitor or ("val_loss" if validation is not None else "loss")
         check_monitor(monitor, self.metrics, validation=validation is not None)
+        self._backup, state = self._open_backup(backup_dir, stages, monitor)
+        self.backup_seconds = 0.0
         if self.run_dir:
             os.makedirs(self.run_dir, exist_ok=True)
         self.recorder = run_directory.RunRecorder(self.model, self.run_dir, monitor)
         train = self.model.prepare_data(train)  # raw strings -> tokens; wrong inputs raise here
         validation = self.model.prepare_data(validation)
-        class_weight = self._class_weight(train)
         augmented = train if self.augmentation is None else _augmented(train, self.augmentation)
+        self._passes = self.features.passes = DataPasses(train, augmented)
+        class_weight = self._class_weight(train)
         history = keras.callbacks.History()
         history.history, history.epoch = {}, []
         self.stage_starts, self.stage_summaries = [], []
         epoch = 0
-        for number, stage in enumerate(stages, start=1):
-            self.stage_starts.append(epoch)
-            self.recorder.stage = f"{number}:{stage.train}"
-            started = time.perf_counter()
-            following = stages[number:]
-            result, cached = self._run(
-                stage, following, train, augmented, validation, epoch, class_weight
-            )
-            self.stage_summaries.append(
-                {
-                    "stage": self.recorder.stage,
-                    "epochs": len(result.epoch),
-                    "lr": stage.lr,
-                    "rates": stage.rate_rule,
-                    "cached": cached or "no",
-                    "seconds": round(time.perf_counter() - started, 1),
-                }
-            )
-            for key, values in result.history.items():
-                history.history.setdefault(key, []).extend(values)
-            history.epoch.extend(range(epoch, epoch + len(result.epoch)))
-            epoch += len(result.epoch)
+        if state is not None:
+            epoch = self._restore_run(state, history)
+        with InterruptSignals(self._backup is not None) as self._signals, self._resume_hint():
+            for number, stage in enumerate(stages, start=1):
+                if state is not None and number - 1 < state["stage"] + state["stage_done"]:
+                    continue  # trained before the interruption: its epochs are in the history
+                resume = None
+                if state is not None:
+                    resume = self._restore_model(state)
+                    state = None
+                first_epoch = epoch if resume is None else resume["stage_first_epoch"]
+                if resume is None:
+                    self.stage_starts.append(epoch)
+                self.recorder.stage = f"{number}:{stage.train}"
+                started = time.perf_counter()
+                result, cached = self._run(
+                    stage,
+                    number - 1,
+                    stages[number:],
+                    train,
+                    augmented,
+                    validation,
+                    first_epoch,
+                    class_weight,
+                    resume,
+                )
+                epoch = (first_epoch if resume is None else resume["epoch"]) + len(result.epoch)
+                self.stage_summaries.append(
+                    {
+                        "stage": self.recorder.stage,
+                        "epochs": epoch - first_epoch,
+                        "lr": stage.lr,
+                        "rates": stage.rate_rule,
+                        "cached": cached or "no",
+                        "seconds": round(time.perf_counter() - started, 1),
+                    }
+                )
+                for key, values in result.history.items():
+                    history.history.setdefault(key, []).extend(values)
+                history.epoch.extend(range(epoch - len(result.epoch), epoch))
+                self._save_backup(number - 1, first_epoch, epoch, 0, stage_done=True)
         history.stage_starts = list(self.stage_starts)
         if self.recorder.best is None:
             warnings.warn(
@@ -450,33 +572,131 @@ class FineTuner:
                 f"kerastl: restored epoch {self.recorder.best_epoch} "
                 f"({monitor} = {self.recorder.best:.4f})."
             )
+        if self._backup is not None and is_chief(self.strategy):
+            self._backup.finish(self._run_state(len(stages) - 1, epoch, epoch, 0, stage_done=True))
         return history
 
+    @contextlib.contextmanager
+    def _resume_hint(self):
+        """Adds where the backup is and how to resume to a `RunInterrupted`."""
+        try:
+            yield
+        except RunInterrupted as stopped:
+            where = self._backup.directory if self._backup is not None else None
+            command = (
+                f" (`kerastl train --resume {self.run_dir}` for a run of that command)"
+                if self.run_dir
+                else ""
+            )
+            raise RunInterrupted(
+                f"stopped by {stopped}; backed up in {where}. Resume by running it again "
+                f"with the same settings{command}."
+            ) from None
+
+    def _open_backup(self, backup_dir, stages, monitor):
+        """The run's `StagedBackup` (or None) and the state to resume (or None)."""
+        if backup_dir is False or (backup_dir is None and not self.run_dir):
+            self._signature = None
+            return None, None
+        directory = backup_dir if backup_dir not in (None, True) else None
+        backup = StagedBackup(directory or os.path.join(self.run_dir, "backup"))
+        self._signature = run_signature(
+            stages,
+            monitor=monitor,
+            metrics=self.metrics,
+            class_weight=self.class_weight,
+            cache_views=self.features.views.count if self.features.views else None,
+            augmentation=type(self.augmentation).__name__ if self.augmentation else None,
+        )
+        state = backup.load()
+        if state is None:
+            return backup, None
+        if state.get("finished"):
+            raise RunFinished(
+                f"The run backed up in {backup.directory} finished ({state['epoch']} epochs, "
+                f"best epoch {state['best_epoch']}): nothing to resume. Train again with "
+                "another run directory or backup_dir, or move that folder aside."
+            )
+        differences = signature_differences(state["signature"], self._signature)
+        if differences:
+            raise ValueError(
+                f"The run backed up in {backup.directory} had other settings, so it cannot "
+                f"be resumed with these: {'; '.join(differences)}. Resume with the same "
+                "settings, or train again in another run directory."
+            )
+        if self.verbose:
+            where = f"epoch {state['epoch'] + 1}" + (
+                f", after batch {state['step']}" if state["step"] else ""
+            )
+            print(f"kerastl: resuming the run backed up in {backup.directory}: {where}.")
+        return backup, state
+
+    def _restore_run(self, state: dict, history) -> int:
+        """Puts the backed-up history, best epoch and stage records back; returns
+        the epochs done."""
+        best = load_arrays(state["path"]["best"]) if "best" in state["path"] else None
+        self.recorder.restore(state["history"], state["best"], state["best_epoch"], best)
+        for row in self.recorder.rows:
+            history.epoch.append(row["epoch"] - 1)
+            for key, value in row.items():
+                if key not in ("epoch", "stage"):
+                    history.history.setdefault(key, []).append(value)
+        self.stage_starts = list(state["stage_starts"])
+        self.stage_summaries = [dict(summary) for summary in state["stage_summaries"]]
+        return state["epoch"]
+
+    def _restore_model(self, state: dict) -> dict | None:
+        """Loads the backed-up weights and seed states; returns what the stage in
+        progress needs to continue (None when the backup is at a stage's end)."""
+        for variable, value in zip(
+            self.model.weights, load_arrays(state["path"]["model"]), strict=True
+        ):
+            variable.assign(value)
+        restore_seed_states(self.model, state["seed_states"])
+        if state["stage_done"]:
+            self._passes.resume(state["passes"]["extracted_at"], state["passes"])
+            return None
+        self._passes.resume(state["passes"]["extracted_at"], state["stage_start_passes"])
+        return state
+
     def _run(
-        self, stage: Stage, following, train, augmented, validation, first_epoch, class_weight
+        self,
+        stage: Stage,
+        index: int,
+        following,
+        train,
+        augmented,
+        validation,
+        first_epoch,
+        class_weight,
+        resume: dict | None = None,
     ):
-        """One stage: cached from `train` (its views, if any) or end to end on `augmented`."""
+        """One stage: cached from `train` (its views, if any) or end to end on
+        `augmented`; from the backed-up epoch and batch with `resume`."""
         model = self.model
         callbacks = [self.recorder, *self.callbacks]
+        stopping = None
         if stage.patience:
-            callbacks.append(
-                keras.callbacks.EarlyStopping(patience=stage.patience, restore_best_weights=True)
+            stopping = _ResumableEarlyStopping(
+                patience=stage.patience, restore_best_weights=True, resume=resume
             )
+            callbacks.append(stopping)
         if self.run_dir:
             callbacks.append(
                 keras.callbacks.TensorBoard(os.path.join(self.run_dir, "logs"), write_graph=False)
             )
         if stage.ema is not None:
-            callbacks.append(EmaWeights())  # last: the others see the averaged weights
+            callbacks.append(EmaWeights())  # the others see the averaged weights
         granularity = granularity_of(model, stage.train)
         steps = int(train.cardinality()) * stage.epochs
+        end_to_end = stage.end_to_end_reason(model)
         with self.strategy.scope():
             stage.prepare(model)
             split = source = None
-            target = model
-            if self.cache_features and stage.mixing and self.verbose:
-                print(f"kerastl: not caching: {stage.mixing[0]} mixes the images of each batch.")
-            if self.cache_features and stage.train != ALL and not stage.mixing:
+            target = model.at_any_image_size() if stage.resizes(model) else model
+            if self.cache_features and end_to_end and self.verbose:
+                print(f"kerastl: not caching: {end_to_end}.")
+            if self.cache_features and stage.train != ALL and not end_to_end:
                 try:
                     split = split_model(model, stage.train, granularity)
                     target = split.trainer
@@ -492,24 +712,88 @@ class FineTuner:
                 metrics=self._metric_objects(),
                 jit_compile=self.jit_compile,
             )
+            if resume is not None:  # the optimizer's state as backed up
+                target.optimizer.build(target.trainable_variables)
+                target.load_weights(resume["path"]["fit"])
+        done = 0 if resume is None else resume["epoch"] - first_epoch
+        stage_start_passes = (
+            self._passes.expected() if resume is None else resume["stage_start_passes"]
+        )
         if split is not None:
             if split.note and self.verbose:
                 print(f"kerastl: caching {split.boundary}: {split.note}.")
-            augmented, validation = self.features.datasets(split, train, validation, source=source)
+            augmented, validation = self.features.datasets(
+                split, train, validation, source=source, skip_epochs=done
+            )
+        if stage.resizes(model):
+            augmented = _resized(augmented, stage.image_size)
         if stage.mixing:
             augmented, validation = _mixed(
                 augmented, validation, stage, model.num_classes, seed=first_epoch
             )
-        result = target.fit(
-            augmented,
-            validation_data=validation,
-            initial_epoch=first_epoch,
-            epochs=first_epoch + stage.epochs,
-            callbacks=callbacks,
-            class_weight=class_weight,
-            shuffle=False,  # the pipeline shuffles (Keras ignores it for datasets, and warns)
-            verbose=self.verbose,
-        )
+        self._passes.catch_up(None if resume is None else resume["fit_start_passes"])
+        fit_start_passes = self._passes.counts() if resume is None else resume["fit_start_passes"]
+        if split is None:
+            for _ in range(done):  # the epochs trained before the interruption, data only
+                self._passes.replay_epoch(augmented)
+
+        def save(epoch: int, step: int) -> float:
+            return self._save_backup(
+                index,
+                first_epoch,
+                epoch,
+                step,
+                fit_model=target,
+                stopping=stopping,
+                passes={
+                    "stage_start_passes": stage_start_passes,
+                    "fit_start_passes": fit_start_passes,
+                },
+            )
+
+        step = 0 if resume is None else resume["step"]
+        if self._backup is not None:
+            callbacks.append(
+                BackupCallback(
+                    save,
+                    self._signals,
+                    self._passes,
+                    end_to_end=split is None,
+                    step_offset=step,
+                    share=self.backup_share,
+                )
+            )
+        start = first_epoch + done
+        try:
+            fits = []
+            if step:  # the rest of the interrupted epoch, then the stage's other epochs
+                fits.append((augmented.skip(step), start, start + 1))
+                start += 1
+            if start < first_epoch + stage.epochs:
+                fits.append((augmented, start, first_epoch + stage.epochs))
+            result = None
+            for number, (data, initial, last) in enumerate(fits, start=1):
+                if stopping is not None and stopping.stopped_epoch:
+                    break
+                final = number == len(fits)
+                if stopping is not None:
+                    stopping.final = final
+                keep_raw = [] if final else [_RawWeightsKept()]  # Keras writes EMA in at the end
+                part = target.fit(
+                    data,
+                    validation_data=validation,
+                    initial_epoch=initial,
+                    epochs=last,
+                    callbacks=callbacks + keep_raw,
+                    class_weight=class_weight,
+                    shuffle=False,  # the pipeline shuffles (Keras ignores it, and warns)
+                    verbose=self.verbose,
+                )
+                for kept in keep_raw:
+                    kept.put_back()
+                result = _joined(result, part)
+        finally:
+            reset_drop_path(model)
         if target is not model:
             # The shared upper layers trained under the trainer's optimizer: make it
             # the model's, so `model.optimizer` and a saved model hold its state.
@@ -520,17 +804,66 @@ class FineTuner:
                     metrics=self._metric_objects(),
                     jit_compile=self.jit_compile,
                 )
-        return result, split.boundary if split is not None else None
+        return result or _empty_history(), split.boundary if split is not None else None
+
+    def _save_backup(
+        self,
+        index: int,
+        first_epoch: int,
+        epoch: int,
+        step: int,
+        *,
+        stage_done: bool = False,
+        fit_model=None,
+        stopping=None,
+        passes: dict | None = None,
+    ) -> float:
+        """Writes a backup of the run as it stands (see `staged_backup`); returns
+        the seconds it took."""
+        if self._backup is None or not is_chief(self.strategy):
+            return 0.0
+        started = time.perf_counter()
+        state = self._run_state(index, first_epoch, epoch, step, stage_done=stage_done)
+        state.update(passes or {})
+        state["stopping"] = None if stopping is None else stopping.resumable_state()
+        arrays = {"best": self.recorder.best_weights}
+        if stopping is not None:
+            arrays["stopping"] = stopping.best_weights
+        self._backup.save(state, model=self.model, fit_model=fit_model or self.model, arrays=arrays)
+        took = time.perf_counter() - started
+        self.backup_seconds += took
+        return took
+
+    def _run_state(
+        self, index: int, first_epoch: int, epoch: int, step: int, *, stage_done: bool
+    ) -> dict:
+        recorder = self.recorder
+        return {
+            "signature": self._signature,
+            "finished": False,
+            "stage": index,
+            "stage_done": stage_done,
+            "stage_first_epoch": first_epoch,
+            "epoch": epoch,
+            "step": step,
+            "history": recorder.rows,
+            "best": recorder.best,
+            "best_epoch": recorder.best_epoch,
+            "stage_starts": self.stage_starts,
+            "stage_summaries": self.stage_summaries,
+            "seed_states": seed_states(self.model),
+            "passes": self._passes.counts(),
+        }
 
     def _lowest_later_cut(self, split, following):
         """The lowest cut below `split` that the following stages will cache at,
         up to the first stage that trains every layer (which changes them all);
-        mixing stages train end to end and cache nothing."""
+        mixing and resized stages train end to end and cache nothing."""
         lowest = None
         for stage in following:
             if stage.train == ALL:
                 break
-            if stage.mixing:
+            if stage.end_to_end_reason(self.model):
                 continue
             try:
                 later = split_model(
@@ -551,6 +884,7 @@ class FineTuner:
     def _class_weight(self, train) -> dict | None:
         if self.class_weight != "balanced":
             return self.class_weight
+        self._passes.counted()
         return balanced_class_weights(train, self.model.num_classes)
 
     def evaluate(self, test, *, tta: bool | str = False) -> Evaluation:
@@ -760,6 +1094,17 @@ def _mixed(train, validation, stage: Stage, num_classes: int, seed: int):
     return train, None if validation is None else validation.map(one_hot_labels(num_classes))
 
 
+def _resized(dataset, size: int):
+    """Training images resized to `size` x `size` (antialiased bilinear)."""
+    import tensorflow as tf
+
+    def resize(images, *rest):
+        resized = tf.image.resize(images, (size, size), antialias=True)
+        return (tf.cast(resized, images.dtype), *rest)
+
+    return dataset.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _augmented(dataset, augmentation):
     import tensorflow as tf
 
@@ -767,3 +1112,63 @@ def _augmented(dataset, augmentation):
         return (augmentation(inputs, training=True), *rest)
 
     return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping whose count and best weights carry across the `fit` calls
+    of a resumed stage (Keras resets them in `on_train_begin`); it restores the
+    best weights only at the end of the stage's last `fit` (`final`)."""
+
+    def __init__(self, *, resume: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.final = True
+        self._carry = None
+        if resume is not None and resume.get("stopping") is not None:
+            path = resume["path"].get("stopping")
+            self._carry = (resume["stopping"], load_arrays(path) if path else None)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._carry is not None:
+            state, self.best_weights = self._carry
+            self.wait, self.best, self.best_epoch = (
+                state["wait"],
+                state["best"],
+                state["best_epoch"],
+            )
+
+    def on_train_end(self, logs=None):
+        self._carry = (self.resumable_state(), self.best_weights)
+        if self.final:
+            super().on_train_end(logs)
+
+    def resumable_state(self) -> dict:
+        best = None if self.best is None else float(self.best)
+        return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch)}
+
+
+class _RawWeightsKept(keras.callbacks.Callback):
+    """For a `fit` that ends mid-stage: keeps the raw weights of the last epoch,
+    which Keras replaces by the EMA averages when `fit` ends."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._raw = [(v, keras.ops.copy(v.value)) for v in self.model.trainable_weights]
+
+    def put_back(self) -> None:
+        for variable, value in getattr(self, "_raw", []):
+            variable.assign(value)
+
+
+def _joined(first, second):
+    if first is None:
+        return second
+    for key, values in second.history.items():
+        first.history.setdefault(key, []).extend(values)
+    first.epoch.extend(second.epoch)
+    return first
+
+
+def _empty_history() -> keras.callbacks.History:
+    history = keras.callbacks.History()
+    history.history, history.epoch = {}, []
+    return history

@@ -88,6 +88,23 @@ class RunRecorder(keras.callbacks.Callback):
                 path = os.path.join(self.directory, BEST_WEIGHTS)
                 write_atomically(path, self.full_model.save_weights)
 
+    def restore(self, rows: list[dict], best, best_epoch, best_weights) -> None:
+        """Continues a backed-up run's record: its rows (rewritten to
+        `history.csv`), best value and epoch, and the best weights (or None).
+
+        Example:
+            >>> recorder.restore(state["history"], 0.87, 12, best_weights)
+        """
+        self.rows = [dict(row) for row in rows]
+        self.best, self.best_epoch, self._best_weights = best, best_epoch, best_weights
+        if self.directory:
+            _write_history(self.rows, os.path.join(self.directory, HISTORY))
+
+    @property
+    def best_weights(self) -> list | None:
+        """The best epoch's weight values so far (None before one is seen)."""
+        return self._best_weights
+
     def best_per_stage(self) -> list[tuple[str, float, int]]:
         """`(stage, best monitored value, its epoch)` for each stage that logged it.
 

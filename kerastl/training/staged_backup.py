@@ -1,0 +1,493 @@
+"""Backups of a staged fine-tuning run, so that a killed run resumes where it stopped.
+
+`FineTuner.fit(..., backup_dir=...)` writes one backup at the end of every
+epoch, at the end of every stage, and at the next batch after SIGTERM or
+Ctrl-C. A backup is a generation of files, each written aside, fsynced and
+renamed (`kerastl._atomic`), the state file last:
+
+- `state-NNNNNN.json`: the stage in progress, epochs (and batches) done,
+  history rows, the best epoch so far, seed-generator states, how many
+  passes over the training data the run has made, and the SHA-256 of every
+  file below;
+- `model-NNNNNN.npz`: every variable of the model (trainable or not);
+- `fit-NNNNNN.weights.h5`: the model that `fit` trains in the stage (the
+  model, or a cached stage's upper part) with its optimizer: slots,
+  iteration count, each group optimizer's own, and EMA averages;
+- `best-NNNNNN.npz`: the best epoch's weights so far; `stopping-NNNNNN.npz`:
+  early stopping's (with `patience`).
+
+The two newest generations are kept. Loading takes the newest one whose
+files are all present and match their digests, so a torn or truncated
+backup falls back to the previous one; if backups exist and none is whole,
+`BackupError` says so: a run is never silently restarted from scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kerastl._atomic import write_atomically, write_text
+
+FORMAT = 1
+_STATE = re.compile(r"^state-(\d{6})\.json$")
+_OURS = re.compile(r"^[a-z]+-\d{6}\.(json|npz|weights\.h5)$")
+KEEP = 2
+
+
+class BackupError(RuntimeError):
+    """Backups exist but none can be restored (named, with what is wrong)."""
+
+
+class RunFinished(RuntimeError):
+    """The backed-up run finished: there is nothing to resume."""
+
+
+def _digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+class StagedBackup:
+    """A run's backup folder: write generations, read back the newest whole one.
+
+    Args:
+        directory: the folder (created on the first write).
+
+    Example:
+        >>> backup = StagedBackup("runs/elpv/backup")
+        >>> state = backup.load()  # None when there is no backup yet
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self._generation = max(self._generations(), default=0)
+
+    def _generations(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        found = (_STATE.match(name) for name in os.listdir(self.directory))
+        return sorted(int(match.group(1)) for match in found if match)
+
+    def _state_path(self, generation: int) -> Path:
+        return self.directory / f"state-{generation:06d}.json"
+
+    def peek(self) -> dict | None:
+        """The newest state file as written (files not checked), or None."""
+        for generation in reversed(self._generations()):
+            try:
+                return json.loads(self._state_path(generation).read_text())
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def load(self) -> dict | None:
+        """The newest whole backup's state, or None when there is none.
+
+        Returns:
+            The state dict; `state["path"]` maps each file role (`model`,
+            `fit`, `best`) to its path.
+
+        Raises:
+            BackupError: state files exist but none of them is whole (each
+                problem named).
+        """
+        generations = self._generations()
+        problems = []
+        for generation in reversed(generations):
+            path = self._state_path(generation)
+            try:
+                state = json.loads(path.read_text())
+            except (OSError, ValueError) as error:
+                problems.append(f"{path.name}: unreadable ({error})")
+                continue
+            broken = [
+                name
+                for name, digest in state.get("files", {}).items()
+                if not (self.directory / name).is_file() or _digest(self.directory / name) != digest
+            ]
+            if broken or state.get("format") != FORMAT:
+                problems.append(f"{path.name}: missing or damaged {broken or 'format'}")
+                continue
+            state["path"] = {
+                role: str(self.directory / name) for role, name in state["roles"].items()
+            }
+            if problems:
+                print(
+                    f"kerastl: backup {path.name} used; newer ones are damaged: "
+                    f"{'; '.join(problems)}."
+                )
+            return state
+        if problems:
+            raise BackupError(
+                f"No backup in {self.directory} can be restored: {'; '.join(problems)}. "
+                "Move the folder aside to start the run over."
+            )
+        return None
+
+    def save(self, state: dict, *, model, fit_model, arrays: dict | None = None) -> None:
+        """Writes one generation: the weights files, then the state naming them.
+
+        Args:
+            state: JSON-serializable run state (without `files`/`roles`).
+            model: the whole model (all variables into `model-N.npz`).
+            fit_model: the model `fit` trains in the stage, with its optimizer.
+            arrays: further lists of arrays by role (`best`: the best epoch's
+                weights; `stopping`: early stopping's best weights).
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._generation += 1
+        number = f"{self._generation:06d}"
+        lists = {"model": [np.asarray(v) for v in model.weights], **(arrays or {})}
+        roles = {
+            role: f"{role}-{number}.npz" for role, values in lists.items() if values is not None
+        }
+        for role, name in roles.items():
+            write_atomically(
+                self.directory / name, lambda path, r=role: _save_arrays(path, lists[r])
+            )
+        roles["fit"] = f"fit-{number}.weights.h5"
+        write_atomically(self.directory / roles["fit"], fit_model.save_weights)
+        files = {name: _digest(self.directory / name) for name in roles.values()}
+        record = {**state, "format": FORMAT, "roles": roles, "files": files}
+        write_text(self._state_path(self._generation), json.dumps(record))
+        self._prune()
+
+    def finish(self, state: dict) -> None:
+        """Marks the run finished: one state file remains, the weights files go
+        (the run directory holds the trained model)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._generation += 1
+        record = {**state, "finished": True, "format": FORMAT, "roles": {}, "files": {}}
+        write_text(self._state_path(self._generation), json.dumps(record))
+        for name in os.listdir(self.directory):
+            if name != self._state_path(self._generation).name and _OURS.match(name):
+                (self.directory / name).unlink(missing_ok=True)
+
+    def _prune(self) -> None:
+        """Keeps the newest `KEEP` states and the files they name."""
+        generations = self._generations()
+        kept = generations[-KEEP:]
+        needed = set()
+        for generation in kept:
+            path = self._state_path(generation)
+            try:
+                needed |= set(json.loads(path.read_text())["files"])
+            except (OSError, ValueError, KeyError):
+                continue
+        for generation in generations[:-KEEP]:
+            self._state_path(generation).unlink(missing_ok=True)
+        for name in os.listdir(self.directory):
+            if _OURS.match(name) and not _STATE.match(name) and name not in needed:
+                (self.directory / name).unlink(missing_ok=True)
+
+
+def _save_arrays(path: str, arrays) -> None:
+    with open(path, "wb") as file:
+        np.savez(file, *arrays)
+
+
+def load_arrays(path: str) -> list[np.ndarray]:
+    """The arrays of a `model-N.npz` / `best-N.npz`, in order."""
+    with np.load(path) as data:
+        return [data[f"arr_{index}"] for index in range(len(data.files))]
+
+
+class RunInterrupted(RuntimeError):
+    """SIGTERM or Ctrl-C stopped the run after backing it up (the message says how
+    to resume)."""
+
+
+# Keras 3.15's `EpochIterator` (dataset of known length, no `steps_per_epoch`)
+# creates a fresh iterator when an epoch's last batch is drawn, then ignores it
+# and creates another when the next epoch begins. Each iterator takes a seed
+# from a reshuffling `shuffle`, so a trained epoch advances the order by two
+# passes. `tests/test_keras_fixes.py` shows it (and fails when Keras changes).
+KERAS_SPARE_ITERATORS = 1
+
+
+class DataPasses:
+    """Counts the run's passes over its training data, and replays them on resume.
+
+    A `tf.data` shuffle that reshuffles each iteration draws its order from
+    how many iterations its dataset (or any dataset built on it) has made,
+    and random augmentation layers advance with each augmented pass. A
+    resumed run makes the same passes before it trains: the passes whose
+    work the backup holds are run again over the data alone (no model).
+
+    Args:
+        train: the training data as the run iterates it (caching, class weights).
+        augmented: the training data as end-to-end stages iterate it.
+    """
+
+    def __init__(self, train, augmented):
+        self.total = 0
+        self.augmented = 0
+        self.extracted_at: dict[str, int] = {}
+        self._train = train
+        self._augmented = augmented
+        self._replay: dict[str, int] = {}
+        self._known: dict[str, int] = {}  # the backed-up run's extraction points
+        self._pending: dict | None = None
+        self._warned = False
+
+    def counts(self) -> dict:
+        """The counts so far (JSON-serializable)."""
+        return {
+            "total": self.total,
+            "augmented": self.augmented,
+            "extracted_at": {**self._known, **self.extracted_at},
+        }
+
+    def resume(self, extracted_at: dict, pending: dict) -> None:
+        """Replays a backed-up run: its caches are extracted at the passes they
+        were (`extracted_at`); anything else waits until `pending` counts."""
+        self._replay = dict(extracted_at)
+        self._known = dict(extracted_at)
+        self._pending = pending
+
+    def counted(self) -> None:
+        """One pass over the training data happened (class weights)."""
+        self.total += 1
+
+    def before_extract(self, boundary: str) -> None:
+        """Catches up to where the cache at `boundary` was first extracted."""
+        at = self._replay.pop(boundary, None)
+        if at is not None:
+            self._advance({"total": at, "augmented": self.augmented})
+        elif self._pending is not None:
+            self.catch_up()
+        self.extracted_at[boundary] = self.total
+        self.total += 1
+
+    def epoch_begun(self) -> None:
+        """An end-to-end epoch started a pass over the augmented data."""
+        self.total += 1
+        self.augmented += 1
+
+    def epoch_ended(self) -> None:
+        """An end-to-end epoch ran to its end: Keras then creates the next
+        epoch's iterator at once and drops it (`KERAS_SPARE_ITERATORS`)."""
+        self.total += KERAS_SPARE_ITERATORS
+
+    def replay_epoch(self, dataset) -> None:
+        """The data passes of one end-to-end epoch over `dataset` (the stage's
+        training data) trained before the interruption."""
+        _drain(dataset)
+        self.epoch_begun()
+        for _ in range(KERAS_SPARE_ITERATORS):
+            iter(dataset)
+        self.epoch_ended()
+
+    def catch_up(self, target: dict | None = None) -> None:
+        """Runs passes over the data alone until the counts reach `target`
+        (default: the pending counts of the resumed run)."""
+        target = target or self._pending
+        self._pending = None
+        if target is not None:
+            self._advance(target)
+
+    def _advance(self, target: dict) -> None:
+        while self.augmented < target["augmented"]:
+            _drain(self._augmented)
+            self.augmented += 1
+            self.total += 1
+        while self.total < target["total"]:
+            _drain(self._train)
+            self.total += 1
+        if self.total > target["total"] and not self._warned:
+            self._warned = True
+            print(
+                "kerastl: note: the resumed run has made more passes over the training data "
+                "than the interrupted one at this point; a reshuffling pipeline now gives "
+                "another order than an uninterrupted run would."
+            )
+
+    def expected(self) -> dict:
+        """The counts the uninterrupted run had here: the pending ones of a resumed
+        run not caught up yet, else the counts so far."""
+        if self._pending is None:
+            return self.counts()
+        return {**self._pending, "extracted_at": self.counts()["extracted_at"]}
+
+
+def _drain(dataset) -> None:
+    for _ in dataset:
+        pass
+
+
+class BackupCallback(keras.callbacks.Callback):
+    """Backs the run up at every epoch's end, and at the next batch after a signal.
+
+    Put it last (after `EmaWeights`, which puts the raw weights back at the
+    epoch's end). `save(epoch, step)` writes the backup; `signals` is the
+    `InterruptSignals` that says a stop was asked for.
+
+    Args:
+        save: `save(epoch, step)`: epochs done over the run, batches done in
+            the next one; returns the seconds it took.
+        signals: the run's `InterruptSignals`.
+        passes: the run's `DataPasses`, told of each end-to-end epoch.
+        end_to_end: whether this stage iterates the augmented training data.
+        step_offset: batches of the first epoch skipped (a mid-epoch resume).
+        share: the most of the training time backups may take: an epoch's
+            end is skipped while the training since the last backup is
+            shorter than that backup's time / `share` (short epochs, such as
+            a probe's on cached features, are backed up every few epochs);
+            None: every epoch.
+        clock: the time source (`time.perf_counter`).
+    """
+
+    def __init__(
+        self,
+        save,
+        signals,
+        passes,
+        *,
+        end_to_end: bool,
+        step_offset: int = 0,
+        share: float | None = 0.03,
+        clock=time.perf_counter,
+    ):
+        super().__init__()
+        self._save = save
+        self._signals = signals
+        self._passes = passes
+        self._end_to_end = end_to_end
+        self._offset = step_offset
+        self._share = share
+        self._clock = clock
+        self._epoch = 0
+        self._last_end = clock()
+        self._last_took = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if self._end_to_end:
+            self._passes.epoch_begun()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._signals.asked:
+            step = self._offset + batch + 1
+            self._save(self._epoch, step)
+            raise RunInterrupted(f"{self._signals.asked} at epoch {self._epoch + 1}, batch {step}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._offset = 0
+        if self._end_to_end:
+            self._passes.epoch_ended()
+        trained = self._clock() - self._last_end
+        if self._share is not None and trained * self._share < self._last_took:
+            return
+        self._last_took = self._save(epoch + 1, 0)
+        self._last_end = self._clock()
+
+
+class InterruptSignals:
+    """SIGTERM and the first Ctrl-C ask for a stop at the next batch; a second
+    Ctrl-C stops at once. Installed while a run with a backup trains (main
+    thread only; `enabled=False`: Python's defaults stay).
+
+    Example:
+        >>> with InterruptSignals() as signals:
+        ...     model.fit(data, callbacks=[BackupCallback(save, signals, passes, ...)])
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.asked: str | None = None
+        self._enabled = enabled
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if self._enabled and threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+    def _handle(self, number, frame):
+        name = signal.Signals(number).name
+        if self.asked and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.asked = name
+        print(
+            f"\nkerastl: {name}: backing up after this batch, then stopping "
+            "(Ctrl-C again stops at once, without a backup).",
+            flush=True,
+        )
+
+
+def run_signature(stages, **settings) -> dict:
+    """What a resumed run must share with the backed-up one (JSON-serializable).
+
+    Args:
+        stages: the `Stage`s.
+        **settings: further settings (monitor, metrics, ...), repr'd.
+
+    Example:
+        >>> run_signature(stages, monitor="val_loss")["monitor"]
+        "'val_loss'"
+    """
+    return {
+        "stages": [dataclasses.asdict(stage) for stage in stages],
+        **{key: repr(value) for key, value in settings.items()},
+    }
+
+
+def signature_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """`key: saved -> current` for each setting that differs.
+
+    Example:
+        >>> signature_differences({"stages": [{"lr": 1}]}, {"stages": [{"lr": 2}]})
+        ['stages.0.lr: 1 -> 2']
+    """
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = list(dict.fromkeys([*saved, *current]))
+        return [
+            line
+            for key in keys
+            for line in signature_differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        ]
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        return [
+            line
+            for index, (a, b) in enumerate(zip(saved, current, strict=True))
+            for line in signature_differences(a, b, f"{prefix}{index}.")
+        ]
+    if saved != current:
+        return [f"{prefix.rstrip('.')}: {saved!r} -> {current!r}"]
+    return []
+
+
+def seed_states(model) -> dict:
+    """Every seed generator's state in `model` (dropout masks), by layer path."""
+    from kerastl.distribute.resume import _seed_generators
+
+    return {path: np.asarray(state).tolist() for path, state in _seed_generators(model).items()}
+
+
+def restore_seed_states(model, states: dict) -> None:
+    """Puts `seed_states` values back (unknown paths are ignored)."""
+    from kerastl.distribute.resume import _seed_generators
+
+    generators = _seed_generators(model)
+    for path, value in states.items():
+        if path in generators:
+            generators[path].assign(np.asarray(value, dtype=generators[path].dtype))

@@ -1,0 +1,266 @@
+"""A staged FineTuner run that is killed resumes where it stopped (`backup_dir`)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from processes import SCRIPTS, run_script, script_env, wait_for
+
+import kerastl
+from kerastl.training.staged_backup import (
+    KERAS_SPARE_ITERATORS,
+    BackupError,
+    RunFinished,
+    StagedBackup,
+    signature_differences,
+)
+
+
+def _newest_state(backup):
+    state = None
+    for path in sorted(backup.glob("state-*.json")):
+        try:
+            state = json.loads(path.read_text())
+        except ValueError:  # being written
+            continue
+    return state
+
+
+def _run_to_end(backup, out, *extra):
+    result = run_script("staged_training.py", str(backup), str(out), *extra, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return np.load(f"{out}.npy"), json.loads(open(f"{out}.json").read())
+
+
+def _start(backup, out, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-u", str(SCRIPTS / "staged_training.py"), str(backup), str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=script_env(),
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run: weights and history."""
+    root = tmp_path_factory.mktemp("reference")
+    return _run_to_end(root / "backup", root / "out")
+
+
+def _in_stage_two(epoch):
+    def ready(backup):
+        state = _newest_state(backup)
+        return bool(state) and state["stage"] == 1 and state["epoch"] == epoch
+        # (stage 1 trains epochs 0-1; stage 2 epochs 2-5)
+
+    return ready
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_stage_two_resumes_to_bit_identical_weights_and_history(
+    tmp_path, reference
+):
+    backup = tmp_path / "backup"
+    process = _start(backup, tmp_path / "killed", "0.3")
+    try:
+        wait_for(lambda: _in_stage_two(3)(backup), timeout=180, what="a backup after epoch 4")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    weights, history = _run_to_end(backup, tmp_path / "resumed")
+    np.testing.assert_array_equal(weights, reference[0])
+    assert history == reference[1]
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_caching_starts_over_and_ends_the_same(tmp_path, reference):
+    """No backup exists before the first epoch ends: the rerun trains from the
+    start (and says nothing of resuming), ending where an uninterrupted run ends."""
+    backup = tmp_path / "backup"
+    process = _start(backup, tmp_path / "killed", "0", "0.5", "verbose")
+    try:
+        line = process.stdout.readline()
+        while line and "caching" not in line:
+            line = process.stdout.readline()
+        assert "caching pooled features" in line
+        time.sleep(1.0)  # inside the cache's pass (0.5 s per batch)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert _newest_state(backup) is None
+    weights, history = _run_to_end(backup, tmp_path / "resumed")
+    np.testing.assert_array_equal(weights, reference[0])
+    assert history == reference[1]
+
+
+@pytest.mark.slow
+def test_sigterm_backs_up_at_the_next_batch_and_the_run_resumes(tmp_path, reference):
+    backup = tmp_path / "backup"
+    process = _start(backup, tmp_path / "stopped", "0.3")
+    try:
+        wait_for(lambda: _in_stage_two(4)(backup), timeout=180, what="a backup after epoch 5")
+        time.sleep(0.5)
+        asked = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+        took = time.monotonic() - asked
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode != 0
+    assert "stopped by SIGTERM at epoch 5, batch" in err and "Resume by running it again" in err
+    assert took < 5  # one batch (0.3 s) and a backup, not the rest of the epoch
+    state = _newest_state(backup)
+    assert state["epoch"] == 4 and state["step"] > 0
+    weights, history = _run_to_end(backup, tmp_path / "resumed")
+    np.testing.assert_array_equal(weights, reference[0])
+    # The resumed epoch's training metrics average the batches after the stop.
+    for key in ("val_loss", "val_accuracy"):
+        assert history["history"][key] == reference[1]["history"][key]
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2)(inputs)
+    backbone = keras.Model(inputs, keras.layers.ReLU()(x), name="tiny")
+    return kerastl.TransferModel(backbone, 3, preprocessing="tf")
+
+
+def _data(count=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, (count, 16, 16, 3)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((x, rng.integers(0, 3, count))).batch(8)
+
+
+class _Crash(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("crash")
+
+
+STAGES = [kerastl.Stage(2, lr=1e-2), kerastl.Stage(2, train="all", lr=1e-3)]
+
+
+def _interrupted(backup):
+    tuner = kerastl.FineTuner(_model(), callbacks=(_Crash(),), verbose=0)
+    with pytest.raises(RuntimeError, match="crash"):
+        tuner.fit(_data(), _data(8, seed=1), stages=STAGES, backup_dir=backup)
+
+
+def test_resuming_with_other_stages_is_refused_naming_the_keys(tmp_path):
+    _interrupted(tmp_path)
+    changed = [STAGES[0], kerastl.Stage(2, train="all", lr=2e-3)]
+    with pytest.raises(ValueError, match=r"stages\.1\.lr: 0\.001 -> 0\.002"):
+        kerastl.FineTuner(_model(), verbose=0).fit(
+            _data(), _data(8, seed=1), stages=changed, backup_dir=tmp_path
+        )
+
+
+def test_a_finished_run_says_so_and_keeps_no_weights_in_its_backup(tmp_path):
+    tuner = kerastl.FineTuner(_model(), verbose=0)
+    tuner.fit(_data(), _data(8, seed=1), stages=STAGES, backup_dir=tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["state-000007.json"]  # 4 epochs, 2 stage ends
+    with pytest.raises(RunFinished, match=r"finished \(4 epochs, best epoch \d\): nothing"):
+        kerastl.FineTuner(_model(), verbose=0).fit(
+            _data(), _data(8, seed=1), stages=STAGES, backup_dir=tmp_path
+        )
+
+
+def test_a_damaged_backup_falls_back_to_the_one_before_or_is_refused(tmp_path, capsys):
+    _interrupted(tmp_path)
+    newest = _newest_state(tmp_path)
+    model_file = tmp_path / newest["roles"]["model"]
+    model_file.write_bytes(model_file.read_bytes()[:100])  # torn by a crash
+    state = StagedBackup(tmp_path).load()
+    assert state["epoch"] == newest["epoch"] - 1 or state["stage_done"] != newest["stage_done"]
+    assert "newer ones are damaged" in capsys.readouterr().out
+    resumed = kerastl.FineTuner(_model(), verbose=0)
+    history = resumed.fit(_data(), _data(8, seed=1), stages=STAGES, backup_dir=tmp_path)
+    assert history.epoch == [0, 1, 2, 3]
+    for path in tmp_path.glob("state-*.json"):
+        path.write_text(path.read_text()[:20])
+    with pytest.raises(BackupError, match=r"No backup in .* can be restored: state-\d+\.json"):
+        StagedBackup(tmp_path).load()
+
+
+def test_signature_differences_name_each_changed_key():
+    saved = {"stages": [{"lr": 0.1, "epochs": 2}], "monitor": "'val_loss'"}
+    current = {"stages": [{"lr": 0.2, "epochs": 2}], "monitor": "'val_accuracy'"}
+    assert signature_differences(saved, current) == [
+        "stages.0.lr: 0.1 -> 0.2",
+        "monitor: \"'val_loss'\" -> \"'val_accuracy'\"",
+    ]
+    assert signature_differences({"stages": [1]}, {"stages": [1, 2]}) == ["stages: [1] -> [1, 2]"]
+
+
+def test_keras_fit_creates_a_spare_iterator_at_each_epochs_end():
+    """Keras 3.15's `EpochIterator` makes the next epoch's iterator when an epoch's
+    last batch is drawn, drops it, and makes another when the next epoch begins:
+    each trained epoch advances a reshuffling `shuffle` by 1 + KERAS_SPARE_ITERATORS
+    orders. `DataPasses` replays that on resume; this fails when Keras changes."""
+
+    def orders(fit_epochs, drains):
+        keras.utils.set_random_seed(0)
+        firsts = []
+
+        def note(x):
+            firsts.append(int(x[0]))
+            return x
+
+        values = np.arange(32, dtype="float32")
+        data = tf.data.Dataset.from_tensor_slices((values, values)).shuffle(32, seed=7).batch(8)
+        data = data.map(
+            lambda a, b: (tf.ensure_shape(tf.numpy_function(note, [a], tf.float32), [None]), b)
+        )
+        model = keras.Sequential(
+            [keras.Input(()), keras.layers.Reshape((1,)), keras.layers.Dense(1)]
+        )
+        model.compile("sgd", "mse")
+        if fit_epochs:
+            model.fit(data, epochs=fit_epochs, verbose=0)
+        for _ in range(drains):
+            for _ in data:
+                pass
+        return firsts[::4]  # the first element of each pass (4 batches)
+
+    plain = orders(0, 6)
+    fitted = orders(3, 0)
+    step = 1 + KERAS_SPARE_ITERATORS
+    assert fitted == plain[::step][:3]
+    assert len(set(plain)) > 3  # the orders do change between passes
+
+
+def test_epoch_backups_keep_within_their_share_of_training_time():
+    """A 1 s backup with share 0.1 waits for 10 s of training; stops always back up."""
+    from kerastl.training.staged_backup import BackupCallback, InterruptSignals
+
+    now, saved = [0.0], []
+
+    def save(epoch, step):
+        saved.append((epoch, step))
+        now[0] += 1.0  # each backup takes 1 s
+        return 1.0
+
+    callback = BackupCallback(
+        save, InterruptSignals(False), None, end_to_end=False, share=0.1, clock=lambda: now[0]
+    )
+    for epoch in range(8):
+        now[0] += 4.0  # a 4 s epoch
+        callback.on_epoch_end(epoch)
+    assert saved == [(1, 0), (4, 0), (7, 0)]  # after 4 s, then every 12 s of training
+    every = BackupCallback(save, InterruptSignals(False), None, end_to_end=False, share=None)
+    every.on_epoch_end(8)
+    every.on_epoch_end(9)
+    assert saved[-2:] == [(9, 0), (10, 0)]
