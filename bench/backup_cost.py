@@ -37,19 +37,22 @@ TRAIN_EXAMPLES = {"image_classification": 1574, "text_classification": 7677}
 TEXT_LENGTH = 27  # mean word-piece tokens of a Rotten Tomatoes snippet
 
 
-def _batch(model, trainer, recipe: str, size: int, rng):
+def _batch(model, split, recipe: str, size: int, rng):
+    """A training batch for the stage: model inputs, or (cached stages) the
+    frozen part's outputs on them."""
     labels = rng.integers(0, model.num_classes, size)
-    if trainer is not model:  # cached stage: the trainer takes the frozen part's outputs
-        inputs = [rng.normal(size=(size, *t.shape[1:])).astype("float32") for t in trainer.inputs]
-        return (inputs[0] if len(inputs) == 1 else inputs), labels
     if recipe == "text_classification":
         tokens = rng.integers(1000, 20000, (size, TEXT_LENGTH)).astype("int32")
         inputs = {"token_ids": tokens, "padding_mask": np.ones_like(tokens, dtype=bool)}
         if "segment_ids" in model.input:
             inputs["segment_ids"] = np.zeros_like(tokens)
+    else:
+        side = model.input_shape[1]
+        inputs = rng.uniform(0, 255, (size, side, side, 3)).astype("float32")
+    if split is None:
         return inputs, labels
-    side = model.input_shape[1]
-    return rng.uniform(0, 255, (size, side, side, 3)).astype("float32"), labels
+    features = [np.asarray(f) for f in keras.tree.flatten(split.extractor(inputs))]
+    return (features[0] if len(features) == 1 else features), labels
 
 
 def measure(recipe: str, steps: int, rounds: int) -> list[dict]:
@@ -59,11 +62,12 @@ def measure(recipe: str, steps: int, rounds: int) -> list[dict]:
         keras.utils.set_random_seed(0)
         model = build_model(config, ["a", "b"])
         stage.prepare(model)
-        trainer = model
+        split = None
         if stage.train != "all":
-            trainer = split_model(model, stage.train, granularity_of(model, stage.train)).trainer
+            split = split_model(model, stage.train, granularity_of(model, stage.train))
+        trainer = model if split is None else split.trainer
         trainer.compile(stage.build_optimizer(model, 1000), stage.build_loss(), jit_compile=False)
-        x, y = _batch(model, trainer, recipe, config.data.batch_size, np.random.default_rng(0))
+        x, y = _batch(model, split, recipe, config.data.batch_size, np.random.default_rng(0))
         trainer.train_on_batch(x, y)  # trace and build
         started = time.perf_counter()
         for _ in range(steps):

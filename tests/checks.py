@@ -154,3 +154,16 @@ def image_folder_of(folder, classes, count, seed=0):
         for i in range(count):
             pixels = np.full((12, 12, 3), 40 * index, "uint8") + rng.integers(0, 30, (12, 12, 3))
             Image.fromarray(pixels.astype("uint8")).save(folder / name / f"{i}.png")
+
+
+def assert_weights_close(model: keras.Model, expected: keras.Model, atol: float = 1e-5) -> None:
+    """Every weight of `model` equals `expected`'s to `atol`."""
+    for trained, other in zip(model.weights, expected.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(trained), np.asarray(other), atol=atol)
+
+
+def assert_last_val_accuracy_is_the_models(history, model: keras.Model, validation) -> None:
+    """The last logged `val_accuracy` is `model`'s accuracy on the one batch of `validation`."""
+    x, y = next(iter(validation))
+    accuracy = np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y)
+    assert abs(history.history["val_accuracy"][-1] - accuracy) <= 1e-6

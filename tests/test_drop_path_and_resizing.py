@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import assert_last_val_accuracy_is_the_models, assert_weights_close
 
 import kerastl
 from kerastl.training.drop_path import drop_path_layers, reset_drop_path
@@ -143,12 +144,8 @@ def test_a_resized_stage_trains_at_its_size_and_validates_at_the_models(capsys):
         stages[1].build_optimizer(by_hand, steps=2 * 3), stages[1].build_loss(), jit_compile=False
     )
     anywhere.fit(small, epochs=2, verbose=0)
-    for trained, expected in zip(_values(model.weights), _values(by_hand.weights), strict=True):
-        np.testing.assert_allclose(trained, expected, atol=1e-5)
-
-    x, y = next(iter(_images(8, seed=1)))
-    accuracy = np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y)
-    assert history.history["val_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
+    assert_weights_close(model, by_hand)
+    assert_last_val_accuracy_is_the_models(history, model, _images(8, seed=1))
 
 
 def test_resizing_is_refused_where_the_model_takes_one_size():

@@ -6,7 +6,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from checks import assert_same_optimizer_state
+from checks import (
+    assert_last_val_accuracy_is_the_models,
+    assert_same_optimizer_state,
+    assert_weights_close,
+)
 
 import kerastl
 
@@ -517,8 +521,7 @@ def test_a_mixing_stage_trains_end_to_end_on_the_soft_labels_of_the_mixed_batche
     )
     mixed = _data().map(kerastl.data.label_mixing(kind, 0.4, num_classes=3, seed=0))
     by_hand.fit(mixed, epochs=2, verbose=0)
-    for trained, expected in zip(_values(model.weights), _values(by_hand.weights), strict=True):
-        np.testing.assert_allclose(trained, expected, atol=1e-5)
+    assert_weights_close(model, by_hand)
     plain = _model()
     kerastl.FineTuner(plain, cache_features=False, verbose=0).fit(
         _data(), stages=[kerastl.Stage(2, lr=1e-2)]
@@ -527,9 +530,7 @@ def test_a_mixing_stage_trains_end_to_end_on_the_soft_labels_of_the_mixed_batche
         np.abs(_values(plain.head_layer.weights)[0] - _values(model.head_layer.weights)[0]).max()
         > 1e-3
     )
-    x, y = next(iter(_data(16, seed=1)))
-    accuracy = np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y)
-    assert history.history["val_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
+    assert_last_val_accuracy_is_the_models(history, model, _data(16, seed=1))
 
 
 def test_mixing_is_refused_for_a_text_model():
