@@ -265,3 +265,15 @@ def test_epoch_backups_keep_within_their_share_of_training_time():
     every.on_epoch_end(8)
     every.on_epoch_end(9)
     assert saved[-2:] == [(9, 0), (10, 0)]
+
+
+def test_a_resumed_run_says_where_it_resumes_and_continues_the_history(tmp_path, capsys):
+    _interrupted(tmp_path)  # stage 1 done (epochs 1-2), stage 2 crashed in its first epoch
+    capsys.readouterr()
+    tuner = kerastl.FineTuner(_model(), verbose=1)
+    history = tuner.fit(_data(), _data(8, seed=1), stages=STAGES, backup_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert f"resuming the run backed up in {tmp_path}: epoch 3; feature caches" in out
+    assert history.epoch == [0, 1, 2, 3] and len(history.history["loss"]) == 4
+    assert [row["stage"] for row in tuner.recorder.rows] == ["1:head"] * 2 + ["2:all"] * 2
+    assert tuner.stage_starts == [0, 2]

@@ -628,7 +628,13 @@ class FineTuner:
             where = f"epoch {state['epoch'] + 1}" + (
                 f", after batch {state['step']}" if state["step"] else ""
             )
-            print(f"kerastl: resuming the run backed up in {backup.directory}: {where}.")
+            caches = (
+                "; feature caches are computed again from the restored weights (cheaper "
+                "than keeping them: deterministic)"
+                if self.cache_features
+                else ""
+            )
+            print(f"kerastl: resuming the run backed up in {backup.directory}: {where}{caches}.")
         return backup, state
 
     def _restore_run(self, state: dict, history) -> int:
