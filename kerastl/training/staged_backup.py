@@ -330,7 +330,7 @@ def _drain(dataset) -> None:
 
 
 class BackupCallback(keras.callbacks.Callback):
-    """Backs the run up at every epoch's end, and at the next batch after a signal.
+    """Backs the run up at every epoch's end, and before the next batch after a signal.
 
     Put it last (after `EmaWeights`, which puts the raw weights back at the
     epoch's end). `save(epoch, step)` writes the backup; `signals` is the
@@ -379,9 +379,11 @@ class BackupCallback(keras.callbacks.Callback):
         if self._end_to_end:
             self._passes.epoch_begun()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
+        # Checked before a batch, not after one: Keras dispatches batch-end
+        # callbacks asynchronously only when no callback defines one.
         if self._signals.asked:
-            step = self._offset + batch + 1
+            step = self._offset + batch
             self._save(self._epoch, step)
             raise RunInterrupted(f"{self._signals.asked} at epoch {self._epoch + 1}, batch {step}")
 
