@@ -1,8 +1,9 @@
 """Backups of a staged fine-tuning run, so that a killed run resumes where it stopped.
 
-`FineTuner.fit(..., backup_dir=...)` writes one backup at the end of every
-epoch, at the end of every stage, and at the next batch after SIGTERM or
-Ctrl-C. A backup is a generation of files, each written aside, fsynced and
+`FineTuner.fit(..., backup_dir=...)` writes a backup at the end of epochs
+(as often as `FineTuner(backup_share=...)` of the training time allows;
+`BackupCallback`), at the end of every stage, and before the next batch
+after SIGTERM or Ctrl-C. A backup is a generation of files, each written aside, fsynced and
 renamed (`kerastl._atomic`), the state file last:
 
 - `state-NNNNNN.json`: the stage in progress, epochs (and batches) done,
