@@ -103,10 +103,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
             model.load_weights(Path(self.backup_dir) / state["weights"])
-            generators = _seed_generators(model)
-            for path, value in state["seed_states"].items():
-                if path in generators:
-                    generators[path].assign(np.asarray(value, dtype=generators[path].dtype))
+            restore_seed_states(model, state["seed_states"])
         return state["epoch"], state["step"]
 
     def on_train_begin(self, logs=None):
@@ -154,10 +151,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             "step": step,
             "iterations": iterations,
             "weights": weights,
-            "seed_states": {
-                path: generator.numpy().tolist()
-                for path, generator in _seed_generators(self.model).items()
-            },
+            "seed_states": seed_states(self.model),
         }
         write_text(self.state_path, json.dumps(state))
         if previous and previous["weights"] != weights:
@@ -297,3 +291,16 @@ def _seed_generators(model: keras.Model) -> dict:
         for index, generator in enumerate(seed_generators(layer)):
             states[f"{layer.path}/seed_generator_{index}"] = generator.state
     return states
+
+
+def seed_states(model: keras.Model) -> dict:
+    """Every seed generator's state in `model` (dropout masks), by layer path."""
+    return {path: np.asarray(state).tolist() for path, state in _seed_generators(model).items()}
+
+
+def restore_seed_states(model: keras.Model, states: dict) -> None:
+    """Puts `seed_states` values back (unknown paths are ignored)."""
+    generators = _seed_generators(model)
+    for path, value in states.items():
+        if path in generators:
+            generators[path].assign(np.asarray(value, dtype=generators[path].dtype))

@@ -33,6 +33,7 @@ from kerastl._validation import check_positive_int
 from kerastl.data.augment import MIXINGS, label_mixing, one_hot_labels, views_of
 from kerastl.data.augment import augmentation as augment_policy
 from kerastl.data.sampling import balanced_class_weights
+from kerastl.distribute.resume import restore_seed_states, seed_states
 from kerastl.distribute.strategies import is_chief
 from kerastl.freezing import freeze, freeze_to, unfreeze
 from kerastl.groups import COARSE, LayerGroups
@@ -55,9 +56,7 @@ from kerastl.training.staged_backup import (
     RunInterrupted,
     StagedBackup,
     load_arrays,
-    restore_seed_states,
     run_signature,
-    seed_states,
     signature_differences,
 )
 

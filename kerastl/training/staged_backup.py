@@ -477,20 +477,3 @@ def signature_differences(saved: dict, current: dict, prefix: str = "") -> list[
     if saved != current:
         return [f"{prefix.rstrip('.')}: {saved!r} -> {current!r}"]
     return []
-
-
-def seed_states(model) -> dict:
-    """Every seed generator's state in `model` (dropout masks), by layer path."""
-    from kerastl.distribute.resume import _seed_generators
-
-    return {path: np.asarray(state).tolist() for path, state in _seed_generators(model).items()}
-
-
-def restore_seed_states(model, states: dict) -> None:
-    """Puts `seed_states` values back (unknown paths are ignored)."""
-    from kerastl.distribute.resume import _seed_generators
-
-    generators = _seed_generators(model)
-    for path, value in states.items():
-        if path in generators:
-            generators[path].assign(np.asarray(value, dtype=generators[path].dtype))
