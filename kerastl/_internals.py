@@ -22,6 +22,12 @@ def own_trainable_variables(layer: keras.layers.Layer) -> list:
     return list(layer._trainable_variables)
 
 
+def own_variables(layer: keras.layers.Layer) -> list:
+    """Every weight a layer creates itself (trainable-kind first, in creation
+    order: the order of `Layer.save_own_variables`), without its sublayers'."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
 def seed_generators(layer: keras.layers.Layer) -> list:
     """The layer's own `SeedGenerator`s (Dropout, random augmentation), whose
     state a bit-identical resume must restore; Keras exposes no list of them."""

@@ -19,8 +19,9 @@ from collections.abc import Iterable
 
 import keras
 
-from kerastl._internals import sublayers
+from kerastl._internals import own_variables, sublayers
 from kerastl.groups import COARSE, HEAD, LayerGroups, group_variables, layer_groups
+from kerastl.peft import is_adapter
 
 
 def set_trainable_groups(
@@ -67,6 +68,8 @@ def _apply_trainable(model, groups, wanted, train_bn: bool, recompile: bool) -> 
             layer.trainable = train
             if train and not train_bn:
                 _freeze_batch_norm(layer)
+        if train:
+            _train_only_adapters(layers)
     _refresh_compilation(model, recompile)
     return [name for name in groups if name in wanted]
 
@@ -151,10 +154,11 @@ def unfreeze(model: keras.Model, *, train_bn: bool = False, recompile: bool = Tr
 
 
 def trainable_groups(model: keras.Model, granularity: str = COARSE) -> dict[str, str]:
-    """Returns each group's state: `"trainable"`, `"frozen"` or `"partial"`.
+    """Returns each group's state: `"trainable"`, `"frozen"`, `"lora"` or `"partial"`.
 
     BatchNormalization layers are left out of the count (they stay frozen in
-    trainable groups by default; see the module docstring).
+    trainable groups by default; see the module docstring). `"lora"`: only
+    the group's LoRA adapters train (`kerastl.lora`).
 
     Args:
         model: a `TransferModel` or a registered backbone.
@@ -170,12 +174,27 @@ def trainable_groups(model: keras.Model, granularity: str = COARSE) -> dict[str,
     trainable_ids = {id(v) for v in model.trainable_weights}
     states = {}
     for name, variables in group_variables(model, granularity, batch_norm=False).items():
-        count = sum(id(v) in trainable_ids for v in variables)
+        training = [v for v in variables if id(v) in trainable_ids]
+        count = len(training)
         if count == 0:
             states[name] = "frozen"
+        elif all(is_adapter(v) for v in training):
+            states[name] = "lora"
         else:
             states[name] = "trainable" if count == len(variables) else "partial"
     return states
+
+
+def _train_only_adapters(layers) -> None:
+    """A group that holds LoRA adapters trains only them (`kerastl.peft`): Keras
+    freezes an adapted kernel, but setting `trainable` on the layer again (as
+    every freezing call does) would unfreeze it, and its bias never is."""
+    inner = [sublayer for layer in layers for sublayer in sublayers(layer)]
+    if not any(getattr(sublayer, "lora_enabled", False) for sublayer in inner):
+        return
+    for sublayer in inner:
+        for variable in own_variables(sublayer):
+            variable.trainable = is_adapter(variable) and sublayer.trainable
 
 
 def _freeze_batch_norm(layer: keras.layers.Layer) -> None:

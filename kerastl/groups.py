@@ -164,6 +164,10 @@ class LayerGroups:
             self._variables[key] = _variables_of(self._groups[granularity], batch_norm)
         return {name: list(variables) for name, variables in self._variables[key].items()}
 
+    def forget_variables(self) -> None:
+        """Drops the kept variable lists: layers gained variables (LoRA adapters)."""
+        self._variables.clear()
+
 
 # Resolved groups, per model, for as long as the model lives.
 _RESOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -18,6 +18,7 @@ from kerastl.backbones.spec import TEXT
 from kerastl.distribute.keras_fixes import FixedTraining
 from kerastl.distribute.strategies import check_model_in_scope
 from kerastl.groups import GroupRules, LayerGroups
+from kerastl.peft import adapter_config, restore_adapters
 from kerastl.preprocessing import Preprocessing
 
 CLASSIFICATION = "classification"
@@ -403,7 +404,17 @@ class TransferModel(FixedTraining, keras.Model):
                 for index, layer in enumerate(sublayers(self, include_self=False))
                 if not layer.trainable
             ],
+            **self._adapters_config(),
         }
+
+    def _adapters_config(self) -> dict:
+        """LoRA adapters (`kerastl.peft`): which layers carry them, and which
+        weights are frozen (an adapted group's base weights, in trainable layers)."""
+        adapters = adapter_config(self)
+        if not adapters:
+            return {}
+        frozen = [index for index, variable in enumerate(self.weights) if not variable.trainable]
+        return {"lora_adapters": {"layers": adapters, "frozen_weights": frozen}}
 
     @classmethod
     def from_config(cls, config):
@@ -412,11 +423,17 @@ class TransferModel(FixedTraining, keras.Model):
         if config.get("preprocessor") is not None:
             config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
         frozen = set(config.pop("frozen_layers", []))
+        adapters = config.pop("lora_adapters", None)
         model = cls(**config)
         # Pre-order: a frozen container is set before its sublayers.
         for index, layer in enumerate(sublayers(model, include_self=False)):
             if index in frozen:
                 layer.trainable = False
+        if adapters:
+            restore_adapters(model, adapters["layers"])
+            weights = model.weights
+            for index in adapters["frozen_weights"]:
+                weights[index].trainable = False
         return model
 
 

@@ -226,7 +226,8 @@ def is_decay_exempt(variable: keras.Variable) -> bool:
 
 def _without_weight_decay(optimizer: Optimizer) -> Optimizer:
     config = optimizer.get_config()
-    config["weight_decay"] = None
+    # AdamW refuses None (its decay must be a float); 0.0 decays nothing.
+    config["weight_decay"] = 0.0 if isinstance(optimizer, keras.optimizers.AdamW) else None
     config["name"] = f"{optimizer.name}_no_decay"
     if isinstance(config.get("learning_rate"), dict):  # a serialized schedule
         config["learning_rate"] = keras.optimizers.schedules.deserialize(config["learning_rate"])

@@ -550,3 +550,16 @@ def test_a_probe_before_a_mixing_stage_caches_only_its_own_features(capsys):
         "kerastl: not caching: mixup mixes the images of each batch.",
     ]
     assert [summary["cached"] for summary in tuner.stage_summaries] == ["pooled features", "no"]
+
+
+def test_a_stage_naming_an_unregistered_backbones_one_group_trains_it_end_to_end(capsys):
+    """Such a backbone is one group (`backbone`): nothing below it is frozen, so
+    no cache; caching the pooled features instead trained the head alone."""
+    model = _model()
+    kernel = model.backbone.layers[1].kernel
+    before = np.array(kernel)
+    tuner = kerastl.FineTuner(model, verbose=1)
+    tuner.fit(_data(), stages=[kerastl.Stage(1, train="backbone", lr=1e-2)], backup_dir=False)
+    assert tuner.stage_summaries[0]["cached"] == "no"
+    assert "not caching: 'backbone' holds the whole backbone" in capsys.readouterr().out
+    assert np.abs(np.array(kernel) - before).max() > 1e-4

@@ -180,6 +180,19 @@ def test_biases_and_norms_get_no_weight_decay_kernels_do():
     assert kernels <= changed and any("embedding" in p for p in kernels)
 
 
+@pytest.mark.parametrize("template", ["sgd", "adamw"])
+def test_biases_and_norms_get_no_weight_decay_under_any_decaying_optimizer(template):
+    """AdamW refuses `weight_decay=None`: its exempt twin decays by 0.0 instead."""
+    model = _vgg()
+    optimizer = {
+        "sgd": keras.optimizers.SGD(0.1, weight_decay=0.1),
+        "adamw": keras.optimizers.AdamW(0.1, weight_decay=0.1),
+    }[template]
+    changed = _decay_step(model, kerastl.discriminative_optimizer(model, 1e-2, optimizer=optimizer))
+    assert "head_dense/bias" not in changed and "block1_conv1/bias" not in changed
+    assert "head_dense/kernel" in changed and "block1_conv1/kernel" in changed
+
+
 def test_weight_decay_exclusions_survive_save_and_load(tmp_path):
     model = _vgg()
     optimizer = kerastl.group_optimizer(

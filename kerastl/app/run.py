@@ -43,6 +43,7 @@ class RunResult:
             once after training, with `data.tta`), or None.
         best_per_stage: `(stage, best monitored value, epoch)` per stage.
         seconds: training time (the stages, not data loading or export).
+        stages: `FineTuner.stage_summaries` (epochs, caching, seconds per stage).
     """
 
     run_dir: str
@@ -55,6 +56,7 @@ class RunResult:
     test: Evaluation | None = None
     best_per_stage: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    stages: list = dataclasses.field(default_factory=list)
 
 
 def train(
@@ -200,6 +202,7 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
         test_results,
         tuner.recorder.best_per_stage(),
         seconds,
+        tuner.stage_summaries,
     )
 
 

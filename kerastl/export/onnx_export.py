@@ -20,6 +20,7 @@ from kerastl.export.signatures import (
     tensor_signature,
 )
 from kerastl.export.tf2onnx_fixes import tf2onnx_fixes
+from kerastl.peft import merged_for_export
 
 MAX_OPSET = 18  # tf2onnx 1.17 fails from opset 19
 MIN_OPSET = 13
@@ -112,7 +113,8 @@ def onnx(
     _atomic.check_destination(path, overwrite)
     samples = model_samples(model, samples)  # bad samples fail before the slow conversion
     model = float32_copy(model)
-    proto = convert(model, signature, opset, image_dtype=image_dtype, fixes=fixes)
+    served = merged_for_export(model)  # LoRA adapters folded in; parity against the unmerged
+    proto = convert(served, signature, opset, image_dtype=image_dtype, fixes=fixes)
     with _atomic.publishing(path, overwrite=overwrite, suffix=".onnx") as temporary:
         with open(temporary, "wb") as file:
             file.write(proto.SerializeToString())

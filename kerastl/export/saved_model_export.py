@@ -24,6 +24,7 @@ from kerastl.export.signatures import (
     check_signatures,
     serving_function,
 )
+from kerastl.peft import merged_for_export
 
 EXTRA_DIR = "assets.extra"
 
@@ -128,6 +129,7 @@ def write_saved_model(
     names = check_signatures(model, signatures)
     samples = model_samples(model, samples)  # bad samples fail before the slow export
     model = float32_copy(model)
+    served = merged_for_export(model)  # LoRA adapters folded in; parity against the unmerged
     preprocessor = text_preprocessor(model, names, preprocessor, sequence_length)
     if TEXT in names:
         warnings.warn(
@@ -138,12 +140,12 @@ def write_saved_model(
             stacklevel=3,
         )
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(served)
     if preprocessor is not None and TEXT in names:
         archive.track(preprocessor)
     for name in names:
         function = serving_function(
-            model, name, image_dtype=image_dtype, top_k=top_k, preprocessor=preprocessor, tta=tta
+            served, name, image_dtype=image_dtype, top_k=top_k, preprocessor=preprocessor, tta=tta
         )
         archive.add_endpoint(name, function)
     archive.write_out(directory, verbose=False)

@@ -130,7 +130,12 @@ def split_model(model, first_trained: str, granularity: str = "coarse") -> Split
         >>> split.trainer.fit(FeatureCache(split.extractor, train_ds).dataset(), epochs=3)
     """
     backbone = model.backbone
-    upper = close_upward(backbone, _upper_operations(model, first_trained, granularity))
+    trained = _upper_operations(model, first_trained, granularity)
+    if id(backbone) in trained:  # an unregistered backbone is one group
+        raise CacheRefused(
+            f"{first_trained!r} holds the whole backbone: nothing below it is frozen"
+        )
+    upper = close_upward(backbone, trained)
     upper_backbone = [op for op in backbone.operations if id(op) in upper]
     if first_trained == HEAD or not upper_backbone:
         return _head_split(model)

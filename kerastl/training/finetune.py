@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 import warnings
@@ -36,15 +37,24 @@ from kerastl.data.sampling import balanced_class_weights
 from kerastl.distribute.resume import restore_seed_states, seed_states
 from kerastl.distribute.strategies import is_chief
 from kerastl.freezing import freeze, freeze_to, unfreeze
-from kerastl.groups import COARSE, LayerGroups
+from kerastl.groups import COARSE, FINE, LayerGroups
 from kerastl.models import TransferModel
 from kerastl.optimizers import discriminative_optimizer
+from kerastl.peft import TARGETS
 from kerastl.training import run_directory
 from kerastl.training.drop_path import reset_drop_path, set_drop_path
 from kerastl.training.ema import EmaWeights
 from kerastl.training.evaluation import Evaluation
 from kerastl.training.evaluation import evaluate as evaluate_model
 from kerastl.training.feature_cache import CacheRefused, FeatureStore, split_model
+from kerastl.training.lora_stages import (
+    DEFAULT_RANK,
+    LORA,
+    add_adapters_up_to,
+    add_stage_adapters,
+    check_lora_stages,
+    first_adapted_group,
+)
 from kerastl.training.losses import SparseSmoothedCrossentropy
 from kerastl.training.metrics import BalancedAccuracy
 from kerastl.training.schedules import warmup_cosine
@@ -73,7 +83,8 @@ class Stage:
         epochs: epochs in this stage.
         train: `"head"`, `"all"`, or a group name (coarse, or fine such as
             `transformer_layer_4`): that group and every group after it
-            train (`freeze_to`).
+            train (`freeze_to`); `"lora"`: LoRA adapters on every backbone
+            group (`rank` 8 unless given).
         lr: the head's (peak) learning rate.
         lr_mult: spread rates over the coarse training groups, the first at
             `lr / lr_mult` (fastai `slice`).
@@ -108,9 +119,19 @@ class Stage:
             (`TransferModel.at_any_image_size`); validation, the best-epoch
             choice and the final model stay at the model's input size. Image
             models whose backbone takes any size; None: the model's size.
+        rank: train the backbone groups of `train` through LoRA adapters of
+            this rank (`kerastl.lora`): only the adapters and the head train,
+            and the feature cache covers every group below the first adapted
+            one. Adapters stay in the model (exports merge them); a group
+            holding adapters trains only them in later stages too.
+        lora_alpha: the adapters' scale is `lora_alpha / rank` (None: 1).
+        lora_targets: which layers get adapters: a preset of
+            `kerastl.peft.TARGETS` (`auto`: attention query/value for
+            transformers, convolutions for CNNs) or layer-name patterns.
 
     Example:
         >>> kerastl.Stage(epochs=5, train="block6", lr=1e-4, lr_mult=10, patience=2)
+        >>> kerastl.Stage(epochs=3, train="lora", rank=8, lr=1e-3)
     """
 
     epochs: int
@@ -131,13 +152,18 @@ class Stage:
     cutmix: float | None = None
     drop_path: float | None = None
     image_size: int | None = None
+    rank: int | None = None
+    lora_alpha: float | None = None
+    lora_targets: str | tuple[str, ...] = "auto"
 
     def __post_init__(self):
         check_positive_int("epochs", self.epochs)
         if not isinstance(self.train, str) or not self.train:
             raise ValueError(
-                f"`train` must be 'head', 'all' or a group name. Received: train={self.train!r}."
+                "`train` must be 'head', 'all', 'lora' or a group name. "
+                f"Received: train={self.train!r}."
             )
+        self._check_lora()
         if not self.lr > 0:
             raise ValueError(f"`lr` must be positive. Received: lr={self.lr!r}.")
         if self.optimizer not in OPTIMIZERS:
@@ -185,6 +211,49 @@ class Stage:
             )
         if self.image_size is not None:
             check_positive_int("image_size", self.image_size)
+
+    def _check_lora(self) -> None:
+        if self.train == LORA and self.rank is None:
+            object.__setattr__(self, "rank", DEFAULT_RANK)
+        if self.rank is not None:
+            check_positive_int("rank", self.rank)
+            if self.train == HEAD:
+                raise ValueError(
+                    "A LoRA stage adapts backbone groups; `train='head'` trains only the head. "
+                    f"Received: train='head', rank={self.rank}."
+                )
+        elif self.lora_alpha is not None:
+            raise ValueError(
+                f"`lora_alpha` needs `rank`. Received: lora_alpha={self.lora_alpha!r}, rank=None."
+            )
+        if self.lora_alpha is not None and (
+            isinstance(self.lora_alpha, bool) or not self.lora_alpha > 0
+        ):
+            raise ValueError(
+                f"`lora_alpha` must be a positive number. Received: lora_alpha={self.lora_alpha!r}."
+            )
+        targets = self.lora_targets
+        if isinstance(targets, list):
+            object.__setattr__(self, "lora_targets", targets := tuple(targets))
+        if not (isinstance(targets, str) and targets in TARGETS) and not (
+            isinstance(targets, tuple) and targets and all(isinstance(t, str) for t in targets)
+        ):
+            raise ValueError(
+                f"`lora_targets` must be one of {TARGETS} or a list of layer-name patterns. "
+                f"Received: lora_targets={self.lora_targets!r}."
+            )
+
+    def first_trained(self, model: TransferModel) -> tuple[str, str]:
+        """`(group, granularity)`: the lowest group this stage trains (`head`,
+        `all`, or a group); for a LoRA stage the first group holding adapters.
+
+        Example:
+            >>> Stage(3, train="lora").first_trained(text_model)
+            ('transformer_layer_0', 'fine')
+        """
+        if self.rank:
+            return first_adapted_group(model, self), FINE
+        return self.train, granularity_of(model, self.train)
 
     @property
     def mixing(self) -> tuple[str, float] | None:
@@ -501,6 +570,7 @@ class FineTuner:
             if stage.drop_path:  # a stage with nothing that can drop raises here
                 stage.prepare(self.model)  # (each stage sets its own flags again)
                 reset_drop_path(self.model)
+        check_lora_stages(self.model, stages)
         monitor = self.monitor or ("val_loss" if validation is not None else "loss")
         check_monitor(monitor, self.metrics, validation=validation is not None)
         self._backup, state = self._open_backup(backup_dir, stages, monitor)
@@ -525,7 +595,7 @@ class FineTuner:
                     continue  # trained before the interruption: its epochs are in the history
                 resume = None
                 if state is not None:
-                    resume = self._restore_model(state)
+                    resume = self._restore_model(state, stages)
                     state = None
                 first_epoch = epoch if resume is None else resume["stage_first_epoch"]
                 if resume is None:
@@ -551,6 +621,8 @@ class FineTuner:
                         "lr": stage.lr,
                         "rates": stage.rate_rule,
                         "cached": cached or "no",
+                        "trainable": sum(math.prod(v.shape) for v in self.model.trainable_weights),
+                        "steps": int(train.cardinality()),
                         "seconds": round(time.perf_counter() - started, 1),
                     }
                 )
@@ -650,9 +722,11 @@ class FineTuner:
         self.stage_summaries = [dict(summary) for summary in state["stage_summaries"]]
         return state["epoch"]
 
-    def _restore_model(self, state: dict) -> dict | None:
+    def _restore_model(self, state: dict, stages) -> dict | None:
         """Loads the backed-up weights and seed states; returns what the stage in
         progress needs to continue (None when the backup is at a stage's end)."""
+        with self.strategy.scope():  # the LoRA stages run so far added adapters
+            add_adapters_up_to(self.model, stages[: state["stage"] + 1])
         for variable, value in zip(
             self.model.weights, load_arrays(state["path"]["model"]), strict=True
         ):
@@ -692,18 +766,21 @@ class FineTuner:
             )
         if stage.ema is not None:
             callbacks.append(EmaWeights())  # the others see the averaged weights
-        granularity = granularity_of(model, stage.train)
         steps = int(train.cardinality()) * stage.epochs
         end_to_end = stage.end_to_end_reason(model)
         with self.strategy.scope():
+            weights_before = model.weights
             stage.prepare(model)
+            if len(model.weights) != len(weights_before):  # a LoRA stage added adapters
+                self.recorder.weights_added(weights_before)
+            first, granularity = stage.first_trained(model)
             split = source = None
             target = model.at_any_image_size() if stage.resizes(model) else model
             if self.cache_features and end_to_end and self.verbose:
                 print(f"kerastl: not caching: {end_to_end}.")
-            if self.cache_features and stage.train != ALL and not end_to_end:
+            if self.cache_features and first != ALL and not end_to_end:
                 try:
-                    split = split_model(model, stage.train, granularity)
+                    split = split_model(model, first, granularity)
                     target = split.trainer
                 except CacheRefused as refused:
                     if self._cache_required:
@@ -866,14 +943,13 @@ class FineTuner:
         mixing and resized stages train end to end and cache nothing."""
         lowest = None
         for stage in following:
-            if stage.train == ALL:
+            first, granularity = stage.first_trained(self.model)
+            if first == ALL:
                 break
             if stage.end_to_end_reason(self.model):
                 continue
             try:
-                later = split_model(
-                    self.model, stage.train, granularity_of(self.model, stage.train)
-                )
+                later = split_model(self.model, first, granularity)
             except CacheRefused:
                 continue
             if later.is_below(lowest or split):
@@ -1059,14 +1135,14 @@ def granularity_of(model, group: str) -> str:
         >>> granularity_of(model, "transformer_layer_4")
         'fine'
     """
-    if group in (HEAD, ALL):
+    if group in (HEAD, ALL, LORA):
         return COARSE
     groups = LayerGroups.of(model)
     try:
         return groups.granularity_of(group)
     except ValueError:
         raise ValueError(
-            f"Unknown layer group {group!r}. Valid groups: 'head', 'all', {groups.names()} "
+            f"Unknown layer group {group!r}. Valid groups: 'head', 'all', 'lora', {groups.names()} "
             f"or fine groups {groups.names('fine')}. Received: train={group!r}."
         ) from None
 
@@ -1082,7 +1158,9 @@ def set_stage_trainable(model, stage: Stage) -> None:
         >>> set_stage_trainable(model, Stage(3, train="block6"))
     """
     granularity = granularity_of(model, stage.train)
-    if stage.train == HEAD:
+    if stage.rank:
+        add_stage_adapters(model, stage)
+    elif stage.train == HEAD:
         freeze(model, train_bn=stage.train_bn, recompile=False)
     elif stage.train == ALL:
         unfreeze(model, train_bn=stage.train_bn, recompile=False)

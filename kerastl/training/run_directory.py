@@ -100,6 +100,18 @@ class RunRecorder(keras.callbacks.Callback):
         if self.directory:
             _write_history(self.rows, os.path.join(self.directory, HISTORY))
 
+    def weights_added(self, before: list) -> None:
+        """The model gained weights (LoRA adapters) since `before` (its weights
+        then): the best weights kept so far get zeros for them (zero adapters
+        compute what the model computed at the best epoch)."""
+        if self._best_weights is None:
+            return
+        kept = dict(zip(map(id, before), self._best_weights, strict=True))
+        self._best_weights = [
+            kept[id(variable)] if id(variable) in kept else np.zeros(variable.shape, variable.dtype)
+            for variable in self.full_model.weights
+        ]
+
     @property
     def best_weights(self) -> list | None:
         """The best epoch's weight values so far (None before one is seen)."""

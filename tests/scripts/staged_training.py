@@ -45,8 +45,14 @@ if caching_pause:  # slows every pass over the data, caching included (same valu
 vx, vy = images(16, seed=1)
 validation = tf.data.Dataset.from_tensor_slices((vx, vy)).batch(8)
 
+lora = os.environ.get("KERASTL_TEST_LORA") == "1"  # stage 2: cached LoRA on Lite0's top blocks
 keras.utils.set_random_seed(0)
-model = transfer_model()
+if lora:
+    model = kerastl.TransferModel(
+        "efficientnet-lite0", 3, weights=None, input_shape=(32, 32, 3), dropout=0.3
+    )
+else:
+    model = transfer_model()
 plain = os.environ.get("KERASTL_TEST_PLAIN") == "1"  # no augmentation, EMA, early stopping
 tuner = kerastl.FineTuner(
     model,
@@ -59,9 +65,11 @@ tuner = kerastl.FineTuner(
     verbose=verbose,
 )
 extra = {} if plain else {"ema": 0.9, "patience": 3}
+if lora:
+    extra.update(train="block6", rank=2)
 stages = [
     kerastl.Stage(2, lr=1e-2),
-    kerastl.Stage(4, train="all", lr=1e-3, lr_mult=10, **extra),
+    kerastl.Stage(4, **{"train": "all", "lr": 1e-3, "lr_mult": 10, **extra}),
 ]
 history = tuner.fit(train, validation, stages=stages, backup_dir=backup_dir)
 np.save(out + ".npy", flat_weights(model))

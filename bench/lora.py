@@ -1,0 +1,125 @@
+"""LoRA vs fine-tuning vs the linear probe, on both recipes' data, side by side.
+
+Each variant is the recipe's YAML with its last stage replaced, run by
+`kerastl train`'s own code (`kerastl.app.run.train`) in a child process of
+its own, so its peak memory (RSS, from `wait4`) is its own. The best epoch
+is chosen on the validation data held out of the training split; the test
+split is evaluated once, at the end. One row per variant: test accuracy,
+the last stage's trainable parameters, its seconds per epoch and per step,
+the run's peak RSS, and what one more task costs to store (the adapter file
+and head for LoRA, the whole model's weights for fine-tuning, the head for
+the probe).
+
+Usage:
+    .venv/bin/python bench/lora.py text
+    .venv/bin/python bench/lora.py image
+    .venv/bin/python bench/lora.py text --set data.limit=2000   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
+VARIANTS = {
+    "text": {
+        "probe (stage 1 only)": ["stages=[{epochs: 4, train: head, lr: 3.0e-3}]"],
+        # LoRA's usual rate is ~10-20x full fine-tuning's; same schedule and epochs.
+        "LoRA r=8, query/value of all 6 layers": [
+            "stages.1={epochs: 1, train: lora, rank: 8, lr: 1.0e-3, optimizer: adamw, "
+            "weight_decay: 0.01, warmup: 0.1, schedule: cosine}"
+        ],
+        "fine-tuning, every layer (the recipe)": [],
+    },
+    "image": {
+        "probe (stage 1 only)": ["stages=[{epochs: 6, train: head, lr: 3.0e-3}]"],
+        "LoRA r=8, convolutions of block6-top_conv": [
+            "stages.1={epochs: 8, train: block6, rank: 8, lr: 3.0e-3, warmup: 0.2, "
+            "schedule: cosine}"
+        ],
+        "fine-tuning block6-top_conv (the recipe)": [],
+    },
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("recipe", choices=sorted(VARIANTS))
+    parser.add_argument("--only", nargs="*", help="variants whose name starts with these")
+    parser.add_argument("--set", action="append", default=[], help="extra override for all")
+    args = parser.parse_args()
+    output = tempfile.mkdtemp(prefix="kerastl-lora-")
+    print(f"{args.recipe} recipe: probe / LoRA / fine-tuning; runs in {output}")
+    print(
+        "| variant | best val | test acc | trainable params (last stage) | s/epoch (last stage) "
+        "| ms/step | peak RSS GB | stored per task MB |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, overrides in VARIANTS[args.recipe].items():
+        if args.only and not any(name.startswith(prefix) for prefix in args.only):
+            continue
+        result_path = os.path.join(output, f"{len(os.listdir(output))}.json")
+        command = [sys.executable, __file__, "--child", args.recipe, result_path, output]
+        command += [*overrides, *args.set]
+        child = subprocess.Popen(command)
+        _, status, usage = os.wait4(child.pid, 0)
+        if status != 0:
+            print(f"| {name} | failed (exit status {status}) |", flush=True)
+            continue
+        with open(result_path) as file:
+            row = json.load(file)
+        print(
+            f"| {name} | {row['best']:.4f} | {row['test']:.4f} | {row['trainable']:,} "
+            f"| {row['epoch_seconds']:.0f} | {row['step_ms']:.0f} | {usage.ru_maxrss / 2**20:.2f} "
+            f"| {row['stored_bytes'] / 2**20:.2f} |",
+            flush=True,
+        )
+
+
+def child(recipe: str, result_path: str, output: str, overrides: list[str]) -> None:
+    """One variant, run in this process; writes its row's numbers to `result_path`."""
+    import numpy as np
+
+    import kerastl
+    from kerastl.app.config import load_config
+    from kerastl.app.run import train
+    from kerastl.peft import adapted_layers
+
+    yaml = os.path.join(RECIPES, f"{recipe}_classification.yaml")
+    config = load_config(yaml, [f"output_dir={output}", "export=false", *overrides])
+    result = train(config, verbose=0)
+    model = result.model
+    last = result.stages[-1]
+    stored = os.path.join(result.run_dir, "stored")
+    if adapted_layers(model):
+        stored = kerastl.save_lora(model, stored + ".lora.npz")
+    elif last["stage"].endswith(":head"):
+        stored += ".npz"
+        np.savez(stored, *[np.asarray(v) for v in model.head_layer.weights])
+    else:
+        stored += ".weights.h5"
+        model.save_weights(stored)
+    row = {
+        "best": result.best[0],
+        "test": result.test.plain.accuracy,
+        "trainable": last["trainable"],
+        "epoch_seconds": last["seconds"] / last["epochs"],
+        "step_ms": 1000 * last["seconds"] / (last["epochs"] * last["steps"]),
+        "stored_bytes": os.path.getsize(stored),
+    }
+    with open(result_path, "w") as file:
+        json.dump(row, file)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
+    else:
+        main()
