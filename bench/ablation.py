@@ -16,16 +16,16 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from _variants import chosen_variants, recipe_yaml, variant_arguments
+
 from kerastl.app.config import load_config
 from kerastl.app.run import train
 
-RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
 VARIANTS = {
     "image": {
         # The recipe before augmentation: probe, then block6.. on one view.
@@ -66,12 +66,8 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("recipe", choices=sorted(VARIANTS))
-    parser.add_argument("--only", nargs="*", help="variants whose name starts with these")
-    parser.add_argument("--set", action="append", default=[], help="extra override for all")
-    args = parser.parse_args()
-    yaml = os.path.join(RECIPES, f"{args.recipe}_classification.yaml")
+    args = variant_arguments(__doc__.split("\n")[0], VARIANTS)
+    yaml = recipe_yaml(args.recipe)
     output = tempfile.mkdtemp(prefix="kerastl-ablation-")
     print(f"{args.recipe} recipe variants; runs in {output}")
     print(
@@ -79,9 +75,7 @@ def main() -> None:
         "| test bal. acc (plain / TTA) | training s |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, overrides in VARIANTS[args.recipe].items():
-        if args.only and not any(name.startswith(prefix) for prefix in args.only):
-            continue
+    for name, overrides in chosen_variants(VARIANTS, args).items():
         config = load_config(yaml, [f"output_dir={output}", "export=false", *overrides, *args.set])
         result = train(config, verbose=0)
         per_stage = result.best_per_stage

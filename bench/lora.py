@@ -5,7 +5,8 @@ Each variant is the recipe's YAML with its last stage replaced, run by
 its own, so its peak memory (RSS, from `wait4`) is its own. The best epoch
 is chosen on the validation data held out of the training split; the test
 split is evaluated once, at the end. One row per variant: test accuracy,
-the last stage's trainable parameters, its seconds per epoch and per step,
+the last stage's trainable parameters, its seconds per epoch and per step
+(the stage's own feature caching included),
 the run's peak RSS, and what one more task costs to store (the adapter file
 and head for LoRA, the whole model's weights for fine-tuning, the head for
 the probe).
@@ -18,7 +19,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -27,7 +27,8 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
+from _variants import chosen_variants, recipe_yaml, variant_arguments
+
 VARIANTS = {
     "text": {
         "probe (stage 1 only)": ["stages=[{epochs: 4, train: head, lr: 3.0e-3}]"],
@@ -50,21 +51,15 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("recipe", choices=sorted(VARIANTS))
-    parser.add_argument("--only", nargs="*", help="variants whose name starts with these")
-    parser.add_argument("--set", action="append", default=[], help="extra override for all")
-    args = parser.parse_args()
+    args = variant_arguments(__doc__.split("\n")[0], VARIANTS)
     output = tempfile.mkdtemp(prefix="kerastl-lora-")
     print(f"{args.recipe} recipe: probe / LoRA / fine-tuning; runs in {output}")
     print(
         "| variant | best val | test acc | trainable params (last stage) | s/epoch (last stage) "
-        "| ms/step | peak RSS GB | stored per task MB |"
+        "| ms/step | peak RSS GB | stored per task |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, overrides in VARIANTS[args.recipe].items():
-        if args.only and not any(name.startswith(prefix) for prefix in args.only):
-            continue
+    for name, overrides in chosen_variants(VARIANTS, args).items():
         result_path = os.path.join(output, f"{len(os.listdir(output))}.json")
         command = [sys.executable, __file__, "--child", args.recipe, result_path, output]
         command += [*overrides, *args.set]
@@ -78,9 +73,13 @@ def main() -> None:
         print(
             f"| {name} | {row['best']:.4f} | {row['test']:.4f} | {row['trainable']:,} "
             f"| {row['epoch_seconds']:.0f} | {row['step_ms']:.0f} | {usage.ru_maxrss / 2**20:.2f} "
-            f"| {row['stored_bytes'] / 2**20:.2f} |",
+            f"| {_size(row['stored_bytes'])} |",
             flush=True,
         )
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MB" if count >= 2**20 else f"{count / 2**10:.0f} KB"
 
 
 def child(recipe: str, result_path: str, output: str, overrides: list[str]) -> None:
@@ -92,7 +91,7 @@ def child(recipe: str, result_path: str, output: str, overrides: list[str]) -> N
     from kerastl.app.run import train
     from kerastl.peft import adapted_layers
 
-    yaml = os.path.join(RECIPES, f"{recipe}_classification.yaml")
+    yaml = recipe_yaml(recipe)
     config = load_config(yaml, [f"output_dir={output}", "export=false", *overrides])
     result = train(config, verbose=0)
     model = result.model
@@ -100,12 +99,10 @@ def child(recipe: str, result_path: str, output: str, overrides: list[str]) -> N
     stored = os.path.join(result.run_dir, "stored")
     if adapted_layers(model):
         stored = kerastl.save_lora(model, stored + ".lora.npz")
-    elif last["stage"].endswith(":head"):
+    else:  # the probe stores its head; fine-tuning every weight (no optimizer state)
+        probe = last["stage"].endswith(":head")
         stored += ".npz"
-        np.savez(stored, *[np.asarray(v) for v in model.head_layer.weights])
-    else:
-        stored += ".weights.h5"
-        model.save_weights(stored)
+        np.savez(stored, *[np.asarray(v) for v in (model.head_layer if probe else model).weights])
     row = {
         "best": result.best[0],
         "test": result.test.plain.accuracy,

@@ -39,6 +39,7 @@ __all__ = [
     "ADAPTER_NAMES",
     "TARGETS",
     "adapted_layers",
+    "enable_adapters",
     "is_adapter",
     "load_lora",
     "lora",
@@ -92,7 +93,7 @@ def lora(
         rank: the adapters' rank (`A` is `in x rank`, `B` is `rank x out`).
         alpha: the adapters' scale is `alpha / rank`; None: `rank` (scale 1).
         groups: backbone group names (coarse such as `encoder`, `block6`, or
-            fine such as `transformer_layer_4`). None: the backbone groups
+            fine such as `layer_4`). None: the backbone groups
             that train now (after `freeze_to`, those above the boundary), or
             every backbone group when the backbone is wholly frozen or
             wholly trainable.
@@ -126,7 +127,7 @@ def lora(
             f"the merged copy. Received: groups={chosen}."
         )
     for layer in layers:
-        _enable(layer, rank, alpha)
+        enable_adapters(layer, rank, alpha)
     LayerGroups.of(model).forget_variables()
     train_adapters(model, layers, recompile=recompile)
     return [_path(layer) for layer in layers]
@@ -150,7 +151,7 @@ def lora_targets(
 
     Example:
         >>> [layer.name for layer in lora_targets(model, ["block6"], "conv")][:2]
-        ['block6a_expand_conv', 'block6a_project_conv']
+        ['block6a_expand_conv', 'block6a_project']
     """
     names = list(groups)
     layer_groups = LayerGroups.of(model)
@@ -175,16 +176,9 @@ def lora_targets(
             f"No layer of groups {names} matches targets={targets!r}; their weight-bearing "
             f"layers are {kinds}. Choose another preset from {TARGETS} or name layers."
         )
-    order = {
-        id(sub): index
-        for index, sub in enumerate(
-            sub
-            for members in layer_groups[FINE].values()
-            for layer in members
-            for sub in sublayers(layer)
-        )
-    }
-    return sorted(chosen, key=lambda layer: order[id(layer)])
+    # Model order: where each layer's first weight was created.
+    created = {id(variable): index for index, variable in enumerate(model.weights)}
+    return sorted(chosen, key=lambda layer: created[id(own_variables(layer)[0])])
 
 
 def adapted_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -391,7 +385,7 @@ def load_lora(model: keras.Model, path: str | os.PathLike) -> keras.Model:
     layers = sublayers(model)
     for number, entry in enumerate(meta["adapters"]):
         layer = layers[entry["index"]]
-        _enable(layer, entry["rank"], entry["alpha"])
+        enable_adapters(layer, entry["rank"], entry["alpha"])
         for variable, value in zip(
             _adapter_pair(layer),
             (arrays[f"adapter_{number}_a"], arrays[f"adapter_{number}_b"]),
@@ -415,7 +409,7 @@ def restore_adapters(model: keras.Model, entries: Sequence[dict]) -> None:
     for entry in entries:
         layer = layers[entry["index"]]
         if not getattr(layer, "lora_enabled", False):
-            _enable(layer, entry["rank"], entry["alpha"])
+            enable_adapters(layer, entry["rank"], entry["alpha"])
         else:
             _keep_adapters_when_saved(layer)
 
@@ -526,7 +520,12 @@ def _is_conv(layer) -> bool:
 # --- adapters ---
 
 
-def _enable(layer, rank: int, alpha: float) -> None:
+def enable_adapters(layer: keras.layers.Layer, rank: int, alpha: float | None) -> None:
+    """Keras's `enable_lora` on one layer, saved with its raw variables.
+
+    Example:
+        >>> enable_adapters(model.get_layer("top_conv"), rank=4, alpha=None)
+    """
     layer.enable_lora(rank, lora_alpha=alpha)
     _keep_adapters_when_saved(layer)
 

@@ -91,6 +91,7 @@ def test_every_private_keras_name_kerastl_uses_still_exists():
     model = keras.Model(inputs, dropout(dense(inputs)))
     assert [layer.name for layer in _internals.sublayers(model)][-2:] == ["d", dropout.name]
     assert _internals.own_trainable_variables(dense) == [dense.kernel, dense.bias]
+    assert _internals.own_variables(dense) == [dense.kernel, dense.bias]
     assert len(_internals.seed_generators(dropout)) == 1
     (node,) = _internals.inbound_nodes(dense)
     assert _internals.owns_node(model, dense, node)

@@ -1,15 +1,10 @@
-"""`Stage(rank=...)`: LoRA stages in `FineTuner`, with caching, best-epoch restore and resume."""
-
-import json
-import signal
-import subprocess
-import sys
+"""`Stage(rank=...)`: LoRA stages in `FineTuner`, with caching and best-epoch restore
+(resume: `tests/test_staged_resume.py`)."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from processes import SCRIPTS, run_script, script_env, wait_for
 
 import kerastl
 from kerastl.app.config import load_config
@@ -120,54 +115,3 @@ def test_a_yaml_config_gives_lora_stages(tmp_path):
         8,
         ("query", "value"),
     )
-
-
-def _newest_state(backup):
-    state = None
-    for path in sorted(backup.glob("state-*.json")):
-        try:
-            state = json.loads(path.read_text())
-        except ValueError:
-            continue
-    return state
-
-
-@pytest.mark.slow
-def test_a_run_killed_in_its_lora_stage_resumes_to_bit_identical_weights(tmp_path):
-    """Stage 2 adds adapters to Lite0's block6-top_conv and trains them on the
-    cached block6 input: the resumed run adds them before its weights load."""
-    reference = run_script(
-        "staged_training.py", str(tmp_path / "ref"), str(tmp_path / "ref"), KERASTL_TEST_LORA="1"
-    )
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    backup = tmp_path / "backup"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(SCRIPTS / "staged_training.py"),
-            str(backup),
-            str(tmp_path / "x"),
-            "0.3",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=script_env(KERASTL_TEST_LORA="1"),
-    )
-    try:
-
-        def in_lora_stage():
-            state = _newest_state(backup)
-            return bool(state) and state["stage"] == 1 and state["epoch"] == 3
-
-        wait_for(in_lora_stage, timeout=180, what="a backup inside the LoRA stage")
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait()
-    resumed = run_script(
-        "staged_training.py", str(backup), str(tmp_path / "resumed"), KERASTL_TEST_LORA="1"
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "ref.npy"))
-    history = json.loads((tmp_path / "resumed.json").read_text())
-    assert history == json.loads((tmp_path / "ref.json").read_text())

@@ -33,19 +33,19 @@ def _newest_state(backup):
     return state
 
 
-def _run_to_end(backup, out, *extra):
-    result = run_script("staged_training.py", str(backup), str(out), *extra, timeout=300)
+def _run_to_end(backup, out, *extra, **env):
+    result = run_script("staged_training.py", str(backup), str(out), *extra, timeout=300, **env)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     return np.load(f"{out}.npy"), json.loads(open(f"{out}.json").read())
 
 
-def _start(backup, out, *extra):
+def _start(backup, out, *extra, **env):
     return subprocess.Popen(
         [sys.executable, "-u", str(SCRIPTS / "staged_training.py"), str(backup), str(out), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=script_env(),
+        env=script_env(**env),
     )
 
 
@@ -78,6 +78,24 @@ def test_a_run_killed_in_stage_two_resumes_to_bit_identical_weights_and_history(
         process.kill()
         process.wait()
     weights, history = _run_to_end(backup, tmp_path / "resumed")
+    np.testing.assert_array_equal(weights, reference[0])
+    assert history == reference[1]
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_a_lora_stage_resumes_to_bit_identical_weights_and_history(tmp_path):
+    """Stage 2 adds adapters to Lite0's block6-top_conv and trains them on the
+    cached block6 input: the resumed run adds them before its weights load."""
+    reference = _run_to_end(tmp_path / "ref", tmp_path / "ref", KERASTL_TEST_LORA="1")
+    backup = tmp_path / "backup"
+    process = _start(backup, tmp_path / "killed", "0.3", KERASTL_TEST_LORA="1")
+    try:
+        wait_for(lambda: _in_stage_two(3)(backup), timeout=180, what="a backup after epoch 4")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    weights, history = _run_to_end(backup, tmp_path / "resumed", KERASTL_TEST_LORA="1")
     np.testing.assert_array_equal(weights, reference[0])
     assert history == reference[1]
 

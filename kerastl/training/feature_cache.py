@@ -140,6 +140,9 @@ def split_model(model, first_trained: str, granularity: str = "coarse") -> Split
     if first_trained == HEAD or not upper_backbone:
         return _head_split(model)
     cut = crossing_tensors(backbone, upper)
+    inputs = keras.tree.flatten(backbone.input)
+    if all(any(tensor is given for given in inputs) for tensor in cut):
+        raise CacheRefused(f"nothing below {first_trained!r} is frozen")
     mask_at = []
     if model.modality == TEXT:
         mask_at = [i for i, tensor in enumerate(cut) if tensor is backbone.input["padding_mask"]]

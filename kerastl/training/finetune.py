@@ -249,11 +249,18 @@ class Stage:
 
         Example:
             >>> Stage(3, train="lora").first_trained(text_model)
-            ('transformer_layer_0', 'fine')
+            ('layer_0', 'fine')
         """
         if self.rank:
             return first_adapted_group(model, self), FINE
         return self.train, granularity_of(model, self.train)
+
+    @property
+    def label(self) -> str:
+        """What trains, for reports: `head`, `block6`, `lora r8`, `block6 lora r8`."""
+        if not self.rank:
+            return self.train
+        return f"{'' if self.train == LORA else self.train + ' '}lora r{self.rank}"
 
     @property
     def mixing(self) -> tuple[str, float] | None:
@@ -600,7 +607,7 @@ class FineTuner:
                 first_epoch = epoch if resume is None else resume["stage_first_epoch"]
                 if resume is None:
                     self.stage_starts.append(epoch)
-                self.recorder.stage = f"{number}:{stage.train}"
+                self.recorder.stage = f"{number}:{stage.label}"
                 started = time.perf_counter()
                 result, cached = self._run(
                     stage,

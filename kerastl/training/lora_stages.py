@@ -16,7 +16,7 @@ import keras
 
 from kerastl._internals import sublayers
 from kerastl.groups import COARSE, FINE, HEAD, LayerGroups
-from kerastl.peft import _enable, adapted_layers, lora_targets, train_adapters
+from kerastl.peft import adapted_layers, enable_adapters, lora_targets, train_adapters
 
 ALL, LORA = "all", "lora"
 DEFAULT_RANK = 8
@@ -64,7 +64,7 @@ def add_stage_adapters(model: keras.Model, stage) -> list[keras.layers.Layer]:
     added = False
     for layer in layers:
         if not getattr(layer, "lora_enabled", False):
-            _enable(layer, stage.rank, stage.lora_alpha)
+            enable_adapters(layer, stage.rank, stage.lora_alpha)
             added = True
     if added:
         LayerGroups.of(model).forget_variables()
@@ -79,7 +79,7 @@ def add_adapters_up_to(model: keras.Model, stages: Sequence) -> None:
         if stage.rank:
             for layer in stage_targets(model, stage):
                 if not getattr(layer, "lora_enabled", False):
-                    _enable(layer, stage.rank, stage.lora_alpha)
+                    enable_adapters(layer, stage.rank, stage.lora_alpha)
     LayerGroups.of(model).forget_variables()
 
 
