@@ -19,9 +19,9 @@ from collections.abc import Iterable
 
 import keras
 
+from kerastl._adapter_names import is_adapter
 from kerastl._internals import own_variables, sublayers
 from kerastl.groups import COARSE, HEAD, LayerGroups, group_variables, layer_groups
-from kerastl.peft import is_adapter
 
 
 def set_trainable_groups(

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 
 from kerastl import _atomic
+from kerastl._adapter_names import ADAPTER_NAMES, is_adapter
 from kerastl._internals import own_variables, sublayers
 from kerastl.groups import COARSE, FINE, HEAD, LayerGroups
 
@@ -49,10 +50,6 @@ __all__ = [
     "save_lora",
 ]
 
-# Keras's names for the two low-rank factors of an adapted layer.
-ADAPTER_NAMES = frozenset(
-    {"lora_kernel_a", "lora_kernel_b", "lora_embeddings_a", "lora_embeddings_b"}
-)
 _BASE_NAMES = ("kernel", "embeddings")  # the variable an adapter adds to
 
 # Attention projections by layer name: Keras's MultiHeadAttention (KerasHub's
@@ -189,16 +186,6 @@ def adapted_layers(model: keras.Model) -> list[keras.layers.Layer]:
         12
     """
     return [layer for layer in sublayers(model) if getattr(layer, "lora_enabled", False)]
-
-
-def is_adapter(variable: keras.Variable) -> bool:
-    """Whether `variable` is one of a LoRA adapter's two factors.
-
-    Example:
-        >>> [v.name for v in model.trainable_weights if kerastl.peft.is_adapter(v)][:2]
-        ['lora_kernel_a', 'lora_kernel_b']
-    """
-    return variable.name in ADAPTER_NAMES
 
 
 def train_adapters(
