@@ -65,19 +65,24 @@ def _in_stage_two(epoch):
     return ready
 
 
-@pytest.mark.slow
-def test_a_run_killed_in_stage_two_resumes_to_bit_identical_weights_and_history(
-    tmp_path, reference
-):
+def _killed_in_stage_two_and_resumed(tmp_path, **env):
+    """SIGKILL after stage 2's second epoch is backed up; the rerun's weights and history."""
     backup = tmp_path / "backup"
-    process = _start(backup, tmp_path / "killed", "0.3")
+    process = _start(backup, tmp_path / "killed", "0.3", **env)
     try:
         wait_for(lambda: _in_stage_two(3)(backup), timeout=180, what="a backup after epoch 4")
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.wait()
-    weights, history = _run_to_end(backup, tmp_path / "resumed")
+    return _run_to_end(backup, tmp_path / "resumed", **env)
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_stage_two_resumes_to_bit_identical_weights_and_history(
+    tmp_path, reference
+):
+    weights, history = _killed_in_stage_two_and_resumed(tmp_path)
     np.testing.assert_array_equal(weights, reference[0])
     assert history == reference[1]
 
@@ -87,15 +92,7 @@ def test_a_run_killed_in_a_lora_stage_resumes_to_bit_identical_weights_and_histo
     """Stage 2 adds adapters to Lite0's block6-top_conv and trains them on the
     cached block6 input: the resumed run adds them before its weights load."""
     reference = _run_to_end(tmp_path / "ref", tmp_path / "ref", KERASTL_TEST_LORA="1")
-    backup = tmp_path / "backup"
-    process = _start(backup, tmp_path / "killed", "0.3", KERASTL_TEST_LORA="1")
-    try:
-        wait_for(lambda: _in_stage_two(3)(backup), timeout=180, what="a backup after epoch 4")
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait()
-    weights, history = _run_to_end(backup, tmp_path / "resumed", KERASTL_TEST_LORA="1")
+    weights, history = _killed_in_stage_two_and_resumed(tmp_path, KERASTL_TEST_LORA="1")
     np.testing.assert_array_equal(weights, reference[0])
     assert history == reference[1]
 
