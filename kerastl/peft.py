@@ -237,7 +237,8 @@ def merge_lora(model: keras.Model) -> keras.Model:
 
     Returns:
         A new, uncompiled model of the same class and config without
-        adapters, with the same frozen layers.
+        adapters; frozen layers stay frozen, and the adapted groups' base
+        weights are trainable again (a plain model).
 
     Raises:
         ValueError: `model` has no adapters (e.g. it is already merged).
