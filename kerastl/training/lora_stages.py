@@ -60,14 +60,7 @@ def add_stage_adapters(model: keras.Model, stage) -> list[keras.layers.Layer]:
     Returns:
         The stage's adapted layers.
     """
-    layers = stage_targets(model, stage)
-    added = False
-    for layer in layers:
-        if not getattr(layer, "lora_enabled", False):
-            enable_adapters(layer, stage.rank, stage.lora_alpha)
-            added = True
-    if added:
-        LayerGroups.of(model).forget_variables()
+    layers = _add_missing_adapters(model, stage)
     train_adapters(model, layers, recompile=False)
     return layers
 
@@ -77,10 +70,16 @@ def add_adapters_up_to(model: keras.Model, stages: Sequence) -> None:
     needs them before its backed-up weights load)."""
     for stage in stages:
         if stage.rank:
-            for layer in stage_targets(model, stage):
-                if not getattr(layer, "lora_enabled", False):
-                    enable_adapters(layer, stage.rank, stage.lora_alpha)
+            _add_missing_adapters(model, stage)
+
+
+def _add_missing_adapters(model: keras.Model, stage) -> list[keras.layers.Layer]:
+    layers = stage_targets(model, stage)
+    for layer in layers:
+        if not getattr(layer, "lora_enabled", False):
+            enable_adapters(layer, stage.rank, stage.lora_alpha)
     LayerGroups.of(model).forget_variables()
+    return layers
 
 
 def check_lora_stages(model: keras.Model, stages: Sequence) -> None:
