@@ -111,9 +111,20 @@ def ema_pairs(optimizer: keras.optimizers.Optimizer) -> list:
 
 
 def symbolic_build(model: keras.Model, data_batch) -> None:
-    """Builds a model's metrics and optimizer from one batch (what `fit` does on
-    its first batch); the multi-worker fix calls it with one replica's batch."""
+    """Builds a model's metrics and optimizer from one batch, or from symbolic
+    tensors shaped like one (what `fit` does under a strategy on its first batch)."""
     model._symbolic_build(data_batch=data_batch)
+
+
+def trainer_strategy(model: keras.Model):
+    """The strategy Keras's TF trainer recorded for `model` (None: the default
+    strategy, under which Keras builds on the first traced step instead)."""
+    return model._distribute_strategy
+
+
+def epoch_dataset(epoch_iterator):
+    """The `tf.data.Dataset` a Keras `TFEpochIterator` serves batches from."""
+    return epoch_iterator.data_adapter.get_tf_dataset()
 
 
 def tensorflow_trainer():

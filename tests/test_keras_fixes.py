@@ -186,3 +186,38 @@ def test_the_fixed_optimizers_save_and_load_as_themselves(tmp_path):
         before = np.array(loaded.layers[-1].kernel)
         loaded.fit(np.ones((4, 3)), np.zeros((4, 2)), verbose=0)  # and still trains
         assert np.abs(np.array(loaded.layers[-1].kernel) - before).max() > 1e-3
+
+
+@pytest.mark.parametrize("fixes", ["1", "0"])
+def test_fit_under_a_strategy_draws_each_batch_once(monkeypatch, fixes):
+    """Keras builds a model under a strategy from a batch of an iterator it then
+    drops: a generator (kerastl's feature caches draw views in one) runs ahead
+    by as much as that iterator's prefetch pulled, a number that varies from
+    run to run. The fix builds from the dataset's element spec instead."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    monkeypatch.setenv(keras_fixes.DISABLE_ENV, fixes)
+    drawn = []
+
+    def batches():
+        for index in range(4):
+            drawn.append(index)
+            yield np.full((2, 3), index, "float32"), np.ones((2, 1), "float32")
+
+    signature = (tf.TensorSpec((None, 3), tf.float32), tf.TensorSpec((None, 1), tf.float32))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        inputs = keras.Input((3,))
+        model = keras_fixes.FixedFunctional(inputs, keras.layers.Dense(1)(inputs))
+        model.compile(keras.optimizers.SGD(0.1), "mse", metrics=["mae"])
+    before = np.array(model.layers[-1].kernel)
+    model.fit(dataset, epochs=2, verbose=0)
+    model.evaluate(dataset, verbose=0)
+    if fixes == "1":
+        assert drawn == [0, 1, 2, 3] * 3  # two epochs and the evaluation, nothing else
+        assert np.abs(np.array(model.layers[-1].kernel) - before).max() > 1e-3
+    else:  # Keras's own build drew from an extra iterator before the first epoch
+        assert len(drawn) > 12 and drawn[:1] == [0]

@@ -7,7 +7,10 @@ kerastl and trains a plain Keras model gets plain Keras
 
 - `FixedTraining`, mixed into `TransferModel` and into the models a cached
   stage trains, repairs `fit` under MultiWorkerMirroredStrategy
-  (keras-team/keras#20585) and gives mixed-float16 compiles the loss-scale fix.
+  (keras-team/keras#20585), builds the model under any strategy without
+  drawing a batch from a throwaway iterator (which made runs under
+  OneDeviceStrategy differ from process to process), and gives
+  mixed-float16 compiles the loss-scale fix.
   Keras reduces the logs with a module-level function that no class can
   override, so while such a model runs `fit`/`evaluate` under a multi-worker
   strategy, and only then, that function is swapped and put back afterwards.
@@ -16,7 +19,7 @@ kerastl and trains a plain Keras model gets plain Keras
 - `GroupOptimizer` (what `kerastl.group_optimizer` returns): a
   `MultiOptimizer` that lets a group without gradients rest.
 
-All three bugs are still present in Keras 3.15.1, the newest release checked
+All four bugs are still present in Keras 3.15.1, the newest release checked
 (`fixed_in` is `None`). The tests run each failing case in a fresh process
 with the fixes switched off (`KERASTL_KERAS_FIXES=0`) and expect the failure:
 when a Keras release repairs one, that test fails, and its `fixed_in` is set
@@ -34,10 +37,12 @@ import warnings
 import keras
 
 from kerastl._internals import (
+    epoch_dataset,
     multi_optimizer_variables,
     optimizer_for,
     symbolic_build,
     tensorflow_trainer,
+    trainer_strategy,
 )
 
 DISABLE_ENV = "KERASTL_KERAS_FIXES"
@@ -65,6 +70,13 @@ FIXES = (
     _Fix(
         name="multi_worker_fit",
         issue="https://github.com/keras-team/keras/issues/20585",
+        fixed_in=None,
+    ),
+    _Fix(
+        name="build_without_drawing_a_batch",
+        issue="TensorFlowTrainer._maybe_symbolic_build draws one batch from a throwaway "
+        "iterator under any strategy; the dataset's prefetch pulls a varying number of "
+        "batches through it, advancing Python-side state (a generator's random draws)",
         fixed_in=None,
     ),
     _Fix(
@@ -200,10 +212,20 @@ keras.saving.register_keras_serializable("kerastl")(GroupOptimizer)
 # === Fix 1: MultiWorkerMirroredStrategy + fit (keras-team/keras#20585) ===
 # `_maybe_symbolic_build` reduces the first distributed batch with
 # `strategy.reduce`, which under multi-worker collectives tries to turn the
-# `PerReplica` into a tensor and raises. Building only needs shapes and
-# dtypes: the first local replica's batch is enough. Then `reduce_per_replica`
-# averages the scalar logs with `axis=0`, which fails on scalars; the mean
-# across replicas alone (`axis=None`) is what MirroredStrategy computes.
+# `PerReplica` into a tensor and raises. Then `reduce_per_replica` averages
+# the scalar logs with `axis=0`, which fails on scalars; the mean across
+# replicas alone (`axis=None`) is what MirroredStrategy computes.
+#
+# === Fix 4: building under a strategy draws a batch ===
+# Under any strategy (one device included) `fit` and `evaluate` first build
+# the model from a batch drawn from an iterator of their own, then drop it
+# and start the epoch on a new one. Whatever that first iterator's prefetch
+# pulled through the dataset is lost, and how much it pulled depends on
+# thread timing: a dataset with Python-side state (a generator drawing
+# random views or orders, as kerastl's feature caches do) starts the epoch
+# from a different state in every process. Building only needs shapes and
+# dtypes, which the dataset's element spec gives without iterating; doing so
+# also avoids the `PerReplica` reduction of Fix 1.
 
 
 class FixedTraining:
@@ -235,21 +257,29 @@ class FixedTraining:
             return super().evaluate(*args, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        strategy = self.distribute_strategy
-        if not (applies("multi_worker_fit") and is_multi_worker(strategy)) or iterator is None:
+        symbolic_batch = None
+        if (
+            applies("build_without_drawing_a_batch")
+            and iterator is not None
+            and trainer_strategy(self) is not None
+        ):
+            symbolic_batch = _symbolic_batch(epoch_dataset(iterator).element_spec)
+        if symbolic_batch is None:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        import tensorflow as tf
+        with self.distribute_strategy.scope():
+            symbolic_build(self, symbolic_batch)
 
-        def first_replica(value):
-            if isinstance(value, tf.distribute.DistributedValues):
-                return strategy.experimental_local_results(value)[0]
-            return value
 
-        for _, _, batches in iterator:
-            data_batch = keras.tree.map_structure(first_replica, next(batches))
-            break
-        with strategy.scope():
-            symbolic_build(self, data_batch)
+def _symbolic_batch(element_spec):
+    """Symbolic tensors shaped like one batch of a dataset with this element
+    spec, the batch size left open; None when a component's rank is unknown."""
+    specs = keras.tree.flatten(element_spec)
+    if any(spec.shape.rank is None or spec.shape.rank == 0 for spec in specs):
+        return None
+    return keras.tree.map_structure(
+        lambda spec: keras.KerasTensor((None, *spec.shape[1:]), dtype=spec.dtype.name),
+        element_spec,
+    )
 
 
 class FixedFunctional(FixedTraining, keras.Model):
