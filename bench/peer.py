@@ -1,0 +1,237 @@
+"""kerastl side by side with the PyTorch route, on the recipes' own work.
+
+Text: all-MiniLM-L6-v2 on Rotten Tomatoes, the text recipe run by `kerastl
+train`'s code vs `transformers.Trainer` (dynamic padding, AdamW with the
+recipe's rate, warm-up, weight decay, epochs, batch size and seed).
+Image: EfficientNet-Lite0 on elpv, the image recipe vs the same pretrained
+weights in timm (`tf_efficientnet_lite0`) trained by a plain PyTorch loop
+with the recipe's stages. Both sides get the same examples: this script
+reads the recipe's data once (its training / validation / test splits) and
+hands the PyTorch side a copy. The two runs of a task alternate which goes
+first; each runs in a child process of its own (peak RSS from `wait4`).
+
+One row per side: wall time of training (to the end of the last epoch),
+training samples per second, best validation score (the recipe's monitor),
+test accuracy of the best epoch, peak RSS, and inference latency at batch 1
+and 32: kerastl's ONNX export in onnxruntime vs PyTorch eager and
+`torch.compile`. Then the ratios kerastl / PyTorch.
+
+Needs `.venv-peer/` (`make bench-peer` makes it: torch, torchvision, transformers, timm).
+
+Usage:
+    .venv/bin/python bench/peer.py text image
+    .venv/bin/python bench/peer.py image --set data.limit=400   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from _variants import recipe_yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER_PYTHON = os.path.join(HERE, "..", ".venv-peer", "bin", "python")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("tasks", nargs="+", choices=["text", "image"])
+    parser.add_argument("--set", action="append", default=[], help="recipe override, both sides")
+    parser.add_argument("--peer-python", default=PEER_PYTHON)
+    args = parser.parse_args()
+    if not os.path.exists(args.peer_python):
+        sys.exit(f"No PyTorch environment at {args.peer_python}: run `make bench-peer`.")
+    output = tempfile.mkdtemp(prefix="kerastl-peer-")
+    print(f"runs in {output}", flush=True)
+    rows = []
+    for turn, task in enumerate(args.tasks):
+        data_path, peer_weights, settings = _prepare(task, args.set, output)
+        order = ["kerastl", "PyTorch"] if turn % 2 == 0 else ["PyTorch", "kerastl"]
+        for side in order:
+            result_path = os.path.join(output, f"{task}-{side}.json")
+            if side == "kerastl":
+                command = [sys.executable, __file__, "--child", task, output, result_path]
+                command += args.set
+            else:
+                script = os.path.join(HERE, "_peer_torch.py")
+                command = [args.peer_python, script, task, data_path, peer_weights, result_path]
+                command.append(json.dumps(settings))
+            start = time.perf_counter()
+            child = subprocess.Popen(command)
+            _, status, usage = os.wait4(child.pid, 0)
+            if status != 0:
+                print(f"{task} {side}: failed (exit status {status})", flush=True)
+                continue
+            with open(result_path) as file:
+                row = json.load(file)
+            row.update(task=task, side=side, process_rss_gb=usage.ru_maxrss / 2**20)
+            row["process_seconds"] = time.perf_counter() - start
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    _print_table(rows)
+
+
+def _prepare(task: str, overrides: list[str], output: str) -> tuple[str, str, dict]:
+    """Exports the recipe's splits for the PyTorch side; returns the data file,
+    the pretrained weights it starts from, and the recipe's settings."""
+    import numpy as np
+
+    import kerastl
+    from kerastl.app.config import load_config
+    from kerastl.backbones.assets import asset_path, cache_dir
+    from kerastl.backbones.efficientnet_lite import convert_to_preset
+
+    config = load_config(recipe_yaml(task), [f"output_dir={output}", *overrides])
+    data = kerastl.data.load_data(config)
+    arrays = {}
+    for split in ("train", "validation", "test"):
+        inputs, labels = [], []
+        for x, y, *_ in getattr(data, split):
+            labels.append(np.asarray(y))
+            if task == "image":
+                inputs.append(np.asarray(x))
+            else:  # the recipe's own token ids, padding dropped: the same tokens both sides
+                mask = np.asarray(x["padding_mask"])
+                inputs += [i[m] for i, m in zip(np.asarray(x["token_ids"]), mask, strict=True)]
+        arrays[f"{split}_y"] = np.concatenate(labels).astype("int64")
+        if task == "image":
+            arrays[f"{split}_x"] = np.concatenate(inputs)
+        else:
+            arrays[f"{split}_ids"] = np.concatenate(inputs).astype("int64")
+            arrays[f"{split}_offsets"] = np.cumsum([0, *map(len, inputs)])
+    data_path = os.path.join(output, f"{task}.npz")
+    np.savez(data_path, **arrays)
+    stages = [
+        {
+            "epochs": stage.epochs,
+            "lr": stage.lr,
+            "top": stage.train != "head",
+            "lr_mult": stage.lr_mult,
+            "warmup": stage.warmup or 0.0,
+            "schedule": stage.schedule,
+            "weight_decay": stage.weight_decay,
+        }
+        for stage in config.stages
+    ]
+    settings = {
+        "seed": config.train.seed,
+        "batch_size": config.data.batch_size,
+        "dropout": config.model.dropout,
+        "stages": stages,
+    }
+    if task == "text":
+        last = stages[-1]
+        settings.update(
+            sequence_length=config.model.sequence_length,
+            lr=last["lr"],
+            epochs=last["epochs"],
+            warmup=last["warmup"],
+            weight_decay=last["weight_decay"] or 0.0,
+        )
+        return data_path, asset_path("all-minilm-l6-v2"), settings
+    preset = convert_to_preset(asset_path("efficientnet-lite0"), cache_dir())
+    return data_path, preset, settings
+
+
+def child(task: str, output: str, result_path: str, overrides: list[str]) -> None:
+    """The kerastl side: the recipe through `kerastl train`'s code, then its
+    ONNX export timed in onnxruntime."""
+    import numpy as np
+
+    import kerastl
+    from kerastl.app.config import load_config
+    from kerastl.app.run import train
+
+    config = load_config(recipe_yaml(task), [f"output_dir={output}", "export=false", *overrides])
+    start = time.perf_counter()
+    result = train(config, verbose=0)
+    seconds = time.perf_counter() - start
+    last = result.stages[-1]
+    training_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    onnx_path = kerastl.export.onnx(result.model, os.path.join(output, f"{task}.onnx"))
+    row = {
+        "train_seconds": result.seconds,
+        "run_seconds": seconds,
+        "last_stage_seconds": last["seconds"],
+        "last_stage_samples": last["epochs"] * last["steps"] * config.data.batch_size,
+        "rss_gb": training_rss,
+        "best": result.best[0],
+        "test": result.test.plain.accuracy,
+        "latency": _onnx_latency(str(onnx_path), task, config),
+        "versions": {"keras": __import__("keras").__version__, "kerastl": kerastl.__version__},
+    }
+    del np
+    with open(result_path, "w") as file:
+        json.dump(row, file)
+
+
+def _onnx_latency(path: str, task: str, config) -> dict:
+    import numpy as np
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    results = {}
+    for size in (1, 32):
+        feed = {}
+        for spec in session.get_inputs():  # images, or token ids, padding mask, segment ids
+            length = config.model.sequence_length
+            shape = [size, *(d if isinstance(d, int) else length for d in spec.shape[1:])]
+            if spec.type == "tensor(bool)":  # padding mask: no padding
+                feed[spec.name] = np.ones(shape, bool)
+            elif "segment" in spec.name:
+                feed[spec.name] = np.zeros(shape, spec.type[7:-1])
+            elif "int" in spec.type:  # token ids
+                feed[spec.name] = rng.integers(1, 1000, shape).astype(spec.type[7:-1])
+            else:
+                feed[spec.name] = rng.uniform(0, 255, shape).astype("float32")
+        for _ in range(3):
+            session.run(None, feed)
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - start)
+        results[f"onnx_{size}"] = 1000 * float(np.median(times))
+    return results
+
+
+def _print_table(rows: list[dict]) -> None:
+    print()
+    print(
+        "| task | side | train s (all stages) | last stage samples/s | best val | test acc "
+        "| peak RSS GB (training) | batch 1 ms | batch 32 ms |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+    for row in rows:
+        latency = row["latency"]
+        one = ", ".join(f"{k[:-2]} {v:.1f}" for k, v in latency.items() if k.endswith("_1"))
+        many = ", ".join(f"{k[:-3]} {v:.1f}" for k, v in latency.items() if k.endswith("_32"))
+        print(
+            f"| {row['task']} | {row['side']} | {row['train_seconds']:.0f} "
+            f"| {row['last_stage_samples'] / row['last_stage_seconds']:.1f} | {row['best']:.4f} "
+            f"| {row['test']:.4f} | {row['rss_gb']:.2f} | {one} | {many} |"
+        )
+    by = {(row["task"], row["side"]): row for row in rows}
+    for task in dict.fromkeys(row["task"] for row in rows):
+        ours, theirs = by.get((task, "kerastl")), by.get((task, "PyTorch"))
+        if ours and theirs:
+            ratio = ours["train_seconds"] / theirs["train_seconds"]
+            gap = ours["test"] - theirs["test"]
+            print(f"{task}: kerastl / PyTorch training time {ratio:.2f}, test accuracy {gap:+.4f}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
+    else:
+        main()
