@@ -98,7 +98,6 @@ def text(data_path: str, model_dir: str, settings: dict) -> dict:
     return {
         "train_seconds": seconds,
         "last_stage_seconds": seconds,  # one stage: every layer
-        "last_stage_samples": len(train) * settings["epochs"],
         "rss_gb": _rss_gb(),
         "best": best,
         "test": test_accuracy,
@@ -235,7 +234,6 @@ def image(data_path: str, preset_dir: str, settings: dict) -> dict:
     return {
         "train_seconds": seconds,
         "last_stage_seconds": stage_seconds[-1],
-        "last_stage_samples": len(train[0]) * settings["stages"][-1]["epochs"],
         "rss_gb": _rss_gb(),
         "best": best["value"],
         "history": history,

@@ -74,6 +74,9 @@ def main() -> None:
             with open(result_path) as file:
                 row = json.load(file)
             row.update(task=task, side=side, process_rss_gb=usage.ru_maxrss / 2**20)
+            row["last_stage_samples"] = (
+                settings["train_examples"] * settings["stages"][-1]["epochs"]
+            )
             row["process_seconds"] = time.perf_counter() - start
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -123,6 +126,7 @@ def _prepare(task: str, overrides: list[str], output: str) -> tuple[str, str, di
         for stage in config.stages
     ]
     settings = {
+        "train_examples": len(arrays["train_y"]),
         "seed": config.train.seed,
         "batch_size": config.data.batch_size,
         "dropout": config.model.dropout,
@@ -145,8 +149,6 @@ def _prepare(task: str, overrides: list[str], output: str) -> tuple[str, str, di
 def child(task: str, output: str, result_path: str, overrides: list[str]) -> None:
     """The kerastl side: the recipe through `kerastl train`'s code, then its
     ONNX export timed in onnxruntime."""
-    import numpy as np
-
     import kerastl
     from kerastl.app.config import load_config
     from kerastl.app.run import train
@@ -162,14 +164,12 @@ def child(task: str, output: str, result_path: str, overrides: list[str]) -> Non
         "train_seconds": result.seconds,
         "run_seconds": seconds,
         "last_stage_seconds": last["seconds"],
-        "last_stage_samples": last["epochs"] * last["steps"] * config.data.batch_size,
         "rss_gb": training_rss,
         "best": result.best[0],
         "test": result.test.plain.accuracy,
         "latency": _onnx_latency(str(onnx_path), task, config),
         "versions": {"keras": __import__("keras").__version__, "kerastl": kerastl.__version__},
     }
-    del np
     with open(result_path, "w") as file:
         json.dump(row, file)
 
