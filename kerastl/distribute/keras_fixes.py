@@ -225,7 +225,9 @@ keras.saving.register_keras_serializable("kerastl")(GroupOptimizer)
 # random views or orders, as kerastl's feature caches do) starts the epoch
 # from a different state in every process. Building only needs shapes and
 # dtypes, which the dataset's element spec gives without iterating; doing so
-# also avoids the `PerReplica` reduction of Fix 1.
+# also avoids the `PerReplica` reduction of Fix 1. A dataset whose spec has
+# a component of unknown rank (a generator declared without shapes) gets
+# Keras's own build, and under multi-worker its failure.
 
 
 class FixedTraining:
