@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from _child import run_child
 from _variants import chosen_variants, recipe_yaml, variant_arguments
 
 VARIANTS = {
@@ -64,16 +64,13 @@ def main() -> None:
         result_path = os.path.join(output, f"{len(os.listdir(output))}.json")
         command = [sys.executable, __file__, "--child", args.recipe, result_path, output]
         command += [*overrides, *args.set]
-        child = subprocess.Popen(command)
-        _, status, usage = os.wait4(child.pid, 0)
-        if status != 0:
+        row, peak_gb, status = run_child(command, result_path)
+        if row is None:
             print(f"| {name} | failed (exit status {status}) |", flush=True)
             continue
-        with open(result_path) as file:
-            row = json.load(file)
         print(
             f"| {name} | {row['best']:.4f} | {row['test']:.4f} | {row['trainable']:,} "
-            f"| {row['epoch_seconds']:.0f} | {row['step_ms']:.0f} | {usage.ru_maxrss / 2**20:.2f} "
+            f"| {row['epoch_seconds']:.0f} | {row['step_ms']:.0f} | {peak_gb:.2f} "
             f"| {_size(row['stored_bytes'])} |",
             flush=True,
         )

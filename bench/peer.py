@@ -29,13 +29,13 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from _child import run_child
 from _variants import recipe_yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,14 +66,11 @@ def main() -> None:
                 command = [args.peer_python, script, task, data_path, peer_weights, result_path]
                 command.append(json.dumps(settings))
             start = time.perf_counter()
-            child = subprocess.Popen(command)
-            _, status, usage = os.wait4(child.pid, 0)
-            if status != 0:
+            row, peak_gb, status = run_child(command, result_path)
+            if row is None:
                 print(f"{task} {side}: failed (exit status {status})", flush=True)
                 continue
-            with open(result_path) as file:
-                row = json.load(file)
-            row.update(task=task, side=side, process_rss_gb=usage.ru_maxrss / 2**20)
+            row.update(task=task, side=side, process_rss_gb=peak_gb)
             row["last_stage_samples"] = (
                 settings["train_examples"] * settings["stages"][-1]["epochs"]
             )
