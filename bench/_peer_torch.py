@@ -204,10 +204,10 @@ def image(data_path: str, preset_dir: str, settings: dict) -> dict:
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         loss_function = torch.nn.CrossEntropyLoss(weight=class_weight)
         for _ in range(stage["epochs"]):
-            model.eval()  # BatchNorm in inference mode: frozen, as in the recipe
-            model.classifier.train()
-            for module in (m for m in model.modules() if isinstance(m, torch.nn.Dropout)):
-                module.train()
+            model.train()  # timm's head dropout follows the model's mode ...
+            for module in model.modules():  # ... BatchNorm stays in inference mode (recipe)
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
             order = torch.randperm(len(train[0]), generator=generator)
             for i in range(0, len(order), settings["batch_size"]):
                 chosen = order[i : i + settings["batch_size"]]
