@@ -20,8 +20,9 @@ kerastl and trains a plain Keras model gets plain Keras
   `MultiOptimizer` that lets a group without gradients rest.
 
 All four bugs are still present in Keras 3.15.1, the newest release checked
-(`fixed_in` is `None`). The tests run each failing case in a fresh process
-with the fixes switched off (`KERASTL_KERAS_FIXES=0`) and expect the failure:
+(`fixed_in` is `None`). The tests run each failing case with the fixes
+switched off (`KERASTL_KERAS_FIXES=0`, read at each call: in a fresh process,
+or set for one test where a process of its own is not needed) and expect the failure:
 when a Keras release repairs one, that test fails, and its `fixed_in` is set
 to that release so the fix no longer applies there.
 """
