@@ -82,8 +82,15 @@ def text(data_path: str, model_dir: str, settings: dict) -> dict:
             "accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())
         }
 
+    curve = []  # (seconds since training began, validation accuracy) after each epoch
+
+    class Curve(transformers.TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            curve.append((time.perf_counter() - start, metrics["eval_accuracy"]))
+
     trainer = transformers.Trainer(
         model=MeanPooledClassifier(),
+        callbacks=[Curve()],
         args=arguments,
         train_dataset=train,
         eval_dataset=validation,
@@ -100,6 +107,7 @@ def text(data_path: str, model_dir: str, settings: dict) -> dict:
         "last_stage_seconds": seconds,  # one stage: every layer
         "rss_gb": _rss_gb(),
         "best": best,
+        "curve": curve,
         "test": test_accuracy,
         "latency": _latency(
             trainer.model.eval(),
@@ -168,7 +176,7 @@ def image(data_path: str, preset_dir: str, settings: dict) -> dict:
         return float(np.mean([(predicted[y == c] == c).float().mean() for c in (0, 1)]))
 
     best = {"value": -1.0, "state": None}
-    history = []
+    curve = []  # (seconds since training began, validation score) after each epoch
 
     def run_stage(stage: dict) -> None:
         for parameter in model.parameters():
@@ -218,7 +226,7 @@ def image(data_path: str, preset_dir: str, settings: dict) -> dict:
                 optimizer.step()
                 schedule.step()
             value = balanced_accuracy(*validation)
-            history.append(value)
+            curve.append((time.perf_counter() - start, value))
             if value > best["value"]:
                 best.update(value=value, state=copy.deepcopy(model.state_dict()))
 
@@ -236,7 +244,7 @@ def image(data_path: str, preset_dir: str, settings: dict) -> dict:
         "last_stage_seconds": stage_seconds[-1],
         "rss_gb": _rss_gb(),
         "best": best["value"],
-        "history": history,
+        "curve": curve,
         "test": float((predicted == test[1]).float().mean()),
         "latency": _latency(model.eval(), lambda n: normalized(test[0][:n])),
     }

@@ -26,6 +26,11 @@ from _variants import chosen_variants, recipe_yaml, variant_arguments
 from kerastl.app.config import load_config
 from kerastl.app.run import train
 
+TEXT_PROBE = "{epochs: 4, train: head, lr: 3.0e-3}"  # the text recipe's probe until 2026-11-30
+TEXT_ALL = (  # the text recipe's one stage, without its epochs
+    "train: all, lr: 5.0e-5, optimizer: adamw, weight_decay: 0.01, warmup: 0.1, schedule: cosine"
+)
+
 VARIANTS = {
     "image": {
         # The recipe before augmentation: probe, then block6.. on one view.
@@ -59,8 +64,16 @@ VARIANTS = {
             "stages=[{epochs: 6, train: head, lr: 3.0e-3}, {epochs: 2, train: layer_4, "
             "lr: 1.0e-4, lr_decay: 0.7, warmup: 0.1}]"
         ],
-        "probe 4 + all layers 2": ["stages.1.epochs=2"],
-        "recipe: probe 4 + all layers 1": [],
+        "probe 4 + all layers 2": [f"stages=[{TEXT_PROBE}, {{{TEXT_ALL}, epochs: 2}}]"],
+        "probe 4 + all layers 1 (the recipe until 2026-11-30)": [
+            f"stages=[{TEXT_PROBE}, {{{TEXT_ALL}, epochs: 1}}]"
+        ],
+        "recipe: all layers 1": [],
+        "recipe, seed 1": ["train.seed=1"],
+        "probe 4 + all layers 1, seed 1": [
+            f"stages=[{TEXT_PROBE}, {{{TEXT_ALL}, epochs: 1}}]",
+            "train.seed=1",
+        ],
     },
 }
 
@@ -81,9 +94,11 @@ def main() -> None:
         per_stage = result.best_per_stage
         test = result.test
         tta = test.tta or test.plain
-        gain = per_stage[-1][1] - per_stage[0][1] if len(per_stage) > 1 else float("nan")
+        probed = len(per_stage) > 1 and per_stage[0][0].endswith(":head")
+        probe = f"{per_stage[0][1]:.4f}" if probed else "no probe"
+        gain = f"{per_stage[-1][1] - per_stage[0][1]:+.4f}" if probed else "-"
         print(
-            f"| {name} | {result.best[0]:.4f} | {per_stage[0][1]:.4f} | {gain:+.4f} | "
+            f"| {name} | {result.best[0]:.4f} | {probe} | {gain} | "
             f"{test.plain.accuracy:.4f} / {tta.accuracy:.4f} | "
             f"{test.plain.balanced_accuracy:.4f} / {tta.balanced_accuracy:.4f} | "
             f"{result.seconds:.0f} |",
