@@ -14,7 +14,9 @@ One row per side: wall time of training (to the end of the last epoch),
 training samples per second, best validation score (the recipe's monitor),
 test accuracy of the best epoch, peak RSS, and inference latency at batch 1
 and 32: kerastl's ONNX export in onnxruntime vs PyTorch eager and
-`torch.compile`. Then the ratios kerastl / PyTorch.
+`torch.compile`. Then the ratios kerastl / PyTorch: training time, and
+time to the same accuracy (from the start of training to the first epoch
+scoring the lower of the two best validation scores).
 
 Needs `.venv-peer/` (`make bench-peer` makes it: torch, torchvision, transformers, timm).
 
