@@ -94,9 +94,10 @@ def main() -> None:
         per_stage = result.best_per_stage
         test = result.test
         tta = test.tta or test.plain
-        probed = len(per_stage) > 1 and per_stage[0][0].endswith(":head")
+        probed = per_stage[0][0].endswith(":head")
         probe = f"{per_stage[0][1]:.4f}" if probed else "no probe"
-        gain = f"{per_stage[-1][1] - per_stage[0][1]:+.4f}" if probed else "-"
+        later = probed and len(per_stage) > 1
+        gain = f"{per_stage[-1][1] - per_stage[0][1]:+.4f}" if later else "-"
         print(
             f"| {name} | {result.best[0]:.4f} | {probe} | {gain} | "
             f"{test.plain.accuracy:.4f} / {tta.accuracy:.4f} | "

@@ -202,10 +202,11 @@ def _onnx_latency(path: str, task: str, output: str) -> dict:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    reviews = np.load(os.path.join(output, "text.npz")) if task == "text" else None
     results = {}
     for size in (1, 32):
         if task == "text":
-            feed = _first_reviews(session, os.path.join(output, "text.npz"), size)
+            feed = _first_reviews(session, reviews, size)
         else:
             (spec,) = session.get_inputs()
             shape = [size, *spec.shape[1:]]
@@ -221,12 +222,12 @@ def _onnx_latency(path: str, task: str, output: str) -> dict:
     return results
 
 
-def _first_reviews(session, data_path: str, size: int) -> dict:
-    """The first `size` training reviews as the ONNX token inputs, padded to
-    the longest of them (the batch `_peer_torch.py` times)."""
+def _first_reviews(session, data, size: int) -> dict:
+    """The first `size` training reviews of `data` (the exported npz) as the
+    ONNX token inputs, padded to the longest of them (the batch
+    `_peer_torch.py` times)."""
     import numpy as np
 
-    data = np.load(data_path)
     ids, offsets = data["train_ids"], data["train_offsets"][: size + 1]
     width = int(np.diff(offsets).max())
     tokens = np.zeros((size, width), np.int64)
