@@ -50,20 +50,31 @@ def main() -> None:
     parser.add_argument("tasks", nargs="+", choices=["text", "image"])
     parser.add_argument("--set", action="append", default=[], help="recipe override, both sides")
     parser.add_argument("--peer-python", default=PEER_PYTHON)
+    parser.add_argument(
+        "--evaluate-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="text: also score the validation data every STEPS training steps, both sides, "
+        "off the clock (time to the same accuracy inside an epoch); 0: epoch ends only",
+    )
     args = parser.parse_args()
+    if args.evaluate_every < 0:
+        sys.exit(f"--evaluate-every takes a number of steps >= 0; received {args.evaluate_every}.")
     if not os.path.exists(args.peer_python):
         sys.exit(f"No PyTorch environment at {args.peer_python}: run `make bench-peer`.")
     output = tempfile.mkdtemp(prefix="kerastl-peer-")
-    print(f"runs in {output}", flush=True)
+    print(f"runs in {output}; machine: {_machine()}", flush=True)
     rows = []
     for turn, task in enumerate(args.tasks):
         data_path, peer_weights, settings = _prepare(task, args.set, output)
+        settings["evaluate_every"] = args.evaluate_every if task == "text" else 0
         order = ["kerastl", "PyTorch"] if turn % 2 == 0 else ["PyTorch", "kerastl"]
         for side in order:
             result_path = os.path.join(output, f"{task}-{side}.json")
             if side == "kerastl":
                 command = [sys.executable, __file__, "--child", task, output, result_path]
-                command += args.set
+                command += [str(settings["evaluate_every"]), *args.set]
             else:
                 script = os.path.join(HERE, "_peer_torch.py")
                 command = [args.peer_python, script, task, data_path, peer_weights, result_path]
@@ -81,6 +92,24 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     _print_table(rows)
+
+
+def _machine() -> str:
+    """The CPU, in the terms that change these ratios: cores and vector width."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            info = file.read()
+    except OSError:
+        return f"{os.cpu_count()} cores"
+    fields = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    flags = fields.get("flags", "").split()
+    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    family = f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+    name = fields.get("model name", "?")
+    return f"{name} ({family}), {os.cpu_count()} cores, {vectors}"
 
 
 def _prepare(task: str, overrides: list[str], output: str) -> tuple[str, str, dict]:
@@ -146,7 +175,7 @@ def _prepare(task: str, overrides: list[str], output: str) -> tuple[str, str, di
     return data_path, preset, settings
 
 
-def child(task: str, output: str, result_path: str, overrides: list[str]) -> None:
+def child(task: str, output: str, result_path: str, evaluate_every: int, overrides) -> None:
     """The kerastl side: the recipe through `kerastl train`'s code, then its
     ONNX export timed in onnxruntime."""
     import kerastl
@@ -154,22 +183,23 @@ def child(task: str, output: str, result_path: str, overrides: list[str]) -> Non
     from kerastl.app.run import train
 
     config = load_config(recipe_yaml(task), [f"output_dir={output}", "export=false", *overrides])
-    epoch_ends = _timed_epochs(config.train.monitor)
+    clock = _TrainingClock(config.train.monitor, evaluate_every)
     start = time.perf_counter()
     result = train(config, verbose=0)
     seconds = time.perf_counter() - start
-    fit_start = epoch_ends[-1][0] - start - result.seconds  # data loading before the stages
-    curve = [(end - start - fit_start, value) for end, value in epoch_ends]
+    training_seconds = result.seconds - clock.off_clock
+    fit_start = clock.points[-1][0] - start - training_seconds  # data loading before the stages
     last = result.stages[-1]
     training_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     onnx_path = kerastl.export.onnx(result.model, os.path.join(output, f"{task}.onnx"))
     row = {
-        "train_seconds": result.seconds,
+        "train_seconds": training_seconds,
         "run_seconds": seconds,
-        "last_stage_seconds": last["seconds"],
+        "last_stage_seconds": last["seconds"] - clock.off_clock,
+        "off_clock_seconds": clock.off_clock,
         "rss_gb": training_rss,
         "best": result.best[0],
-        "curve": curve,
+        "curve": [(at - start - fit_start, value) for at, value in clock.points],
         "test": result.test.plain.accuracy,
         "latency": _onnx_latency(str(onnx_path), task, output),
         "versions": {"keras": __import__("keras").__version__, "kerastl": kerastl.__version__},
@@ -178,20 +208,46 @@ def child(task: str, output: str, result_path: str, overrides: list[str]) -> Non
         json.dump(row, file)
 
 
-def _timed_epochs(monitor: str) -> list[tuple[float, float]]:
-    """Makes every epoch's end record `(perf_counter(), monitored value)` into
-    the returned list (kerastl's run record has no clock)."""
-    from kerastl.training.run_directory import RunRecorder
+class _TrainingClock:
+    """Clocks the run's validation scores (kerastl's run record has no clock).
 
-    ends = []
-    record = RunRecorder.on_epoch_end
+    Every epoch end records `(clock, monitored value)` in `points`; with
+    `evaluate_every` > 0, so does a validation pass every that many steps
+    inside an epoch (the recipe's validation data, the full model), whose
+    time is kept off the clock (`off_clock`, subtracted from later points).
+    """
 
-    def timed(recorder, epoch, logs=None):
-        record(recorder, epoch, logs)  # the best weights kept: part of the epoch
-        ends.append((time.perf_counter(), float((logs or {})[monitor])))
+    def __init__(self, monitor: str, evaluate_every: int):
+        import kerastl.app.run as run
+        from kerastl.training.run_directory import RunRecorder
 
-    RunRecorder.on_epoch_end = timed
-    return ends
+        self.points: list[tuple[float, float]] = []
+        self.off_clock = 0.0
+        clock = self
+        record = RunRecorder.on_epoch_end
+
+        def epoch_end(recorder, epoch, logs=None):
+            record(recorder, epoch, logs)  # the best weights kept: part of the epoch
+            clock.points.append((time.perf_counter() - clock.off_clock, float(logs[monitor])))
+
+        RunRecorder.on_epoch_end = epoch_end
+        if not evaluate_every:
+            return
+        load_data = run.load_data
+        data = []
+        run.load_data = lambda config: data.append(load_data(config)) or data[-1]
+
+        def batch_end(recorder, batch, logs=None):
+            steps = recorder.params.get("steps")
+            if (batch + 1) % evaluate_every or (steps and batch + 1 >= steps):
+                return  # the epoch's end scores the last step
+            paused = time.perf_counter()
+            scores = recorder.full_model.evaluate(data[0].validation, verbose=0, return_dict=True)
+            value = float(scores[monitor.removeprefix("val_")])
+            clock.points.append((paused - clock.off_clock, value))
+            clock.off_clock += time.perf_counter() - paused
+
+        RunRecorder.on_train_batch_end = batch_end
 
 
 def _onnx_latency(path: str, task: str, output: str) -> dict:
@@ -285,6 +341,6 @@ def _seconds_to(target: float, curve: list) -> float:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
+        child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6:])
     else:
         main()

@@ -94,6 +94,19 @@ def optimizer_for(
     return optimizer._optimizer_map(variable)
 
 
+def adam_slots(optimizer: keras.optimizers.Adam, variable) -> tuple:
+    """The first and second moment variables Adam keeps for `variable`; Keras
+    exposes them only through its own `update_step`, which a fused update replaces."""
+    index = optimizer._get_variable_index(variable)
+    return optimizer._momentums[index], optimizer._velocities[index]
+
+
+def decays(optimizer: keras.optimizers.Optimizer, variable) -> bool:
+    """Whether `optimizer` applies its weight decay to `variable` (the
+    `exclude_from_weight_decay` rules); Keras checks it only inside its own decay step."""
+    return optimizer._use_weight_decay(variable)
+
+
 def ema_pairs(optimizer: keras.optimizers.Optimizer) -> list:
     """`(variable, moving average)` pairs of a built optimizer with `use_ema`
     (of each sub-optimizer of a `MultiOptimizer`); Keras only exposes them by

@@ -110,6 +110,13 @@ def test_every_private_keras_name_kerastl_uses_still_exists():
     assert _internals.optimizer_for(optimizer, dense.bias) is not _internals.optimizer_for(
         optimizer, dense.kernel
     )
+    adam = keras.optimizers.AdamW()
+    adam.exclude_from_weight_decay(var_names=["bias"])
+    adam.build(dense.trainable_variables)
+    momentum, velocity = _internals.adam_slots(adam, dense.bias)
+    assert momentum.shape == velocity.shape == dense.bias.shape and momentum is not velocity
+    assert _internals.decays(adam, dense.kernel) and not _internals.decays(adam, dense.bias)
+    assert callable(keras.optimizers.AdamW._apply_weight_decay)  # kerastl.fused_adam overrides it
     model.compile("sgd", "mse")
     _internals.symbolic_build(model, (np.ones((2, 4)), np.ones((2, 2))))
     assert model.optimizer.built

@@ -37,6 +37,7 @@ from kerastl.data.sampling import balanced_class_weights
 from kerastl.distribute.resume import restore_seed_states, seed_states
 from kerastl.distribute.strategies import is_chief
 from kerastl.freezing import freeze, freeze_to, unfreeze
+from kerastl.fused_adam import FusedAdam, FusedAdamW
 from kerastl.groups import COARSE, FINE, LayerGroups
 from kerastl.models import TransferModel
 from kerastl.optimizers import discriminative_optimizer
@@ -90,7 +91,8 @@ class Stage:
             `lr / lr_mult` (fastai `slice`).
         lr_decay: layer-wise decay instead: each fine group below the head
             gets `lr_decay` times the rate of the one above it.
-        optimizer: `adam`, `adamw` or `sgd` (momentum 0.9).
+        optimizer: `adam`, `adamw` (Keras's, fused on TensorFlow:
+            `kerastl.fused_adam`) or `sgd` (momentum 0.9).
         weight_decay: decoupled weight decay (biases and norms exempt).
         dropout: the head's dropout rate in this stage (None: the model's).
         label_smoothing: in [0, 1).
@@ -338,9 +340,9 @@ class Stage:
         if self.optimizer == "sgd":
             template = keras.optimizers.SGD(rate, momentum=0.9, **options)
         elif self.optimizer == "adamw":
-            template = keras.optimizers.AdamW(rate, **{"weight_decay": 0.004, **options})
+            template = FusedAdamW(rate, **{"weight_decay": 0.004, **options})
         else:
-            template = keras.optimizers.Adam(rate, **options)
+            template = FusedAdam(rate, **options)
         if grouped:
             return discriminative_optimizer(
                 model,
