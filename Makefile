@@ -48,4 +48,4 @@ $(PEER)/.installed:
 	touch $@
 
 bench-peer: install $(PEER)/.installed
-	$(BIN)/python bench/peer.py text image
+	$(BIN)/python bench/peer.py text image --evaluate-every 40

@@ -15,13 +15,15 @@ training samples per second, best validation score (the recipe's monitor),
 test accuracy of the best epoch, peak RSS, and inference latency at batch 1
 and 32: kerastl's ONNX export in onnxruntime vs PyTorch eager and
 `torch.compile`. Then the ratios kerastl / PyTorch: training time, and
-time to the same accuracy (from the start of training to the first epoch
-scoring the lower of the two best validation scores).
+time to the same accuracy (from the start of training to the first
+validation scoring the lower of the two best epochs' scores). Validations
+happen at epoch ends, and with `--evaluate-every STEPS` (text) also every
+STEPS steps inside an epoch on both sides, off the clock.
 
 Needs `.venv-peer/` (`make bench-peer` makes it: torch, torchvision, transformers, timm).
 
 Usage:
-    .venv/bin/python bench/peer.py text image
+    .venv/bin/python bench/peer.py text image --evaluate-every 40
     .venv/bin/python bench/peer.py image --set data.limit=400   # a quick look
 """
 
@@ -215,6 +217,10 @@ class _TrainingClock:
     `evaluate_every` > 0, so does a validation pass every that many steps
     inside an epoch (the recipe's validation data, the full model), whose
     time is kept off the clock (`off_clock`, subtracted from later points).
+    Such a pass leaves the training untouched (dropout draws from the
+    model's seed state, which inference does not advance) but resets the
+    compiled metrics, so the history's training accuracy covers only the
+    steps after the last one.
     """
 
     def __init__(self, monitor: str, evaluate_every: int):
@@ -335,7 +341,7 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def _seconds_to(target: float, curve: list) -> float:
-    """Seconds from the start of training to the first epoch scoring `target`."""
+    """Seconds of training until the first validation scoring `target`."""
     return next(seconds for seconds, value in curve if value >= target)
 
 

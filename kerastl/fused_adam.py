@@ -1,18 +1,22 @@
 """Adam and AdamW whose TensorFlow update is one fused kernel per variable.
 
 Keras 3's `Adam` updates each variable on the TensorFlow backend with about
-ten element-wise ops, each a full pass over the weights, and `AdamW`'s weight
-decay reads `learning_rate` once per variable: under a schedule, every step
-builds and runs the schedule (a `cond`, with warm-up) once per variable,
-105 times for MiniLM (`tests/test_fused_adam.py` counts them in the traced
-update). `FusedAdam` and `FusedAdamW` are those optimizers, same arguments,
-same variables, same arithmetic, with the update done by TensorFlow's
-`ResourceApplyAdam` kernel (the one tf.keras 2 used) and the rate computed
-once per step. On other backends, and with `amsgrad`, they are Keras's.
+ten element-wise ops, each a full pass over the weights; `AdamW`'s weight
+decay reads `learning_rate` once per variable, so under a schedule every
+step builds and runs the schedule (a `cond`, with warm-up) once per
+variable, 105 times for MiniLM; and with an embedding's sparse gradient,
+whose rows repeat (a token seen twice in a batch), Keras squares each row
+before the rows are summed, so Adam's second moment is not the gradient's.
 
-`Stage` builds them for `optimizer: adam` / `adamw`; a model saved with one
-reloads where kerastl is imported (as every `TransferModel` does). Measured
-in `bench/optimizers.py` (bench/README.md, "Fused Adam").
+`FusedAdam` and `FusedAdamW` are those optimizers, with the same arguments,
+variables and saved form, whose update is TensorFlow's `ResourceApplyAdam`
+kernel (the one tf.keras 2 used) on the summed gradient, the rate computed
+once per step. `tests/test_fused_adam.py` compares them with Keras's (equal
+up to float rounding on dense gradients) and shows Keras's schedule and
+sparse-row behaviours; `bench/fused_adam.py` measures the speed. On other
+backends, and with `amsgrad`, they are Keras's. `Stage` builds them for
+`optimizer: adam` / `adamw`; a model saved with one reloads where kerastl
+is imported (as every `TransferModel` does).
 """
 
 from __future__ import annotations

@@ -22,11 +22,12 @@ image backbone (`--set model.backbone=mobilenetv3small`) and any source
 (`--set data.source=folder:/path/to/images`) work through the config.
 
 Measured from a fresh clone (2 CPU cores, 128 px, defective = defect
-probability >= 0.5, class-balanced loss): validation balanced accuracy 0.836
-after the probe, 0.869 after the top blocks (epoch 14, kept: +0.033); test,
-once: accuracy 0.822 (TTA 0.840), balanced accuracy 0.813 (TTA 0.821); 372 s
-of training (the layers below block6 run once for both stages), 11.5
-minutes with the install on the slower of our 2-core machines. Always
+probability >= 0.5, class-balanced loss): validation balanced accuracy 0.840
+after the probe, 0.866 after the top blocks (epoch 11, kept: +0.026); test,
+once: accuracy 0.831 (TTA 0.861), balanced accuracy 0.817 (TTA 0.827); 292 s
+of training (the layers below block6 run once for both stages) and 7.2
+minutes with the install on an AVX-512 EPYC beside the test suite, 11.5
+minutes on the slower of our 2-core machines. Always
 predicting "functional" scores 0.5 balanced (0.688 plain accuracy).
 """
 
