@@ -19,7 +19,7 @@ config.
 
 Measured (2 CPU cores; 7,685 training, 1,921 validation and 3,202 test
 reviews): validation accuracy 0.825 after the epoch; test accuracy, once,
-0.831; 168 s of training on an AVX-512 EPYC, 510-600 s on a slower one
+0.831; 146-168 s of training on an AVX-512 EPYC, 510-600 s on a slower one
 (0.827 / 0.831 before Adam's update was fused). A linear probe before
 it, the recipe until 2026-11-30, scored 0.811 on validation and took a
 quarter of the run's time. Always answering "fresh" scores 0.578.
