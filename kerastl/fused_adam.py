@@ -59,7 +59,7 @@ class _FusedAdamUpdate:
             beta1=beta_1,
             beta2=beta_2,
             epsilon=tf.cast(self.epsilon, dtype),
-            grad=tf.cast(tf.convert_to_tensor(gradient), dtype),  # sparse rows: dense, as Keras
+            grad=tf.cast(tf.convert_to_tensor(gradient), dtype),  # repeated sparse rows summed
         )
 
 
