@@ -108,7 +108,9 @@ def test_repeated_rows_of_a_sparse_gradient_are_summed_before_adam_squares_them(
     # path its own way, is good to ~1e-5 of it: 1e-5 absolute, against > 1e-2.
     np.testing.assert_allclose(fused_sparse, keras_dense, rtol=0, atol=1e-5)
     assert np.abs(keras_sparse - keras_dense)[1].max() > 0.01  # Keras's sparse step differs
-    np.testing.assert_allclose(keras_sparse[3], keras_dense[3], rtol=0, atol=1e-7)  # one row: same
+    # A single row: the same arithmetic through Keras's sparse and dense ops, a few
+    # float32 ulps at most (6e-8 each near 0.8) on any CPU; the repeated row differs by > 1e-2.
+    np.testing.assert_allclose(keras_sparse[3], keras_dense[3], rtol=0, atol=1e-6)
 
 
 def _schedule_calls(optimizer, variables) -> int:
