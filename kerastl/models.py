@@ -304,7 +304,21 @@ class TransferModel(FixedTraining, keras.Model):
             return (self.prepare_data(data[0]), *data[1:])
         if _is_string_batch(data) and self._check_inputs(tf.TensorSpec(None, tf.string)):
             return self.preprocessor(tf.constant(list(data)))
+        if _is_string_tensor(data) and self._check_inputs(tf.TensorSpec(None, tf.string)):
+            _check_string_batch_shape(data)
+            return self.preprocessor(data)
         return data
+
+    def __call__(self, *args, **kwargs):
+        """Calls the graph on its inputs; a text model's graph takes token inputs."""
+        if self.modality == TEXT and args and _is_string_tensor(args[0]):
+            raise ValueError(
+                "Calling a text TransferModel runs its graph, which takes the token inputs "
+                f"{sorted(self.input)} (KerasHub's convention for calling a model). For raw "
+                "strings use `model.predict(texts)`, or `model(model.preprocessor(texts))`. "
+                f"Received: a string tensor of shape {args[0].shape}."
+            )
+        return super().__call__(*args, **kwargs)
 
     def _check_inputs(self, inputs) -> bool:
         """True when `inputs` (a spec) are strings to tokenize; raises when they cannot fit."""
@@ -523,6 +537,26 @@ def _is_string_batch(data) -> bool:
     if isinstance(data, list | tuple):
         return bool(data) and all(isinstance(item, str | bytes) for item in data)
     return isinstance(data, np.ndarray) and data.dtype.kind in "USO" and data.ndim == 1
+
+
+def _is_string_tensor(data) -> bool:
+    """A `tf.Tensor`, `tf.RaggedTensor` or NumPy array of strings (any rank)."""
+    import tensorflow as tf
+
+    if isinstance(data, tf.Tensor | tf.RaggedTensor):
+        return data.dtype == tf.string
+    return isinstance(data, np.ndarray) and data.dtype.kind in "USO" and data.ndim != 1
+
+
+def _check_string_batch_shape(data) -> None:
+    import tensorflow as tf
+
+    if isinstance(data, tf.RaggedTensor) or len(data.shape) != 1:
+        kind = "a ragged tensor" if isinstance(data, tf.RaggedTensor) else "a tensor"
+        raise ValueError(
+            "A text TransferModel takes a batch of raw strings of shape [batch] (one text "
+            f"per example). Received: {kind} of strings with shape {data.shape}."
+        )
 
 
 def _guess_modality(backbone) -> str:

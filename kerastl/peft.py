@@ -262,6 +262,10 @@ def merge_lora(model: keras.Model) -> keras.Model:
     config = _without_adapters(keras.saving.serialize_keras_object(model))
     plain = keras.saving.deserialize_keras_object(config)
     plain.set_weights(values)
+    if getattr(model, "preprocessor", None) is not None:
+        # A config holds no vocabulary (Keras saves it as an asset): the copy
+        # shares the model's tokenizer, which has no weights to merge.
+        plain.preprocessor = model.preprocessor
     return plain
 
 

@@ -165,3 +165,58 @@ def test_a_drop_path_nothing_can_use_is_refused_before_any_training():
         kerastl.FineTuner(model, verbose=0).fit(_images(), stages=stages)
     for unchanged, now in zip(before, _values(model.weights), strict=True):
         np.testing.assert_array_equal(unchanged, now)
+
+
+def _model_state(model):
+    """Everything checking a stage could change: flags, rates, variables and adapters."""
+    from kerastl._internals import sublayers
+
+    layers = sublayers(model)
+    return (
+        [(layer.name, layer.trainable, getattr(layer, "rate", None)) for layer in layers],
+        [(variable.path, variable.trainable) for variable in model.weights],
+        [getattr(layer, "lora_enabled", False) for layer in layers],
+    )
+
+
+STAGE_KINDS = {
+    "head": kerastl.Stage(1, train="head"),
+    "group": kerastl.Stage(1, train="block6"),
+    "all": kerastl.Stage(1, train="all"),
+    "lora": kerastl.Stage(1, train="block6", rank=4),
+    "drop_path": kerastl.Stage(1, train="block5", drop_path=0.1),
+    "lora_drop_path": kerastl.Stage(1, train="block6", rank=4, drop_path=0.1),
+    "mixing": kerastl.Stage(1, train="block7", mixup=0.2),
+}
+
+
+@pytest.mark.parametrize("first", list(STAGE_KINDS))
+def test_checking_any_pair_of_stages_leaves_the_model_as_it_was(first):
+    from kerastl.training.finetune import check_stages
+
+    model = _lite0()
+    kerastl.freeze(model)  # a state none of the stages below sets alone
+    before = _model_state(model)
+    for second in STAGE_KINDS:
+        check_stages(model, [STAGE_KINDS[first], STAGE_KINDS[second]])
+        assert _model_state(model) == before, (first, second)
+
+
+def test_a_later_lora_drop_path_stage_leaves_an_earlier_all_stage_training_every_kernel():
+    """Checking the second stage once added its adapters before the first ran, so
+    stage 1 trained none of block6's base kernels (measured: 0 of 12)."""
+    model = _lite0()
+    block6 = [
+        variable
+        for layer in model.groups["coarse"]["block6"]
+        for variable in layer.weights
+        if variable.path.endswith("kernel")
+    ]
+    before = _values(block6)
+    stages = [
+        kerastl.Stage(1, train="all"),
+        kerastl.Stage(1, train="block6", rank=4, drop_path=0.1),
+    ]
+    kerastl.FineTuner(model, verbose=0, restore_best=False).fit(_images(), stages=stages)
+    moved = [not np.array_equal(a, b) for a, b in zip(before, _values(block6), strict=True)]
+    assert len(moved) == 12 and all(moved)  # stage 2 trains adapters only: stage 1 moved them

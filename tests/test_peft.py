@@ -14,6 +14,7 @@ import kerastl
 import kerastl.export as kx
 from kerastl._internals import sublayers
 from kerastl.export import onnx_export
+from kerastl.export.requests import run_signature
 from kerastl.peft import adapted_layers, is_adapter
 
 SIZE = 64
@@ -177,6 +178,26 @@ def test_merge_lora_computes_what_the_adapted_model_computes(build):
     base = build()  # the adapters matter: without them the outputs differ
     assert np.abs(np.array(base(inputs)) - adapted).max() > 1e-3
     assert adapted_layers(model)  # the adapted model keeps its adapters
+
+
+def test_a_merged_text_model_takes_raw_strings_and_equals_the_adapted_one(tmp_path):
+    model = _minilm()
+    kerastl.lora(model, rank=4)
+    _perturb_adapters(model)
+    adapted = keras.activations.softmax(model.predict(TEXTS, verbose=0)).numpy()
+    merged = kerastl.merge_lora(model)  # once lost the tokenizer's vocabulary
+    np.testing.assert_allclose(
+        keras.activations.softmax(merged.predict(TEXTS, verbose=0)).numpy(), adapted, atol=1e-4
+    )
+    merged.save(tmp_path / "merged.keras")
+    loaded = keras.models.load_model(tmp_path / "merged.keras")
+    np.testing.assert_allclose(
+        keras.activations.softmax(loaded.predict(TEXTS, verbose=0)).numpy(), adapted, atol=1e-4
+    )
+    path = kx.saved_model(merged, tmp_path / "serving", signatures=("token_ids",))
+    tokens = {name: np.asarray(value, np.int32) for name, value in _tokens(model).items()}
+    served = run_signature(tf.saved_model.load(path).signatures["token_ids"], tokens)
+    np.testing.assert_allclose(served["probabilities"], adapted, atol=1e-4)
 
 
 def test_merging_a_merged_model_or_a_plain_one_is_refused():

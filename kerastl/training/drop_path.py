@@ -101,24 +101,52 @@ def set_drop_path(model: keras.Model, rate: float | None) -> int:
         4
     """
     layers = drop_path_layers(model)
-    trained = [(layer, depth) for layer, depth in layers if layer.trainable and model.trainable]
-    if rate and not trained:
-        where = (
-            "the stage trains none of its blocks"
-            if layers
-            else "the backbone has no drop-path layers (EfficientNet, EfficientNetV2 and "
-            "EfficientNet-Lite0 have them)"
-        )
-        raise ValueError(
-            f"`drop_path` drops residual blocks that train, but {where}. "
-            f"Received: drop_path={rate!r} for model {model.name!r}."
-        )
+    if model.trainable:
+        check_drop_path(model, [layer for layer, _ in layers if layer.trainable], rate)
+    else:
+        check_drop_path(model, [], rate)
     active = 0
     for layer, depth in layers:
         on = layer.trainable and model.trainable
         layer.rate = (getattr(layer, _BUILT_RATE) if rate is None else rate * depth) if on else 0.0
         active += layer.rate > 0
     return active
+
+
+def check_drop_path(model: keras.Model, trained: list, rate: float | None) -> None:
+    """Raises if `rate` > 0 but none of the `trained` layers holds a drop-path layer.
+
+    Reads the model only: a stage is checked before any stage runs.
+
+    Args:
+        model: a `TransferModel` or a backbone.
+        trained: the layers the stage trains (containers are searched).
+        rate: the stage's `drop_path`.
+
+    Raises:
+        ValueError: nothing in `trained` can drop (the backbone has no
+            drop-path layers, or the stage trains only the head).
+
+    Example:
+        >>> check_drop_path(model, model.groups["coarse"]["head"], 0.1)
+        Traceback (most recent call last):
+        ValueError: `drop_path` drops residual blocks that train, but ...
+    """
+    if not rate:
+        return
+    layers = {id(layer) for layer, _ in drop_path_layers(model)}
+    if any(id(sub) in layers for layer in trained for sub in sublayers(layer)):
+        return
+    where = (
+        "the stage trains none of its blocks"
+        if layers
+        else "the backbone has no drop-path layers (EfficientNet, EfficientNetV2 and "
+        "EfficientNet-Lite0 have them)"
+    )
+    raise ValueError(
+        f"`drop_path` drops residual blocks that train, but {where}. "
+        f"Received: drop_path={rate!r} for model {model.name!r}."
+    )
 
 
 def reset_drop_path(model: keras.Model) -> None:

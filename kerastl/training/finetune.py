@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import keras
 
+from kerastl._internals import sublayers
 from kerastl._validation import check_positive_int
 from kerastl.data.augment import MIXINGS, label_mixing, one_hot_labels, views_of
 from kerastl.data.augment import augmentation as augment_policy
@@ -43,7 +44,7 @@ from kerastl.models import TransferModel
 from kerastl.optimizers import discriminative_optimizer
 from kerastl.peft import TARGETS
 from kerastl.training import run_directory
-from kerastl.training.drop_path import reset_drop_path, set_drop_path
+from kerastl.training.drop_path import check_drop_path, reset_drop_path, set_drop_path
 from kerastl.training.ema import EmaWeights
 from kerastl.training.evaluation import Evaluation
 from kerastl.training.evaluation import evaluate as evaluate_model
@@ -55,6 +56,7 @@ from kerastl.training.lora_stages import (
     add_stage_adapters,
     check_lora_stages,
     first_adapted_group,
+    stage_targets,
 )
 from kerastl.training.losses import SparseSmoothedCrossentropy
 from kerastl.training.metrics import BalancedAccuracy
@@ -557,29 +559,7 @@ class FineTuner:
                 differing keys named).
             BackupError: backups exist and none of them is whole.
         """
-        stages = list(stages)
-        if not stages or not all(isinstance(stage, Stage) for stage in stages):
-            raise ValueError(
-                f"`stages` must be a non-empty list of Stage. Received: stages={stages!r}."
-            )
-        if any(stage.patience for stage in stages) and validation is None:
-            raise ValueError(
-                "Early stopping (`patience`) needs validation data. Received: validation=None."
-            )
-        for stage in stages:
-            granularity_of(self.model, stage.train)  # unknown groups fail before any training
-            if stage.mixing and self.model.modality != "image":
-                kind, strength = stage.mixing
-                raise ValueError(
-                    f"MixUp and CutMix mix images; this is a {self.model.modality} model. "
-                    f"Received: {kind}={strength!r}."
-                )
-            if stage.resizes(self.model):
-                self.model.check_any_image_size()
-            if stage.drop_path:  # a stage with nothing that can drop raises here
-                stage.prepare(self.model)  # (each stage sets its own flags again)
-                reset_drop_path(self.model)
-        check_lora_stages(self.model, stages)
+        stages = check_stages(self.model, stages, validation)
         monitor = self.monitor or ("val_loss" if validation is not None else "loss")
         check_monitor(monitor, self.metrics, validation=validation is not None)
         self._backup, state = self._open_backup(backup_dir, stages, monitor)
@@ -1154,6 +1134,92 @@ def granularity_of(model, group: str) -> str:
             f"Unknown layer group {group!r}. Valid groups: 'head', 'all', 'lora', {groups.names()} "
             f"or fine groups {groups.names('fine')}. Received: train={group!r}."
         ) from None
+
+
+def check_stages(model: TransferModel, stages, validation=None) -> list[Stage]:
+    """Checks every stage against `model` before any of them runs; the model is
+    left exactly as it was (flags, adapters, rates).
+
+    Args:
+        model: the `TransferModel` the stages will train.
+        stages: the `Stage`s, in order.
+        validation: the validation data, or None (early stopping needs it).
+
+    Returns:
+        The stages as a list.
+
+    Raises:
+        ValueError: a stage that cannot run on `model` (an unknown group,
+            mixing on text, drop path where nothing trained can drop, a LoRA
+            rank that clashes with an earlier one, ...), named.
+
+    Example:
+        >>> check_stages(model, [Stage(2, train="head"), Stage(3, train="block6", drop_path=0.1)])
+    """
+    stages = list(stages)
+    if not stages or not all(isinstance(stage, Stage) for stage in stages):
+        raise ValueError(
+            f"`stages` must be a non-empty list of Stage. Received: stages={stages!r}."
+        )
+    if any(stage.patience for stage in stages) and validation is None:
+        raise ValueError(
+            "Early stopping (`patience`) needs validation data. Received: validation=None."
+        )
+    for stage in stages:
+        granularity_of(model, stage.train)  # unknown groups fail before any training
+        if stage.mixing and model.modality != "image":
+            kind, strength = stage.mixing
+            raise ValueError(
+                f"MixUp and CutMix mix images; this is a {model.modality} model. "
+                f"Received: {kind}={strength!r}."
+            )
+        if stage.resizes(model):
+            model.check_any_image_size()
+        if stage.drop_path:  # a stage with nothing that can drop raises here
+            check_drop_path(model, stage_trained_layers(model, stage), stage.drop_path)
+    check_lora_stages(model, stages)
+    return stages
+
+
+def stage_trained_layers(model, stage: Stage) -> list[keras.layers.Layer]:
+    """The layers of the groups `stage` trains, read off the resolved groups.
+
+    The model is left as it is (no trainable flag, adapter or rate changes),
+    so stages can be checked before any of them runs.
+
+    Args:
+        model: a `TransferModel`.
+        stage: the `Stage`.
+
+    Returns:
+        The trained groups' layers, in model order (a LoRA stage's groups
+        train only their adapters, but their layers count as trained).
+
+    Example:
+        >>> len(stage_trained_layers(model, Stage(1, train="block7")))
+        12
+    """
+    granularity = granularity_of(model, stage.train)
+    groups = LayerGroups.of(model)
+    if stage.rank:
+        groups_of = groups[FINE]
+        targets = {id(layer) for layer in stage_targets(model, stage)}
+        names = [
+            name
+            for name, layers in groups_of.items()
+            if name == HEAD
+            or any(id(sub) in targets for layer in layers for sub in sublayers(layer))
+        ]
+    else:
+        groups_of = groups[granularity]
+        ordered = list(groups_of)
+        if stage.train == HEAD:
+            names = [HEAD]
+        elif stage.train == ALL:
+            names = ordered
+        else:
+            names = ordered[ordered.index(stage.train) :]
+    return [layer for name in names for layer in groups_of[name]]
 
 
 def set_stage_trainable(model, stage: Stage) -> None:
