@@ -6,6 +6,10 @@ BatchNormalization in inference mode where it must be, and recompiles the
 model with a fresh optimizer: in Keras, `trainable` changes take effect only
 at `compile()`, and a built optimizer refuses a new variable list.
 
+Layers the model's output does not depend on (`TransferModel.unused_layers`:
+a text backbone's pooler under `cls`/`mean` pooling) stay frozen in every
+group.
+
 BatchNormalization stays frozen (inference mode, statistics fixed) even in
 trainable groups unless `train_bn=True`: `fit` ignores `training=False`
 passed when calling a nested backbone (keras-team/keras#20285), so
@@ -70,6 +74,9 @@ def _apply_trainable(model, groups, wanted, train_bn: bool, recompile: bool) -> 
                 _freeze_batch_norm(layer)
         if train:
             _train_only_adapters(layers)
+    unused = getattr(model, "unused_layers", None)
+    for layer in unused() if unused is not None else ():
+        layer.trainable = False  # no gradient reaches it (a pooler that pooling skips)
     _refresh_compilation(model, recompile)
     return [name for name in groups if name in wanted]
 

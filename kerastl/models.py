@@ -10,7 +10,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerastl._internals import sublayers
+from kerastl._graph import LayerGraph
+from kerastl._internals import producer, sublayers
 from kerastl._validation import check_positive_int
 from kerastl.backbones.factory import DEFAULT, create_backbone
 from kerastl.backbones.registry import find_spec, find_spec_by_class
@@ -371,6 +372,33 @@ class TransferModel(FixedTraining, keras.Model):
         tokens = self.modality != TEXT and len(self.backbone.output_shape) == 3
         pooled = _pool(self.pooling_layer, features, padding_mask, self.pooling, tokens)
         return self.head_layer(self.dropout_layer(pooled))
+
+    def unused_layers(self) -> list[keras.layers.Layer]:
+        """Backbone layers with weights that the model's output does not depend on.
+
+        A text backbone's pooler (`pooled_dense`) feeds only its pooled output,
+        which `cls` and `mean` pooling do not use: freezing keeps such layers
+        frozen, so no stage lists weights that can get no gradient.
+
+        Returns:
+            The layers, in backbone order (empty for image models).
+
+        Example:
+            >>> [layer.name for layer in text_model.unused_layers()]
+            ['pooled_dense']
+        """
+        outputs = self.backbone.output
+        if self.modality != TEXT or not isinstance(outputs, dict):
+            return []
+        used = outputs["pooled_output" if self.pooling == "pooled" else "sequence_output"]
+        graph = LayerGraph(self.backbone)
+        index = {id(operation): i for i, operation in enumerate(graph.operations)}
+        needed = graph.ancestors(index[id(producer(used))])
+        return [
+            operation
+            for i, operation in enumerate(graph.operations)
+            if i not in needed and getattr(operation, "weights", None)
+        ]
 
     @property
     def groups(self) -> LayerGroups:

@@ -41,7 +41,7 @@ from pathlib import Path
 import keras
 
 import kerastl
-from kerastl.app.config import RunConfig, recipe_command_line
+from kerastl.app.config import RunConfig, recipe_command_line, save_config
 from kerastl.training.run_directory import new_run_directory
 
 CONFIG = Path(__file__).with_suffix(".yaml")
@@ -68,6 +68,7 @@ def main(config: RunConfig, verbose: int) -> None:
     print(kerastl.describe(model))  # the layer groups the stages name
 
     run_dir = new_run_directory(config.output_dir, config.name)  # never an earlier run's
+    save_config(config, run_dir)  # what `kerastl export RUN_DIR` reads, as `kerastl train` writes
     print(f"kerastl: Run directory: {run_dir}")
     augment = config.data.augment  # a policy such as [orientation_free] (the 8 symmetries)
     augmentation = kerastl.data.augmentation(augment, seed=config.train.seed) if augment else None

@@ -35,7 +35,7 @@ from pathlib import Path
 import keras
 
 import kerastl
-from kerastl.app.config import RunConfig, recipe_command_line
+from kerastl.app.config import RunConfig, recipe_command_line, save_config
 from kerastl.training.run_directory import new_run_directory
 
 CONFIG = Path(__file__).with_suffix(".yaml")
@@ -58,6 +58,7 @@ def main(config: RunConfig, verbose: int) -> None:
             class_names=data.class_names,
         )
     run_dir = new_run_directory(config.output_dir, config.name)
+    save_config(config, run_dir)  # what `kerastl export RUN_DIR` reads, as `kerastl train` writes
     print(f"kerastl: Run directory: {run_dir}")
     tuner = kerastl.FineTuner(
         model,

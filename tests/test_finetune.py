@@ -1,5 +1,7 @@
 """FineTuner stages, feature caching, fine_tune, label smoothing."""
 
+import json
+import os
 import warnings
 
 import keras
@@ -284,6 +286,17 @@ def test_run_directory_records_every_epoch_and_restores_the_best(tmp_path):
     restored.load_weights(tmp_path / "best.weights.h5")
     for a, b in zip(restored.weights, model.weights, strict=True):
         np.testing.assert_array_equal(a, b)
+
+    # A FineTuner's run directory exports as `kerastl train`'s does (no config.yaml).
+    from kerastl.app.export_run import export_run
+
+    samples = np.load(tmp_path / "samples.npz")["images"]
+    np.testing.assert_array_equal(samples, next(iter(validation))[0][: len(samples)])
+    onnx_path = export_run(tmp_path, "onnx")
+    assert json.loads((tmp_path / "export" / "model.parity.json").read_text())["passed"]
+    version = export_run(tmp_path, "bundle")
+    assert os.path.basename(os.path.dirname(version)) == tmp_path.name
+    assert os.path.getsize(onnx_path) > 0
 
 
 def test_balanced_accuracy_matches_scikit_learn():

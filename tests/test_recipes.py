@@ -63,6 +63,13 @@ def test_image_recipe_script_and_kerastl_train_give_the_same_run(tmp_path):
     recipe = _run_dir(_recipe("image_classification", tmp_path / "recipe", *common))
     assert (recipe / "saved_model" / "saved_model.pb").exists()
     assert "| functional | defective |" in (recipe / "report.md").read_text()
+    # The README's next step, on the recipe's own run directory.
+    from kerastl.app.cli import main
+
+    assert main(["export", str(recipe)]) == 0
+    assert (recipe / "export" / "serving" / "elpv-lite0" / "1" / "saved_model.pb").is_file()
+    assert main(["export", str(recipe), "--format", "onnx"]) == 0
+    assert (recipe / "export" / "model.onnx").stat().st_size > 0
     command = subprocess.run(
         [
             str(Path(sys.executable).parent / "kerastl"),

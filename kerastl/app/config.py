@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from kerastl._atomic import write_text
 from kerastl.backbones.registry import get_spec
 from kerastl.backbones.spec import TEXT
 from kerastl.data.augment import augmentation, tta_views
@@ -240,6 +241,28 @@ def to_dict(config) -> dict:
 def to_yaml(config: RunConfig) -> str:
     """The fully resolved configuration as YAML (loads back with `load_config`)."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def save_config(config: RunConfig, run_dir: str | os.PathLike) -> str:
+    """Writes the resolved configuration into a run directory as `config.yaml`.
+
+    Every run directory has one, whoever wrote it (`kerastl train`, a recipe
+    script): `kerastl train --resume` and `kerastl export` read it.
+
+    Args:
+        config: the run's `RunConfig`.
+        run_dir: the run directory.
+
+    Returns:
+        The path written (atomically).
+
+    Example:
+        >>> save_config(config, "runs/elpv-lite0")
+        'runs/elpv-lite0/config.yaml'
+    """
+    path = os.path.join(os.fspath(run_dir), "config.yaml")
+    write_text(path, to_yaml(config))
+    return path
 
 
 def _plain(value):

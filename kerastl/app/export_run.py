@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 FORMATS = ("saved_model", "onnx", "bundle")
-MODEL_FILE = "model.keras"
 
 
 def export_run(
@@ -21,12 +20,16 @@ def export_run(
     """Exports a run's final model, with its validation data as parity samples.
 
     Args:
-        run_dir: a run directory written by `kerastl train`.
+        run_dir: a run directory (`kerastl train`, a recipe script or
+            `FineTuner(run_dir=...)` followed by `write_report`): its
+            `model.keras`, and `samples.npz` (else `config.yaml`'s
+            validation data) for the parity check.
         format: `"saved_model"`, `"onnx"` or `"bundle"` (TF Serving).
         output: the SavedModel directory, `.onnx` file or bundle base
             directory; default `RUN_DIR/export/saved_model`,
             `RUN_DIR/export/model.onnx` or `RUN_DIR/export/serving`.
-        name: the served model's name (bundle); default the run's name.
+        name: the served model's name (bundle); default the run's name
+            (`config.yaml`), else the directory's.
         signatures: as in `kerastl.export.saved_model`.
         opset: ONNX opset.
         overwrite: replace an existing SavedModel or ONNX file.
@@ -42,21 +45,29 @@ def export_run(
     from kerastl.app.config import load_config
     from kerastl.data import load_data
     from kerastl.export.onnx_export import check_opset
+    from kerastl.export.samples import load_samples
     from kerastl.saving import load_model
+    from kerastl.training.run_directory import CONFIG, MODEL, SAMPLES
 
     run_dir = os.fspath(run_dir)
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}.")
     if format == "onnx":
         check_opset(opset)
-    model_path = os.path.join(run_dir, MODEL_FILE)
+    model_path = os.path.join(run_dir, MODEL)
     if not os.path.isfile(model_path):
+        raise FileNotFoundError(f"{run_dir!r} is not a finished run directory: it has no {MODEL}.")
+    config_path = os.path.join(run_dir, CONFIG)
+    config = load_config(config_path) if os.path.isfile(config_path) else None
+    samples = load_samples(os.path.join(run_dir, SAMPLES))
+    if samples is None and config is not None:  # a run written before samples.npz existed
+        samples = load_data(config).validation
+    if samples is None:
         raise FileNotFoundError(
-            f"{run_dir!r} is not a finished run directory: it has no {MODEL_FILE}."
+            f"{run_dir!r} has neither {SAMPLES} (written with {MODEL} when a run's report "
+            f"is written with validation data) nor {CONFIG}: nothing to check the export on."
         )
-    config = load_config(os.path.join(run_dir, "config.yaml"))
     model = load_model(model_path, compile=False)
-    samples = load_data(config).validation
     defaults = {"saved_model": "saved_model", "onnx": "model.onnx", "bundle": "serving"}
     output = os.fspath(output or os.path.join(run_dir, "export", defaults[format]))
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -65,5 +76,9 @@ def export_run(
     if format == "onnx":
         return export.onnx(model, output, opset=opset, samples=samples, overwrite=overwrite)
     return export.serving_bundle(
-        model, output, name or config.name, signatures=signatures, samples=samples
+        model,
+        output,
+        name or (config.name if config else os.path.basename(os.path.abspath(run_dir))),
+        signatures=signatures,
+        samples=samples,
     )

@@ -13,9 +13,15 @@ import shutil
 import tempfile
 import time
 
-from kerastl._atomic import write_text
 from kerastl._quiet import native_stderr_silenced
-from kerastl.app.config import RunConfig, build_model, build_tuner, load_config, to_dict, to_yaml
+from kerastl.app.config import (
+    RunConfig,
+    build_model,
+    build_tuner,
+    load_config,
+    save_config,
+    to_dict,
+)
 from kerastl.data.from_config import Data, load_data
 from kerastl.training.evaluation import Evaluation, evaluate
 from kerastl.training.run_directory import new_run_directory
@@ -146,7 +152,7 @@ def train(
 
 def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say, verbose):
     if not os.path.isfile(os.path.join(run_dir, "config.yaml")):
-        write_text(os.path.join(run_dir, "config.yaml"), to_yaml(config))
+        save_config(config, run_dir)
     tuner = build_tuner(config, model, strategy, run_dir=run_dir, verbose=verbose)
     started = time.perf_counter()
     history = tuner.fit(data.train, data.validation, stages=config.stages)

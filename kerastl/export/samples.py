@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from kerastl._atomic import write_atomically
 from kerastl.export.signatures import is_text_model
 
 DEFAULT_COUNT = 8
+_TEXT_KEY = "text"
 
 
 def model_samples(model, samples=None, count: int = DEFAULT_COUNT):
@@ -15,7 +19,8 @@ def model_samples(model, samples=None, count: int = DEFAULT_COUNT):
     Args:
         model: the model the samples are for.
         samples: images `[n, H, W, 3]` in [0, 255] (array or `tf.data` batches
-            of `(images, labels)` or images); for text models a dict of token
+            of `(images, labels)` or images); for text models raw strings
+            (tokenized by the model's `preprocessor`) or a dict of token
             arrays (optionally with a `"text"` list of the raw strings). None:
             `count` random pixel images, or random token ids over the
             backbone's vocabulary.
@@ -33,10 +38,7 @@ def model_samples(model, samples=None, count: int = DEFAULT_COUNT):
         samples = _from_dataset(samples, count)
     if is_text_model(model):
         if not isinstance(samples, dict):
-            raise TypeError(
-                "Text samples must be a dict of token arrays "
-                f"({list(model.input)}). Received: {type(samples).__name__}."
-            )
+            samples = _tokenized(model, samples, count)
         missing = [name for name in model.input if name not in samples]
         if missing:
             raise ValueError(f"Text samples lack the inputs {missing}. Received: {list(samples)}.")
@@ -57,6 +59,56 @@ def model_samples(model, samples=None, count: int = DEFAULT_COUNT):
     return images
 
 
+def save_samples(path: str | os.PathLike, samples) -> str:
+    """Writes normalized samples (`model_samples`) to an `.npz` file, atomically.
+
+    A run directory keeps a few validation inputs so that `kerastl export`
+    needs nothing but the directory. Raw strings are stored as Unicode, so
+    the file loads without pickle.
+
+    Args:
+        path: the file, ending in `.npz`.
+        samples: an image array, or a dict of token arrays (with `"text"`).
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> save_samples("runs/x/samples.npz", model_samples(model, val_ds))
+        'runs/x/samples.npz'
+    """
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        raise ValueError(f"`path` must end in '.npz'. Received: path={path!r}.")
+    arrays = dict(samples) if isinstance(samples, dict) else {"images": samples}
+    if _TEXT_KEY in arrays:
+        arrays[_TEXT_KEY] = np.array([_as_str(text) for text in arrays[_TEXT_KEY]], dtype=str)
+    write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
+    return path
+
+
+def load_samples(path: str | os.PathLike):
+    """Reads samples written by `save_samples` (None if there is no file).
+
+    Example:
+        >>> load_samples("runs/x/samples.npz").shape
+        (8, 128, 128, 3)
+    """
+    if not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    if list(arrays) == ["images"]:
+        return arrays["images"]
+    if _TEXT_KEY in arrays:
+        arrays[_TEXT_KEY] = [str(text) for text in arrays[_TEXT_KEY]]
+    return arrays
+
+
+def _as_str(text) -> str:
+    return text.decode("utf-8") if isinstance(text, bytes) else str(text)
+
+
 def whole_pixels(images) -> np.ndarray:
     """Images rounded and clipped to uint8 pixels (what JPEG/PNG and uint8 inputs carry)."""
     return np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)
@@ -73,6 +125,26 @@ def sample_count(samples) -> int:
     """How many examples normalized samples hold."""
     first = next(iter(model_inputs(samples).values())) if isinstance(samples, dict) else samples
     return len(first)
+
+
+def _tokenized(model, texts, count: int) -> dict:
+    """Raw strings as the model's token inputs, the strings kept under `"text"`."""
+    import tensorflow as tf
+
+    array = np.asarray(texts)
+    if array.ndim != 1 or array.dtype.kind not in "USO":
+        raise TypeError(
+            "Text samples must be raw strings or a dict of token arrays "
+            f"({list(model.input)}). Received: {type(texts).__name__} of shape {array.shape}."
+        )
+    if getattr(model, "preprocessor", None) is None:
+        raise TypeError(
+            "Raw-string samples need the model's tokenizer (`preprocessor`), and this model has "
+            f"none: pass a dict of token arrays ({list(model.input)})."
+        )
+    strings = [_as_str(text) for text in array[:count]]
+    tokens = model.preprocessor(tf.constant(strings))
+    return {name: np.asarray(tokens[name]) for name in model.input} | {_TEXT_KEY: strings}
 
 
 def _from_dataset(dataset, count: int):

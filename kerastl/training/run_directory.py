@@ -23,6 +23,9 @@ BEST_WEIGHTS = "best.weights.h5"
 CURVES = "learning_curves.png"
 CONFUSION = "confusion_matrix.png"
 REPORT = "report.md"
+MODEL = "model.keras"
+SAMPLES = "samples.npz"
+CONFIG = "config.yaml"
 
 
 def new_run_directory(output_dir: str | os.PathLike, name: str) -> str:
@@ -260,8 +263,9 @@ def write_report(
         (CURVES, "loss and metrics per epoch, stage boundaries dashed"),
         (CONFUSION, "validation confusion matrix"),
         (BEST_WEIGHTS, "weights of the best epoch"),
-        ("model.keras", "the final model (best epoch), `keras.models.load_model`"),
-        ("config.yaml", "the fully resolved configuration"),
+        (MODEL, "the final model (best epoch), `keras.models.load_model`"),
+        (SAMPLES, "a few validation inputs: `kerastl export` checks exports on them"),
+        (CONFIG, "the fully resolved configuration"),
         ("logs/", "TensorBoard logs (`tensorboard --logdir logs`)"),
     ):
         if os.path.exists(os.path.join(directory, name)):
@@ -310,7 +314,9 @@ def write_run_report(
         validation: the validation dataset, for the confusion matrix.
         title: the report's heading.
         extra_sections: further Markdown sections.
-        save_model: also save the model as `model.keras`.
+        save_model: also save the model as `model.keras`, and the first
+            validation inputs as `samples.npz` (what `kerastl export` checks
+            exports on).
 
     Returns:
         The path of `report.md`.
@@ -339,7 +345,11 @@ def write_run_report(
         matrix = confusion_matrix(model, validation, model.num_classes)
         plot_confusion_matrix(matrix, names, os.path.join(directory, CONFUSION))
     if save_model:
-        model.save(os.path.join(directory, "model.keras"))
+        model.save(os.path.join(directory, MODEL))
+        if validation is not None:
+            from kerastl.export.samples import model_samples, save_samples
+
+            save_samples(os.path.join(directory, SAMPLES), model_samples(model, validation))
     return write_report(
         directory,
         title=title,
