@@ -1,6 +1,6 @@
 """Every private name of Keras, KerasHub, TensorFlow and TFDS that kerastl uses.
 
-Each accessor says why no public name serves. `tests/test_internals.py`
+Each accessor says why no public name serves. `tests/test_architecture.py`
 calls every one of them on a real object, so a release that removes or
 changes one fails there, by name, instead of somewhere inside training.
 """

@@ -9,6 +9,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from kerastl._graph import LayerGraph
 from kerastl._internals import producer, sublayers
@@ -289,8 +290,6 @@ class TransferModel(FixedTraining, keras.Model):
             >>> model = kerastl.TransferModel("all-minilm-l6-v2", num_classes=2)
             >>> model.prepare_data(tf.data.Dataset.from_tensor_slices((texts, labels)).batch(8))
         """
-        import tensorflow as tf
-
         if data is None:
             return None
         if isinstance(data, tf.data.Dataset):
@@ -310,6 +309,7 @@ class TransferModel(FixedTraining, keras.Model):
             return self.preprocessor(data)
         return data
 
+    @tf.autograph.experimental.do_not_convert  # traced calls: Keras's own __call__ as it is
     def __call__(self, *args, **kwargs):
         """Calls the graph on its inputs; a text model's graph takes token inputs."""
         if self.modality == TEXT and args and _is_string_tensor(args[0]):
@@ -323,8 +323,6 @@ class TransferModel(FixedTraining, keras.Model):
 
     def _check_inputs(self, inputs) -> bool:
         """True when `inputs` (a spec) are strings to tokenize; raises when they cannot fit."""
-        import tensorflow as tf
-
         strings = isinstance(inputs, tf.TensorSpec) and inputs.dtype == tf.string
         if self.modality != TEXT:
             if strings or isinstance(inputs, dict):
@@ -569,16 +567,12 @@ def _is_string_batch(data) -> bool:
 
 def _is_string_tensor(data) -> bool:
     """A `tf.Tensor`, `tf.RaggedTensor` or NumPy array of strings (any rank)."""
-    import tensorflow as tf
-
     if isinstance(data, tf.Tensor | tf.RaggedTensor):
         return data.dtype == tf.string
     return isinstance(data, np.ndarray) and data.dtype.kind in "USO" and data.ndim != 1
 
 
 def _check_string_batch_shape(data) -> None:
-    import tensorflow as tf
-
     if isinstance(data, tf.RaggedTensor) or len(data.shape) != 1:
         kind = "a ragged tensor" if isinstance(data, tf.RaggedTensor) else "a tensor"
         raise ValueError(

@@ -47,7 +47,7 @@ from kerastl.training.run_directory import new_run_directory
 CONFIG = Path(__file__).with_suffix(".yaml")
 
 
-def main(config: RunConfig, verbose: int) -> None:
+def main(config: RunConfig, verbose: int | str) -> None:
     kerastl.set_precision(config.train.precision)
     strategy = kerastl.get_strategy(config.train.strategy)
 
@@ -89,7 +89,11 @@ def main(config: RunConfig, verbose: int) -> None:
     started = time.perf_counter()
     tuner.fit(data.train, data.validation, stages=config.stages)
     seconds = time.perf_counter() - started
-    test = None if data.test is None else kerastl.evaluate(model, data.test, tta=config.data.tta)
+    test = (
+        None
+        if data.test is None
+        else kerastl.evaluate(model, data.test, tta=config.data.tta, verbose=verbose)
+    )
     sections = [test.markdown("Test (evaluated once, after training)")] if test else []
     report = tuner.write_report(
         data.validation, title=f"{config.name}: {config.model.backbone}", extra_sections=sections
@@ -105,7 +109,7 @@ def main(config: RunConfig, verbose: int) -> None:
             print(f"kerastl: Test with TTA ({config.data.tta}): {test.tta.one_line()}")
     if config.export:  # serving signatures, checked against Keras before the rename
         path = kerastl.export.saved_model(
-            model, os.path.join(run_dir, "saved_model"), samples=data.validation
+            model, os.path.join(run_dir, "saved_model"), samples=data.validation, verbose=verbose
         )
         print(f"kerastl: SavedModel: {path}")
 

@@ -42,7 +42,7 @@ CONFIG = Path(__file__).with_suffix(".yaml")
 REVIEWS = ["A gripping, beautifully acted film.", "Two hours I will never get back."]
 
 
-def main(config: RunConfig, verbose: int) -> None:
+def main(config: RunConfig, verbose: int | str) -> None:
     kerastl.set_precision(config.train.precision)
     strategy = kerastl.get_strategy(config.train.strategy)
     data = kerastl.data.load_data(config)  # token batches, grouped by length
@@ -76,7 +76,7 @@ def main(config: RunConfig, verbose: int) -> None:
     tuner.fit(data.train, data.validation, stages=config.stages)
     seconds = time.perf_counter() - started
     # The test split: evaluated once, with the best epoch's weights.
-    test = None if data.test is None else kerastl.evaluate(model, data.test)
+    test = None if data.test is None else kerastl.evaluate(model, data.test, verbose=verbose)
     sections = [test.markdown("Test (evaluated once, after training)")] if test else []
     report = tuner.write_report(data.validation, title=config.name, extra_sections=sections)
     best, epoch, monitor = tuner.recorder.best, tuner.recorder.best_epoch, tuner.recorder.monitor
@@ -91,7 +91,7 @@ def main(config: RunConfig, verbose: int) -> None:
         print(f"kerastl: {review!r}: {scores}")
     if config.export:  # a `text` signature: TF Serving clients send the raw review
         path = kerastl.export.saved_model(
-            model, os.path.join(run_dir, "saved_model"), samples=data.validation
+            model, os.path.join(run_dir, "saved_model"), samples=data.validation, verbose=verbose
         )
         print(f"kerastl: SavedModel: {path}")
 

@@ -129,3 +129,18 @@ def test_the_tfds_manual_dir_accessor_reads_the_download_manager(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     manager = tfds.download.DownloadManager(download_dir=str(tmp_path), manual_dir=str(tmp_path))
     assert str(_internals.tfds_manual_dir(manager)) == str(tmp_path)
+
+
+def test_every_test_file_the_package_names_exists():
+    import re
+
+    named = {
+        (path.relative_to(PACKAGE.parent), match)
+        for path in PACKAGE.rglob("*.py")
+        for match in re.findall(r"tests/[\w/]+\.py", path.read_text())
+    }
+    assert named  # the package does point readers at its tests
+    missing = [
+        (str(path), test) for path, test in sorted(named) if not (PACKAGE.parent / test).is_file()
+    ]
+    assert not missing, missing

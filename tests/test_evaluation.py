@@ -99,3 +99,49 @@ def test_the_tuner_takes_a_policy_name_and_warns_when_the_test_split_is_read_twi
     np.testing.assert_array_equal(first.plain.matrix, expected.plain.matrix)
     with pytest.warns(UserWarning, match="evaluated before"):
         tuner.evaluate(test)
+
+
+class _Stream:
+    def __init__(self, terminal):
+        self.terminal = terminal
+
+    def isatty(self):
+        return self.terminal
+
+
+def test_auto_verbosity_is_a_bar_on_a_terminal_and_lines_in_a_log(monkeypatch, capsys):
+    from kerastl._progress import Progress, resolve_verbose
+
+    assert resolve_verbose("auto", _Stream(True)) == 1
+    assert resolve_verbose("auto", _Stream(False)) == 2
+    assert resolve_verbose(0) == 0
+    with pytest.raises(ValueError, match=r"Received: verbose=3"):
+        resolve_verbose(3)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True, raising=False)
+    assert kerastl.FineTuner(_model(), verbose="auto").verbose == 1
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False, raising=False)
+    assert kerastl.FineTuner(_model(), verbose="auto").verbose == 2
+    capsys.readouterr()
+
+    progress = Progress("caching features", 4, 2, interval=0.0)  # a log: a line per update
+    for step in range(1, 5):
+        progress.update(step)
+    progress.finish()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("kerastl: caching features: 1/4 batches, ") and "s left" in lines[0]
+    assert lines[-1].startswith("kerastl: caching features: 4 batches in ") and len(lines) == 5
+    quiet = Progress("caching features", 4, 2, interval=3600.0)  # no line before the interval
+    quiet.update(1)
+    quiet.finish()
+    (closing,) = capsys.readouterr().out.splitlines()
+    assert closing.startswith("kerastl: caching features: 1 batch in ")
+
+
+def test_evaluate_reports_its_progress_in_a_log_and_is_silent_at_zero(capsys):
+    model = _model()
+    x, y = _data()
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
+    kerastl.evaluate(model, data, tta="dihedral", verbose=2)
+    assert "kerastl: evaluating over 8 test-time views: 4 batches in " in capsys.readouterr().out
+    kerastl.evaluate(model, data, tta="dihedral", verbose=0)
+    assert capsys.readouterr().out == ""

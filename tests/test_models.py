@@ -290,29 +290,6 @@ def test_a_text_model_takes_a_string_tensor_as_iterating_a_dataset_gives_it():
         model(texts)
 
 
-def test_a_text_model_takes_a_string_tensor_as_iterating_a_dataset_gives_it():
-    import tensorflow as tf
-
-    model = _tiny_bert_with_minilm_tokenizer()
-    model.compile(keras.optimizers.Adam(1e-2))
-    data = tf.data.Dataset.from_tensor_slices((TEXTS, LABELS)).batch(8)
-    texts, labels = next(iter(data))  # an EagerTensor of strings, as a loop over `data` gives
-    expected = model.predict(list(TEXTS[:8]), verbose=0)
-    np.testing.assert_allclose(model.predict(texts, verbose=0), expected, atol=1e-6)
-    assert "loss" in model.evaluate(texts, labels, verbose=0, return_dict=True)
-    before = np.array(model.head_layer.kernel)
-    model.fit(texts, labels, epochs=1, verbose=0)
-    assert np.abs(np.array(model.head_layer.kernel) - before).max() > 1e-4
-    with pytest.raises(ValueError, match=r"shape \[batch\].*tensor of strings with shape \(1, 8\)"):
-        model.predict(tf.reshape(texts, (1, 8)), verbose=0)
-    with pytest.raises(ValueError, match=r"shape \[batch\].*ragged tensor"):
-        model.predict(tf.ragged.constant([["a"], ["b", "c"]]), verbose=0)
-    with pytest.raises(ValueError, match=r"shape \[batch\].*shape \(2, 1\)"):
-        model.predict(np.array([["a"], ["b"]]), verbose=0)
-    with pytest.raises(ValueError, match=r"takes the token inputs.*KerasHub.*model.predict"):
-        model(texts)
-
-
 def test_a_pooler_the_pooling_skips_never_trains_and_one_it_uses_does():
     import warnings
 

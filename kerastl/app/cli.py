@@ -157,7 +157,7 @@ def _train(args) -> int:
     else:
         config = load_config(args.config, args.set)
     try:
-        train(config, verbose=0 if args.quiet else 2, resume=args.resume)
+        train(config, verbose=0 if args.quiet else "auto", resume=args.resume)
     except RunFinished as finished:
         print(f"kerastl: {finished}")
         return 0

@@ -449,7 +449,7 @@ def build_tuner(
 
 def recipe_command_line(
     path: str | os.PathLike, argv: Sequence[str] | None = None
-) -> tuple[RunConfig, int]:
+) -> tuple[RunConfig, int | str]:
     """A recipe script's command line: its YAML with `--set KEY=VALUE` overrides.
 
     Args:
@@ -458,7 +458,9 @@ def recipe_command_line(
             (repeatable) and `--quiet` (no per-epoch progress).
 
     Returns:
-        `(config, verbose)`: the resolved `RunConfig` and the Keras verbosity.
+        `(config, verbose)`: the resolved `RunConfig` and the verbosity: 0
+        with `--quiet`, else `"auto"` (progress bars on a terminal, a line
+        per epoch in a log).
 
     Example:
         >>> config, verbose = recipe_command_line("recipes/image_classification.yaml")
@@ -469,4 +471,4 @@ def recipe_command_line(
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     args = parser.parse_args(argv)
-    return load_config(path, args.set), 0 if args.quiet else 2
+    return load_config(path, args.set), 0 if args.quiet else "auto"

@@ -77,7 +77,9 @@ def train(
 
     Args:
         config: a `RunConfig` (see `kerastl.app.config.load_config`).
-        verbose: Keras progress output (0: only the final summary lines).
+        verbose: progress output: `0` only the final summary lines, `1` progress
+            bars, `2` a line per epoch (and every few seconds of other work),
+            `"auto"` bars on a terminal and lines otherwise.
         resume: a run directory holding an unfinished run of this config.
 
     Returns:
@@ -168,7 +170,7 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
         sections.append(markdown(transfer, config.train.monitor))
     test_results = None
     if data.test is not None:  # once, after training, with the best epoch's weights
-        test_results = evaluate(model, data.test, tta=config.data.tta)
+        test_results = evaluate(model, data.test, tta=config.data.tta, verbose=verbose)
         sections.append(
             test_results.markdown("Test (evaluated once, after training, best epoch's model)")
         )
@@ -180,7 +182,7 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
         from kerastl.export import saved_model as export_saved_model
 
         saved_model = export_saved_model(
-            model, os.path.join(run_dir, "saved_model"), samples=data.validation
+            model, os.path.join(run_dir, "saved_model"), samples=data.validation, verbose=verbose
         )
     best = (tuner.recorder.best, tuner.recorder.best_epoch)
     monitored = f"{config.train.monitor} = {_fmt(best[0])}"

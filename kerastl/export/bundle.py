@@ -52,6 +52,7 @@ def serving_bundle(
     preprocessor=None,
     sequence_length: int = 128,
     tolerance: float = DEFAULT_TOLERANCE,
+    verbose: int | str = "auto",
 ) -> str:
     """Writes `base_dir/name/<version>/` for TF Serving, published atomically.
 
@@ -82,6 +83,7 @@ def serving_bundle(
         preprocessor: as in `saved_model`.
         sequence_length: as in `saved_model`.
         tolerance: as in `saved_model`.
+        verbose: as in `saved_model`.
 
     Returns:
         The published version directory.
@@ -125,6 +127,7 @@ def serving_bundle(
             preprocessor=preprocessor,
             tolerance=tolerance,
             published_as=final,
+            verbose=verbose,
         )
         loaded = tf.saved_model.load(temporary)
         _check_ops(loaded, final, on_unsupported_ops)

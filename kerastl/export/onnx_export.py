@@ -9,6 +9,7 @@ import re
 import keras
 
 from kerastl import _atomic
+from kerastl._progress import Progress
 from kerastl.export.float32 import float32_copy
 from kerastl.export.parity import DEFAULT_TOLERANCE, ParityError, check_parity
 from kerastl.export.samples import model_samples
@@ -64,6 +65,7 @@ def onnx(
     tolerance: float = DEFAULT_TOLERANCE,
     overwrite: bool = False,
     fixes: bool = True,
+    verbose: int | str = "auto",
 ) -> str:
     """Exports `model` to ONNX with tf2onnx, if every op converts and it matches Keras.
 
@@ -86,6 +88,7 @@ def onnx(
         tolerance: largest absolute difference of probabilities allowed.
         overwrite: replace an existing file.
         fixes: apply kerastl's tf2onnx fixes (`kerastl.export.tf2onnx_fixes`).
+        verbose: progress of converting and checking, as in `saved_model`.
 
     Returns:
         `path`.
@@ -114,11 +117,15 @@ def onnx(
     samples = model_samples(model, samples)  # bad samples fail before the slow conversion
     model = float32_copy(model)
     served = merged_for_export(model)  # LoRA adapters folded in; parity against the unmerged
+    progress = Progress(f"ONNX (opset {opset})", 2, verbose, unit="step")
     proto = convert(served, signature, opset, image_dtype=image_dtype, fixes=fixes)
+    progress.update(1)
     with _atomic.publishing(path, overwrite=overwrite, suffix=".onnx") as temporary:
         with open(temporary, "wb") as file:
             file.write(proto.SerializeToString())
         report = check_parity(model, temporary, samples, tolerance=tolerance)
+        progress.update(2)
+        progress.finish()
         report_path = path[: -len(".onnx")] + ".parity.json"
         report = report.for_target(path)
         report.write(report_path)

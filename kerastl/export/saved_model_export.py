@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import keras
 
 from kerastl import _atomic
+from kerastl._progress import Progress
 from kerastl.export.float32 import float32_copy
 from kerastl.export.parity import (
     DEFAULT_TOLERANCE,
@@ -42,6 +43,7 @@ def saved_model(
     tolerance: float = DEFAULT_TOLERANCE,
     overwrite: bool = False,
     tta: str = "dihedral",
+    verbose: int | str = "auto",
 ) -> str:
     """Exports `model` as a SavedModel with serving signatures, if it matches Keras.
 
@@ -72,6 +74,8 @@ def saved_model(
         overwrite: replace an existing export at `path`.
         tta: the views `image_tensor_tta` averages over: `dihedral` (8) or
             `flip` (2); it is parity-checked against `kerastl.predict_probabilities`.
+        verbose: progress of writing and checking: `0` silent, `1` a bar, `2`
+            a line when a step ends after a few seconds, `"auto"` by the output.
 
     Returns:
         `path`.
@@ -98,6 +102,7 @@ def saved_model(
             tolerance=tolerance,
             published_as=path,
             tta=tta,
+            verbose=verbose,
         )
     return path
 
@@ -115,10 +120,12 @@ def write_saved_model(
     tolerance: float = DEFAULT_TOLERANCE,
     published_as: str | None = None,
     tta: str = "dihedral",
+    verbose: int | str = 0,
 ):
     """Writes the SavedModel into `directory` (not atomic) and checks parity.
 
-    `published_as` names the final path in the parity report.
+    `published_as` names the final path in the parity report; `verbose`
+    shows its two steps (writing, parity) as `kerastl._progress.Progress`.
 
     Returns:
         The `ParityReport` (also in `assets.extra/parity.json`).
@@ -148,7 +155,9 @@ def write_saved_model(
             served, name, image_dtype=image_dtype, top_k=top_k, preprocessor=preprocessor, tta=tta
         )
         archive.add_endpoint(name, function)
+    progress = Progress(f"SavedModel ({', '.join(names)})", 2, verbose, unit="step")
     archive.write_out(directory, verbose=False)
+    progress.update(1)
     os.makedirs(os.path.join(directory, EXTRA_DIR), exist_ok=True)
     report = check_parity(model, directory, samples, tolerance=tolerance)
     if IMAGE_TENSOR_TTA in names:
@@ -156,6 +165,8 @@ def write_saved_model(
         report = report.including(
             check_tta_parity(model, directory, tta_samples, tta=tta, tolerance=tolerance)
         )
+    progress.update(2)
+    progress.finish()
     if published_as is not None:
         report = report.for_target(published_as)
     report.write(os.path.join(directory, EXTRA_DIR, PARITY_FILE))

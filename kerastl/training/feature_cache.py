@@ -36,6 +36,7 @@ import keras
 import numpy as np
 
 from kerastl._graph import close_upward, crossing_tensors
+from kerastl._progress import Progress
 from kerastl.backbones.spec import TEXT
 from kerastl.data.augment import Views
 from kerastl.distribute.keras_fixes import FixedFunctional
@@ -228,7 +229,8 @@ class FeatureCache:
         views: fixed views of each input batch (`kerastl.data.views_of`):
             the features of every view are kept, and `dataset` serves one
             view per example; None: the inputs as they are.
-        verbose: 0 silent, 2 one line at the end, else a progress bar (as `fit`).
+        verbose: 0 silent, 1 a progress bar, 2 a line every few seconds, `"auto"`
+            one of those two by the output (`kerastl._progress`).
 
     Example:
         >>> cache = FeatureCache(split.extractor, train_ds)
@@ -337,13 +339,11 @@ class FeatureCache:
         self.nbytes = 0
 
     def _fill(self, elements, total: int, verbose: int | str) -> None:
-        progress = keras.utils.Progbar(
-            total if total > 0 else None, unit_name="batch", verbose=2 if verbose == 2 else 1
-        )
+        progress = Progress("caching features", total, verbose)
         for step, element in enumerate(elements):
             self._store(element, self._limit_bytes)
-            if verbose:
-                progress.update(step + 1)
+            progress.update(step + 1)
+        progress.finish()
         if not self._memory and not self._files:
             raise ValueError("Cannot cache features of an empty dataset.")
         self.in_memory = not self._files

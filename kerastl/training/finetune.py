@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import keras
 
 from kerastl._internals import sublayers
+from kerastl._progress import resolve_verbose
 from kerastl._validation import check_positive_int
 from kerastl.data.augment import MIXINGS, label_mixing, one_hot_labels, views_of
 from kerastl.data.augment import augmentation as augment_policy
@@ -421,7 +422,9 @@ class FineTuner:
             the most of the training time epoch-end backups may take (0.03):
             short epochs are backed up every few epochs; stage ends and stops
             always are. None: every epoch.
-        verbose: passed to `fit`; 0 also silences caching progress.
+        verbose: `0` (silent, caching too), `1` (progress bars), `2` (a line
+            per epoch, and every few seconds while caching) or `"auto"`: `1`
+            on a terminal, `2` when the output is a file or a CI log.
 
     Example:
         >>> tuner = kerastl.FineTuner(model, metrics=("accuracy", "balanced_accuracy"),
@@ -496,7 +499,7 @@ class FineTuner:
                 f"Received: backup_share={backup_share!r}."
             )
         self.backup_share = backup_share
-        self.verbose = verbose
+        self.verbose = resolve_verbose(verbose)  # "auto": a bar on a terminal, else lines
         self._evaluated: list = []
         self.stage_starts: list[int] = []
         self.backup_seconds = 0.0  # time spent writing backups in the last `fit`
@@ -508,7 +511,7 @@ class FineTuner:
             shuffle_seed=cache_shuffle_seed,
             views=views,
             view_seed=cache_shuffle_seed or 0,
-            verbose=verbose,
+            verbose=self.verbose,
         )
         if (
             self.verbose
@@ -1016,6 +1019,7 @@ class FineTuner:
             title=title,
             extra_sections=extra_sections,
             save_model=save_model,
+            verbose=self.verbose,
         )
 
 

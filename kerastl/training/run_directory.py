@@ -17,6 +17,8 @@ import keras
 import numpy as np
 
 from kerastl._atomic import write_atomically, write_text
+from kerastl._progress import Progress
+from kerastl.training.inference import traced_inference
 
 HISTORY = "history.csv"
 BEST_WEIGHTS = "best.weights.h5"
@@ -174,13 +176,16 @@ def _write_history(rows: list[dict], path: str) -> None:
     write_text(path, text.getvalue())
 
 
-def confusion_matrix(model: keras.Model, dataset, num_classes: int) -> np.ndarray:
+def confusion_matrix(
+    model: keras.Model, dataset, num_classes: int, *, verbose: int | str = 0
+) -> np.ndarray:
     """Counts of (true class, predicted class) over a labelled dataset.
 
     Args:
         model: a classifier producing logits or probabilities.
         dataset: batches of `(inputs, labels)`.
         num_classes: the number of classes.
+        verbose: progress (`kerastl._progress.resolve_verbose`); 0 silent.
 
     Returns:
         An integer `[num_classes, num_classes]` matrix, rows the true class.
@@ -189,13 +194,20 @@ def confusion_matrix(model: keras.Model, dataset, num_classes: int) -> np.ndarra
         >>> confusion_matrix(model, val_ds, 2)
         array([[440,  11], [ 38, 167]])
     """
+    import tensorflow as tf
+
     matrix = np.zeros((num_classes, num_classes), np.int64)
-    for batch in dataset:
-        # A direct call, not `predict`: under a multi-worker strategy `predict`
-        # returns the global batch's outputs, which do not line up with these labels.
-        logits = keras.tree.flatten(model(batch[0], training=False))[0]
+    # A traced call of the model, not `predict`: under a multi-worker strategy
+    # `predict` returns the global batch's outputs, which do not line up with
+    # these labels; an eager call runs layer by layer (1.6x `predict`'s time).
+    run = traced_inference(model, dataset.element_spec[0])
+    progress = Progress("validation confusion matrix", int(dataset.cardinality()), verbose)
+    for step, batch in enumerate(dataset.prefetch(tf.data.AUTOTUNE), start=1):
+        logits = keras.tree.flatten(run(batch[0]))[0]
         predicted = np.argmax(keras.ops.convert_to_numpy(logits), axis=-1)
         np.add.at(matrix, (np.asarray(batch[1]).reshape(-1), predicted), 1)
+        progress.update(step)
+    progress.finish()
     return matrix
 
 
@@ -303,6 +315,7 @@ def write_run_report(
     title: str = "Fine-tuning run",
     extra_sections: Sequence[str] = (),
     save_model: bool = True,
+    verbose: int | str = 0,
 ) -> str:
     """Writes a finished run's plots, final model and `report.md` into its directory.
 
@@ -317,6 +330,7 @@ def write_run_report(
         save_model: also save the model as `model.keras`, and the first
             validation inputs as `samples.npz` (what `kerastl export` checks
             exports on).
+        verbose: progress of the confusion matrix (`kerastl._progress`).
 
     Returns:
         The path of `report.md`.
@@ -342,7 +356,7 @@ def write_run_report(
     matrix = None
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     if validation is not None and model.task == "classification":
-        matrix = confusion_matrix(model, validation, model.num_classes)
+        matrix = confusion_matrix(model, validation, model.num_classes, verbose=verbose)
         plot_confusion_matrix(matrix, names, os.path.join(directory, CONFUSION))
     if save_model:
         model.save(os.path.join(directory, MODEL))
