@@ -52,7 +52,9 @@ class Progress:
         total: the number of steps, or None when unknown.
         verbose: as in `resolve_verbose`.
         unit: the step's name (`"batch"`, `"image"`).
-        interval: in a log, the seconds between two lines.
+        interval: in a log, the fewest seconds between two lines.
+        announce: a line naming the work when it begins (off when the
+            caller has said so already).
 
     Example:
         >>> progress = Progress("test split", 21, verbose=2)
@@ -70,6 +72,7 @@ class Progress:
         *,
         unit: str = "batch",
         interval: float = 10.0,
+        announce: bool = True,
     ):
         self.what = what
         self.total = total if total is not None and total > 0 else None
@@ -79,8 +82,10 @@ class Progress:
         self.done = 0
         self._started = self._shown = time.perf_counter()
         self._bar = None
+        if self.mode and announce:
+            of = f" ({self.total} {self._units(self.total)})" if self.total else ""
+            print(f"kerastl: {what}{of} ...", flush=True)
         if self.mode == 1:
-            print(f"kerastl: {what}", flush=True)
             self._bar = keras.utils.Progbar(self.total, unit_name=unit)
 
     def update(self, done: int) -> None:

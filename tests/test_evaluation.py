@@ -128,13 +128,20 @@ def test_auto_verbosity_is_a_bar_on_a_terminal_and_lines_in_a_log(monkeypatch, c
         progress.update(step)
     progress.finish()
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("kerastl: caching features: 1/4 batches, ") and "s left" in lines[0]
-    assert lines[-1].startswith("kerastl: caching features: 4 batches in ") and len(lines) == 5
-    quiet = Progress("caching features", 4, 2, interval=3600.0)  # no line before the interval
+    assert lines[0] == "kerastl: caching features (4 batches) ..." and len(lines) == 6
+    assert lines[1].startswith("kerastl: caching features: 1/4 batches, ") and "s left" in lines[1]
+    assert lines[-1].startswith("kerastl: caching features: 4 batches in ")
+    quiet = Progress("caching", 4, 2, interval=3600.0, announce=False)  # none before the interval
     quiet.update(1)
     quiet.finish()
     (closing,) = capsys.readouterr().out.splitlines()
-    assert closing.startswith("kerastl: caching features: 1 batch in ")
+    assert closing.startswith("kerastl: caching: 1 batch in ")
+    bar = Progress("caching", 3, 1)  # a terminal: Keras's progress bar, redrawn in place
+    for step in range(1, 4):
+        bar.update(step)
+    bar.finish()
+    drawn = capsys.readouterr().out
+    assert drawn.startswith("kerastl: caching (3 batches) ...") and "3/3" in drawn
 
 
 def test_evaluate_reports_its_progress_in_a_log_and_is_silent_at_zero(capsys):

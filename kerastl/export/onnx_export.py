@@ -117,7 +117,8 @@ def onnx(
     samples = model_samples(model, samples)  # bad samples fail before the slow conversion
     model = float32_copy(model)
     served = merged_for_export(model)  # LoRA adapters folded in; parity against the unmerged
-    progress = Progress(f"ONNX (opset {opset})", 2, verbose, unit="step")
+    what = f"ONNX (opset {opset}): converting, then checking it against Keras"
+    progress = Progress(what, 2, verbose, unit="step", interval=0.0)
     proto = convert(served, signature, opset, image_dtype=image_dtype, fixes=fixes)
     progress.update(1)
     with _atomic.publishing(path, overwrite=overwrite, suffix=".onnx") as temporary:

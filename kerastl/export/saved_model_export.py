@@ -155,7 +155,8 @@ def write_saved_model(
             served, name, image_dtype=image_dtype, top_k=top_k, preprocessor=preprocessor, tta=tta
         )
         archive.add_endpoint(name, function)
-    progress = Progress(f"SavedModel ({', '.join(names)})", 2, verbose, unit="step")
+    what = f"SavedModel ({', '.join(names)}): writing, then checking it against Keras"
+    progress = Progress(what, 2, verbose, unit="step", interval=0.0)
     archive.write_out(directory, verbose=False)
     progress.update(1)
     os.makedirs(os.path.join(directory, EXTRA_DIR), exist_ok=True)

@@ -101,10 +101,9 @@ def set_drop_path(model: keras.Model, rate: float | None) -> int:
         4
     """
     layers = drop_path_layers(model)
-    if model.trainable:
-        check_drop_path(model, [layer for layer, _ in layers if layer.trainable], rate)
-    else:
-        check_drop_path(model, [], rate)
+    check_drop_path(
+        model, [layer for layer, _ in layers if layer.trainable and model.trainable], rate
+    )
     active = 0
     for layer, depth in layers:
         on = layer.trainable and model.trainable

@@ -16,6 +16,7 @@ import numpy as np
 
 from kerastl._progress import Progress
 from kerastl.data.augment import dihedral_view, tta_views
+from kerastl.training.inference import traced_inference
 from kerastl.training.run_directory import accuracy, balanced_accuracy, matrix_table
 
 
@@ -155,11 +156,11 @@ def evaluate(
     plain = averaged = None
     # Direct calls, not `predict`: under a multi-worker strategy `predict`
     # returns the global batch's outputs, which do not line up with these labels.
-    run = traced_view_probabilities(model, dataset.element_spec[0], views)
+    run = traced_inference(model, dataset.element_spec[0])  # traced once, any batch size
     what = "evaluating" + (f" over {len(views)} test-time views" if len(views) > 1 else "")
     progress = Progress(what, int(dataset.cardinality()), verbose)
     for step, batch in enumerate(dataset.prefetch(tf.data.AUTOTUNE), start=1):
-        probabilities = run(batch[0]).numpy()
+        probabilities = _view_probabilities(run, batch[0], views)
         labels = np.asarray(batch[1]).reshape(-1)
         if classes is None:
             classes = probabilities.shape[-1]
@@ -174,40 +175,6 @@ def evaluate(
     names = names if len(names) == classes else [str(i) for i in range(classes)]
     tta_scores = Scores(averaged, names) if len(views) > 1 else None
     return Evaluation(Scores(plain, names), tta_scores, tta)
-
-
-def traced_view_probabilities(model: keras.Model, element_spec, views: Sequence[int]):
-    """One traced call per batch: `[views, batch, classes]` softmax probabilities.
-
-    Every view runs inside the same `tf.function` (the views' transforms and
-    the softmax too), so a batch costs one call from Python, not one per view.
-
-    Args:
-        model: a classifier producing logits.
-        element_spec: the inputs' spec (a dataset's `element_spec[0]`).
-        views: the view indices (`kerastl.data.tta_views`), 0 the identity.
-
-    Returns:
-        A callable `inputs -> tf.Tensor [views, batch, classes]`.
-
-    Example:
-        >>> run = traced_view_probabilities(model, test_ds.element_spec[0], tta_views("flip"))
-    """
-    import tensorflow as tf
-
-    signature = tf.nest.map_structure(
-        lambda spec: tf.TensorSpec((None, *spec.shape[1:]), spec.dtype), element_spec
-    )
-
-    def probabilities(inputs):
-        outputs = []
-        for view in views:
-            viewed = inputs if view == 0 else dihedral_view(inputs, view)
-            logits = keras.tree.flatten(model(viewed, training=False))[0]
-            outputs.append(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1))
-        return tf.stack(outputs)
-
-    return tf.function(probabilities, input_signature=[signature])
 
 
 def _view_probabilities(run, inputs, views) -> np.ndarray:

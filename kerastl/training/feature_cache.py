@@ -339,7 +339,7 @@ class FeatureCache:
         self.nbytes = 0
 
     def _fill(self, elements, total: int, verbose: int | str) -> None:
-        progress = Progress("caching features", total, verbose)
+        progress = Progress("caching features", total, verbose, announce=False)
         for step, element in enumerate(elements):
             self._store(element, self._limit_bytes)
             progress.update(step + 1)

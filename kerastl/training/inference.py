@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import keras
 
 
@@ -29,4 +31,10 @@ def traced_inference(model: keras.Model, element_spec):
     signature = tf.nest.map_structure(
         lambda spec: tf.TensorSpec((None, *spec.shape[1:]), spec.dtype), element_spec
     )
-    return tf.function(lambda x: model(x, training=False), input_signature=[signature])
+    # A partial, not a lambda: TF keys its "frequent retracing" warning on the
+    # function's code, and every model traced here is a first trace of its own.
+    return tf.function(functools.partial(_inference, model), input_signature=[signature])
+
+
+def _inference(model: keras.Model, inputs):
+    return model(inputs, training=False)
