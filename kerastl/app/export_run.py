@@ -1,4 +1,4 @@
-"""Exporting the model of a `kerastl train` run directory (`kerastl export`)."""
+"""Exporting the model of a run directory (`kerastl export`), whoever wrote it."""
 
 from __future__ import annotations
 
