@@ -93,7 +93,11 @@ class Progress:
         self.done = done
         if self._bar is not None:
             self._bar.update(done)
-        elif self.mode == 2 and time.perf_counter() - self._shown >= self.interval:
+        elif (
+            self.mode == 2
+            and done != self.total  # the closing line says it
+            and time.perf_counter() - self._shown >= self.interval
+        ):
             self._shown = time.perf_counter()
             elapsed = self._shown - self._started
             of = f"/{self.total}" if self.total else ""

@@ -128,8 +128,9 @@ def test_auto_verbosity_is_a_bar_on_a_terminal_and_lines_in_a_log(monkeypatch, c
         progress.update(step)
     progress.finish()
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "kerastl: caching features (4 batches) ..." and len(lines) == 6
+    assert lines[0] == "kerastl: caching features (4 batches) ..." and len(lines) == 5
     assert lines[1].startswith("kerastl: caching features: 1/4 batches, ") and "s left" in lines[1]
+    assert lines[-2].startswith("kerastl: caching features: 3/4 batches, ")  # 4/4: the closing line
     assert lines[-1].startswith("kerastl: caching features: 4 batches in ")
     quiet = Progress("caching", 4, 2, interval=3600.0, announce=False)  # none before the interval
     quiet.update(1)
