@@ -153,3 +153,25 @@ def test_evaluate_reports_its_progress_in_a_log_and_is_silent_at_zero(capsys):
     assert "kerastl: evaluating over 8 test-time views: 4 batches in " in capsys.readouterr().out
     kerastl.evaluate(model, data, tta="dihedral", verbose=0)
     assert capsys.readouterr().out == ""
+
+
+def test_the_report_s_confusion_matrix_runs_the_model_traced_once_not_eagerly_per_batch():
+    from kerastl.training.run_directory import confusion_matrix
+
+    model = _model()
+    modes = []
+    call = model.call
+
+    def recording_call(*args, **kwargs):
+        modes.append(tf.executing_eagerly())
+        return call(*args, **kwargs)
+
+    model.call = recording_call
+    x, y = _data(18)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
+    matrix = confusion_matrix(model, data, 3)
+    assert modes == [False]  # one trace serves all 3 batches (eager calls: [True] * 3)
+    model.call = call
+    expected = np.zeros((3, 3), int)
+    np.add.at(expected, (y, model.predict(x, verbose=0).argmax(-1)), 1)
+    np.testing.assert_array_equal(matrix, expected)
