@@ -386,9 +386,10 @@ class TransferModel(FixedTraining, keras.Model):
             ['pooled_dense']
         """
         outputs = self.backbone.output
-        if self.modality != TEXT or not isinstance(outputs, dict):
+        key = "pooled_output" if self.pooling == "pooled" else "sequence_output"
+        if self.modality != TEXT or not isinstance(outputs, dict) or key not in outputs:
             return []
-        used = outputs["pooled_output" if self.pooling == "pooled" else "sequence_output"]
+        used = outputs[key]
         graph = LayerGraph(self.backbone)
         index = {id(operation): i for i, operation in enumerate(graph.operations)}
         needed = graph.ancestors(index[id(producer(used))])
@@ -566,7 +567,8 @@ def _is_string_batch(data) -> bool:
 
 
 def _is_string_tensor(data) -> bool:
-    """A `tf.Tensor`, `tf.RaggedTensor` or NumPy array of strings (any rank)."""
+    """A string `tf.Tensor` or `tf.RaggedTensor` (any rank), or a NumPy string
+    array that is not 1-D (1-D ones are `_is_string_batch`)."""
     if isinstance(data, tf.Tensor | tf.RaggedTensor):
         return data.dtype == tf.string
     return isinstance(data, np.ndarray) and data.dtype.kind in "USO" and data.ndim != 1
