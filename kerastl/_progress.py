@@ -11,6 +11,7 @@ every `interval` seconds with the count, the time so far and the time left.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -25,7 +26,8 @@ def resolve_verbose(verbose: int | str, stream=None) -> int:
 
     Args:
         verbose: `0` (silent), `1` (progress bar), `2` (a line per epoch) or
-            `"auto"`: `1` when `stream` is a terminal, else `2`.
+            `"auto"`: `1` when `stream` is a terminal (or standard output in
+            a Jupyter kernel or PyCharm, which redraw bars), else `2`.
         stream: the output (default: standard output).
 
     Returns:
@@ -41,7 +43,9 @@ def resolve_verbose(verbose: int | str, stream=None) -> int:
         return int(verbose)
     stream = sys.stdout if stream is None else stream
     isatty = getattr(stream, "isatty", None)
-    return 1 if isatty is not None and isatty() else 2
+    interactive = isatty is not None and isatty()
+    notebook = "ipykernel" in sys.modules or "PYCHARM_HOSTED" in os.environ  # bars redraw there
+    return 1 if interactive or (notebook and stream is sys.stdout) else 2
 
 
 class Progress:
@@ -61,7 +65,9 @@ class Progress:
         >>> for step, batch in enumerate(test_ds, start=1):
         ...     progress.update(step)
         >>> progress.finish()
-        kerastl: test split: 21 batches in 9.3s
+        kerastl: test split (21 batches) ...
+        kerastl: test split: 12/21 batches, 10s, ~8s left
+        kerastl: test split: 21 batches in 17.3s
     """
 
     def __init__(

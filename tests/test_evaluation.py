@@ -121,6 +121,9 @@ def test_auto_verbosity_is_a_bar_on_a_terminal_and_lines_in_a_log(monkeypatch, c
     assert kerastl.FineTuner(_model(), verbose="auto").verbose == 1
     monkeypatch.setattr("sys.stdout.isatty", lambda: False, raising=False)
     assert kerastl.FineTuner(_model(), verbose="auto").verbose == 2
+    monkeypatch.setitem(__import__("sys").modules, "ipykernel", object())  # a notebook redraws
+    assert resolve_verbose("auto") == 1
+    monkeypatch.delitem(__import__("sys").modules, "ipykernel")
     capsys.readouterr()
 
     progress = Progress("caching features", 4, 2, interval=0.0)  # a log: a line per update

@@ -1200,8 +1200,8 @@ def stage_trained_layers(model, stage: Stage) -> list[keras.layers.Layer]:
         train only their adapters, but their layers count as trained).
 
     Example:
-        >>> len(stage_trained_layers(model, Stage(1, train="block7")))
-        12
+        >>> stage_trained_layers(model, Stage(1, train="block7"))  # block7, top_conv, head
+        [<Conv2D name=block7a_expand_conv, ...>, ...]
     """
     granularity = granularity_of(model, stage.train)
     groups = LayerGroups.of(model)
