@@ -87,13 +87,15 @@ def run_freeze_test(model: keras.Model) -> None:
     """freeze / freeze_to / unfreeze leave exactly the expected variables trainable."""
     groups = kerastl.layer_groups(model)
     names = list(groups)
+    # Layers the output does not depend on (a text backbone's unused pooler) never train.
+    unused = {id(layer) for layer in getattr(model, "unused_layers", list)()}
 
     def expected_trainable(trainable_groups):
         ids = set()
         for name in trainable_groups:
             for layer in groups[name]:
                 for sub in layer._flatten_layers(include_self=True):
-                    if isinstance(sub, keras.layers.BatchNormalization):
+                    if isinstance(sub, keras.layers.BatchNormalization) or id(sub) in unused:
                         continue
                     ids |= {id(v) for v in sub._trainable_variables}
         return ids
