@@ -213,16 +213,24 @@ def train_adapters(
     """
     from kerastl.freezing import set_trainable_groups
 
-    groups = LayerGroups.of(model)[FINE]
-    wanted_layers = adapted_layers(model) if layers is None else layers
-    wanted_ids = {id(layer) for layer in wanted_layers}
-    wanted = [
-        name
-        for name, members in groups.items()
-        if name == HEAD
-        or any(id(sub) in wanted_ids for layer in members for sub in sublayers(layer))
-    ]
+    wanted = adapter_groups(model, adapted_layers(model) if layers is None else layers)
     return set_trainable_groups(model, wanted, granularity=FINE, recompile=recompile)
+
+
+def adapter_groups(model: keras.Model, layers: Sequence[keras.layers.Layer]) -> list[str]:
+    """The fine groups that train when `layers` train their adapters: the groups
+    holding them, and the head.
+
+    Example:
+        >>> adapter_groups(model, lora_targets(model, ["block6"]))[-1]
+        'head'
+    """
+    wanted = {id(layer) for layer in layers}
+    return [
+        name
+        for name, members in LayerGroups.of(model)[FINE].items()
+        if name == HEAD or any(id(sub) in wanted for layer in members for sub in sublayers(layer))
+    ]
 
 
 def merge_lora(model: keras.Model) -> keras.Model:

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 
 import keras
 
-from kerastl._internals import sublayers
 from kerastl._progress import resolve_verbose
 from kerastl._validation import check_positive_int
 from kerastl.data.augment import MIXINGS, label_mixing, one_hot_labels, views_of
@@ -43,7 +42,7 @@ from kerastl.fused_adam import FusedAdam, FusedAdamW
 from kerastl.groups import COARSE, FINE, LayerGroups
 from kerastl.models import TransferModel
 from kerastl.optimizers import discriminative_optimizer
-from kerastl.peft import TARGETS
+from kerastl.peft import TARGETS, adapter_groups
 from kerastl.training import run_directory
 from kerastl.training.drop_path import check_drop_path, reset_drop_path, set_drop_path
 from kerastl.training.ema import EmaWeights
@@ -1205,15 +1204,9 @@ def stage_trained_layers(model, stage: Stage) -> list[keras.layers.Layer]:
     """
     granularity = granularity_of(model, stage.train)
     groups = LayerGroups.of(model)
-    if stage.rank:
+    if stage.rank:  # the groups `add_stage_adapters` then trains
         groups_of = groups[FINE]
-        targets = {id(layer) for layer in stage_targets(model, stage)}
-        names = [
-            name
-            for name, layers in groups_of.items()
-            if name == HEAD
-            or any(id(sub) in targets for layer in layers for sub in sublayers(layer))
-        ]
+        names = adapter_groups(model, stage_targets(model, stage))
     else:
         groups_of = groups[granularity]
         ordered = list(groups_of)
