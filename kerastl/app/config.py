@@ -260,7 +260,9 @@ def save_config(config: RunConfig, run_dir: str | os.PathLike) -> str:
         >>> save_config(config, "runs/elpv-lite0")
         'runs/elpv-lite0/config.yaml'
     """
-    path = os.path.join(os.fspath(run_dir), "config.yaml")
+    from kerastl.training.run_directory import CONFIG
+
+    path = os.path.join(os.fspath(run_dir), CONFIG)
     write_text(path, to_yaml(config))
     return path
 
