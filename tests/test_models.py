@@ -1,6 +1,7 @@
 """TransferModel: preprocessing inside, heads, serialization round trips."""
 
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -312,3 +313,17 @@ def test_a_pooler_the_pooling_skips_never_trains_and_one_it_uses_does():
     assert pooled.unused_layers() == []
     kerastl.unfreeze(pooled)
     assert [v.path for v in pooled.trainable_weights if "pooled_dense" in v.path]
+
+
+def test_a_text_run_reports_and_evaluates_on_raw_string_validation(tmp_path):
+    import tensorflow as tf
+
+    model = _tiny_bert_with_minilm_tokenizer()
+    data = tf.data.Dataset.from_tensor_slices((TEXTS, LABELS)).batch(4)
+    tuner = kerastl.FineTuner(model, run_dir=tmp_path, verbose=0)
+    tuner.fit(data, data, stages=[kerastl.Stage(1, lr=1e-2)])
+    report = Path(tuner.write_report(data)).read_text()  # its confusion matrix tokenizes first
+    scores = kerastl.evaluate(model, data, verbose=0)
+    assert scores.plain.examples == len(TEXTS)
+    assert f"validation accuracy (model as saved): {scores.plain.accuracy:.4f}" in report
+    assert list(np.load(tmp_path / "samples.npz")["text"]) == TEXTS[:8]

@@ -151,6 +151,8 @@ def evaluate(
             f"Test-time views are image transforms. Received: tta={tta!r} for a "
             f"{model.modality} model."
         )
+    if hasattr(model, "prepare_data"):  # a text TransferModel's raw strings -> tokens
+        dataset = model.prepare_data(dataset)
     names = list(class_names or getattr(model, "class_names", None) or [])
     classes = None
     plain = averaged = None

@@ -356,7 +356,8 @@ def write_run_report(
     matrix = None
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     if validation is not None and model.task == "classification":
-        matrix = confusion_matrix(model, validation, model.num_classes, verbose=verbose)
+        prepared = model.prepare_data(validation)  # a text model's raw strings -> tokens
+        matrix = confusion_matrix(model, prepared, model.num_classes, verbose=verbose)
         plot_confusion_matrix(matrix, names, os.path.join(directory, CONFUSION))
     if save_model:
         model.save(os.path.join(directory, MODEL))
