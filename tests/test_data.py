@@ -12,19 +12,14 @@ from kerastl.backbones.hub_access import HubUnavailableError
 from kerastl.data import builders
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _labels(name, split, data_dir):
     return np.array(
         [int(label) for _, label in kerastl.data.load_tfds(name, split, data_dir=data_dir)]
     )
 
 
-def test_elpv_loads_with_tfds_load_and_keeps_the_defect_share_in_both_splits(data_dir):
-    train, info = tfds.load("elpv", split="train", data_dir=data_dir, with_info=True)
+def test_elpv_loads_with_tfds_load_and_keeps_the_defect_share_in_both_splits(tfds_dir):
+    train, info = tfds.load("elpv", split="train", data_dir=tfds_dir, with_info=True)
     assert (info.splits["train"].num_examples, info.splits["test"].num_examples) == (1968, 656)
     example = next(iter(train))
     assert example["image"].shape == (300, 300, 1) and example["image"].dtype.name == "uint8"
@@ -32,16 +27,16 @@ def test_elpv_loads_with_tfds_load_and_keeps_the_defect_share_in_both_splits(dat
     probability = float(example["defect_probability"])
     assert int(example["label"]) == int(probability >= 0.5)
     for split in ("train", "test"):
-        assert _labels("elpv", split, data_dir).mean() == pytest.approx(0.3125, abs=0.001)
+        assert _labels("elpv", split, tfds_dir).mean() == pytest.approx(0.3125, abs=0.001)
 
 
-def test_rotten_tomatoes_has_the_labelled_snippets_without_plot_summaries(data_dir):
-    info = tfds.builder("rotten_tomatoes", data_dir=data_dir)
-    texts = kerastl.data.load_tfds("rotten_tomatoes", "test", data_dir=data_dir)
+def test_rotten_tomatoes_has_the_labelled_snippets_without_plot_summaries(tfds_dir):
+    info = tfds.builder("rotten_tomatoes", data_dir=tfds_dir)
+    texts = kerastl.data.load_tfds("rotten_tomatoes", "test", data_dir=tfds_dir)
     assert all(len(text.numpy()) > 0 for text, _ in texts.take(200))
     train, test = (
-        _labels("rotten_tomatoes", "train", data_dir),
-        _labels("rotten_tomatoes", "test", data_dir),
+        _labels("rotten_tomatoes", "train", tfds_dir),
+        _labels("rotten_tomatoes", "test", tfds_dir),
     )
     assert (len(train), len(test)) == (9606, 3202)
     assert int(train.sum() + test.sum()) == 7403  # fresh

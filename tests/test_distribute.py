@@ -8,7 +8,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from processes import run_script
 
 import kerastl
 from kerastl.distribute.resume import ResumableBackup
@@ -117,22 +116,6 @@ def test_to_strategy_moves_weights_flags_and_compilation_into_the_scope():
     assert np.abs(np.array(moved.head_layer.kernel) - head).max() > 0
 
 
-def test_split_cpu_after_tensorflow_started_explains_when_to_call_it():
-    code = (
-        "import tensorflow as tf, kerastl\n"
-        "print(kerastl.split_cpu(3))\n"
-        "try:\n"
-        "    kerastl.split_cpu(2)\n"
-        "except RuntimeError as error:\n"
-        "    print('ERROR', error)\n"
-    )
-    result = run_script("run_code.py", code, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "['/device:CPU:0', '/device:CPU:1', '/device:CPU:2']" in result.stdout
-    assert "already initialized its devices (3 logical CPU)" in result.stdout
-    assert "Call `kerastl.split_cpu()` first thing" in result.stdout
-
-
 def test_set_precision_validates_and_warns_on_cpu():
     with pytest.raises(ValueError, match="Received: policy='float8'"):
         kerastl.set_precision("float8")
@@ -236,15 +219,3 @@ def _backbone():
     x = keras.layers.Conv2D(4, 3, strides=2)(inputs)
     x = keras.layers.BatchNormalization()(x)
     return keras.Model(inputs, keras.layers.ReLU()(x), name="tiny")
-
-
-@pytest.mark.slow
-def test_a_second_mirrored_strategy_in_one_process_trains():
-    result = run_script("repeated_mirrored.py", timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "same_object=True" in result.stdout
-    assert "second_loss=" in result.stdout
-
-    # Without kerastl: two MirroredStrategy objects share collective keys.
-    raw = run_script("repeated_mirrored.py", "raw", timeout=300)
-    assert raw.returncode != 0 and "collective" in raw.stderr.lower(), raw.stdout

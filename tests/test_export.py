@@ -61,6 +61,12 @@ def _tiny_image_model():
 
 
 @pytest.fixture(scope="module")
+def tiny_model():
+    """One `_tiny_image_model()` for the tests that export it without changing it."""
+    return _tiny_image_model()
+
+
+@pytest.fixture(scope="module")
 def lite0():
     """EfficientNet-Lite0 with its real ImageNet weights and a fitted-looking head."""
     keras.utils.set_random_seed(0)
@@ -258,8 +264,8 @@ def test_undefined_op_detection_names_decode_jpeg():
     assert "DecodeJpeg" in onnx_export.undefined_ops(proto)
 
 
-def test_a_failing_parity_check_refuses_to_publish(tmp_path, monkeypatch):
-    model = _tiny_image_model()
+def test_a_failing_parity_check_refuses_to_publish(tiny_model, tmp_path, monkeypatch):
+    model = tiny_model
     other = _tiny_image_model()
     kernel, bias = other.head_layer.get_weights()
     other.head_layer.set_weights([np.random.default_rng(1).normal(size=kernel.shape), bias])
@@ -271,8 +277,8 @@ def test_a_failing_parity_check_refuses_to_publish(tmp_path, monkeypatch):
     assert not json.loads((tmp_path / "model.parity.json").read_text())["passed"]
 
 
-def test_transpose_fix_removes_mobilenetv3_transposes_and_keeps_parity(tmp_path):
-    model = kx.float32_copy(_tiny_image_model())
+def test_transpose_fix_removes_mobilenetv3_transposes_and_keeps_parity(tiny_model, tmp_path):
+    model = kx.float32_copy(tiny_model)
     unfixed = onnx_export.convert(model, "image_tensor", 17, fixes=False)
     fixed = onnx_export.convert(model, "image_tensor", 17)
     count = lambda proto: sum(n.op_type == "Transpose" for n in proto.graph.node)  # noqa: E731
@@ -317,7 +323,7 @@ kerastl.export.serving_bundle(model, sys.argv[1], "tiny", signatures="image_tens
 """
 
 
-def test_an_export_killed_mid_write_publishes_nothing_and_the_next_succeeds(tmp_path):
+def test_an_export_killed_mid_write_publishes_nothing_and_the_next_succeeds(tiny_model, tmp_path):
     script = tmp_path / "export.py"
     script.write_text(textwrap.dedent(_KILLED_EXPORT))
     base = tmp_path / "serving"
@@ -334,7 +340,7 @@ def test_an_export_killed_mid_write_publishes_nothing_and_the_next_succeeds(tmp_
         process.wait()
     assert [entry for entry in os.listdir(base / "tiny") if not entry.startswith(".")] == []
     assert not (base / "models.config").exists()
-    version = kx.serving_bundle(_tiny_image_model(), base, "tiny", signatures="image_tensor")
+    version = kx.serving_bundle(tiny_model, base, "tiny", signatures="image_tensor")
     assert version == str(base / "tiny" / "1")
     assert os.listdir(base / "tiny") == ["1"]  # the killed export's leftovers are gone
 
@@ -365,13 +371,13 @@ def test_versions_count_up_from_the_highest_integer_directory(tmp_path):
         ),
     ],
 )
-def test_bad_arguments_name_the_value(tmp_path, call, message):
+def test_bad_arguments_name_the_value(tiny_model, tmp_path, call, message):
     with pytest.raises(ValueError, match=message):
-        call(_tiny_image_model(), tmp_path)
+        call(tiny_model, tmp_path)
 
 
-def test_uint8_images_and_an_existing_export_is_not_replaced_unless_asked(tmp_path):
-    model = _tiny_image_model()
+def test_uint8_images_and_an_existing_export_is_not_replaced_unless_asked(tiny_model, tmp_path):
+    model = tiny_model
     path = kx.saved_model(model, tmp_path / "sm", signatures="image_tensor", image_dtype="uint8")
     signature = tf.saved_model.load(path).signatures["image_tensor"]
     pixels = np.round(_images(2, size=32)).astype(np.uint8)
@@ -522,9 +528,9 @@ def test_samples_from_length_bucketed_text_batches_are_padded_to_one_length():
     np.testing.assert_array_equal(samples["padding_mask"].sum(axis=1), [3, 3, 5])
 
 
-def test_the_tta_signature_matches_the_mean_of_keras_over_the_views(tmp_path):
+def test_the_tta_signature_matches_the_mean_of_keras_over_the_views(tiny_model, tmp_path):
     tta = "dihedral"
-    model = _tiny_image_model()
+    model = tiny_model
     path = kx.saved_model(model, tmp_path / "sm", signatures="image_tensor_tta", tta=tta)
     with open(os.path.join(path, "assets.extra", "parity.json")) as file:
         checked = [r["target"] for r in json.load(file)["results"]]

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from processes import run_script
 
 import kerastl
 from kerastl.fused_adam import FusedAdam, FusedAdamW
@@ -138,13 +137,3 @@ def test_stages_build_fused_optimizers_that_serialize():
     again = keras.optimizers.deserialize(keras.optimizers.serialize(adamw))
     assert type(again) is FusedAdamW
     assert again.weight_decay == adamw.weight_decay == 0.004
-
-
-@pytest.mark.slow
-def test_under_mirrored_strategy_fused_equals_keras_and_replicas_agree():
-    result = run_script("fused_adam_mirrored.py", timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("relative=")]
-    relative, replicas = line.split()
-    assert float(relative.split("=")[1]) <= RELATIVE
-    assert replicas == "replicas_equal=True"

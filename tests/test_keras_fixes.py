@@ -1,43 +1,19 @@
 """The Keras bugs kerastl's own classes repair: each shown failing with the
 fixes switched off (KERASTL_KERAS_FIXES=0) and passing with them; and Keras
-itself left untouched for everything that is not kerastl's.
+itself left untouched for everything that is not kerastl's. The
+MirroredStrategy mixed-precision fix is shown in test_mirrored.py, in the one
+child process all MirroredStrategy checks share.
 
 If one of the "without the fix" tests starts failing, a Keras release has
 repaired that bug: set the fix's `fixed_in` in kerastl/distribute/keras_fixes.py.
 """
 
-import json
 import time
 
 import pytest
 from processes import finish, run_script, workers
 
 from kerastl.distribute import keras_fixes
-
-
-def _mixed_precision_run(fixes: str) -> dict:
-    result = run_script("mirrored_mixed_precision.py", timeout=300, KERASTL_KERAS_FIXES=fixes)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.slow
-def test_mirrored_mixed_float16_stays_finite_and_the_loss_scale_settles():
-    run = _mixed_precision_run("1")
-    assert run["wrapped"] == "AllReplicaLossScaleOptimizer" and run["loss_scaled"]
-    assert len(run["finite_losses"]) == 40 and all(run["finite_losses"])
-    assert run["finite_weights"] and run["finite_batch_norm"] and run["batch_norm_statistics"] == 4
-    assert run["steps"] == 37  # three overflowing steps skipped, as on one device
-    scales = run["scales"]
-    assert scales[2] == 4096.0 and set(scales[2:]) == {4096.0}
-
-
-@pytest.mark.slow
-def test_without_the_fix_mirrored_mixed_float16_turns_the_weights_nan():
-    run = _mixed_precision_run("0")
-    assert run["wrapped"] == "LossScaleOptimizer"  # Keras's own
-    assert not run["finite_weights"] and not run["finite_batch_norm"]
-    assert not any(run["finite_losses"][1:])
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from _workload import staged_run
 from processes import SCRIPTS, run_script, script_env, wait_for
 
 import kerastl
@@ -65,56 +66,97 @@ def _in_stage_two(epoch):
     return ready
 
 
-def _killed_in_stage_two_and_resumed(tmp_path, **env):
+@pytest.mark.slow
+def test_a_run_killed_in_stage_two_resumes_to_bit_identical_weights_and_history(
+    tmp_path, reference
+):
     """SIGKILL after stage 2's second epoch is backed up; the rerun's weights and history."""
     backup = tmp_path / "backup"
-    process = _start(backup, tmp_path / "killed", "0.3", **env)
+    process = _start(backup, tmp_path / "killed", "0.3")
     try:
         wait_for(lambda: _in_stage_two(3)(backup), timeout=180, what="a backup after epoch 4")
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.wait()
-    return _run_to_end(backup, tmp_path / "resumed", **env)
+    weights, history = _run_to_end(backup, tmp_path / "resumed")
+    np.testing.assert_array_equal(weights, reference[0])
+    assert history == reference[1]
+
+
+@pytest.fixture
+def deterministic_ops():
+    """`enable_op_determinism` for one test (the child scripts enable it for good)."""
+    from tensorflow.python.framework import config  # disable_op_determinism is not public
+
+    tf.config.experimental.enable_op_determinism()
+    yield
+    config.disable_op_determinism()
+
+
+class _Crashed(Exception):
+    pass
+
+
+class _CrashAfter(keras.callbacks.Callback):
+    """Raises after the run's `batches`-th training batch, as a crash would stop
+    it: nothing after that batch runs (the process-level SIGKILL is the test above)."""
+
+    def __init__(self, batches: int):
+        super().__init__()
+        self.left = batches
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.left -= 1
+        if self.left == 0:
+            raise _Crashed
+
+
+BATCHES = 6  # per epoch: 48 training images in batches of 8
 
 
 @pytest.mark.slow
-def test_a_run_killed_in_stage_two_resumes_to_bit_identical_weights_and_history(
-    tmp_path, reference
+def test_a_run_crashed_in_a_lora_stage_resumes_to_bit_identical_weights_and_history(
+    tmp_path, deterministic_ops
 ):
-    weights, history = _killed_in_stage_two_and_resumed(tmp_path)
-    np.testing.assert_array_equal(weights, reference[0])
-    assert history == reference[1]
-
-
-@pytest.mark.slow
-def test_a_run_killed_in_a_lora_stage_resumes_to_bit_identical_weights_and_history(tmp_path):
     """Stage 2 adds adapters to Lite0's block6-top_conv and trains them on the
-    cached block6 input: the resumed run adds them before its weights load."""
-    reference = _run_to_end(tmp_path / "ref", tmp_path / "ref", KERASTL_TEST_LORA="1")
-    weights, history = _killed_in_stage_two_and_resumed(tmp_path, KERASTL_TEST_LORA="1")
+    cached block6 input: the resumed run adds them before its weights load.
+    Crashed in the fifth epoch (stage 2's third), after the fourth one's backup."""
+    reference = staged_run(tmp_path / "reference", lora=True)
+    keras.backend.clear_session()
+    with pytest.raises(_Crashed):
+        staged_run(tmp_path / "backup", lora=True, callbacks=(_CrashAfter(4 * BATCHES + 2),))
+    assert _newest_state(tmp_path / "backup")["epoch"] == 4  # epochs 0-3 done
+    keras.backend.clear_session()
+    weights, history = staged_run(tmp_path / "backup", lora=True)
     np.testing.assert_array_equal(weights, reference[0])
     assert history == reference[1]
 
 
 @pytest.mark.slow
-def test_a_run_killed_while_caching_starts_over_and_ends_the_same(tmp_path, reference):
+def test_a_run_crashed_while_caching_starts_over_and_ends_the_same(
+    tmp_path, capsys, deterministic_ops
+):
     """No backup exists before the first epoch ends: the rerun trains from the
     start (and says nothing of resuming), ending where an uninterrupted run ends."""
-    backup = tmp_path / "backup"
-    process = _start(backup, tmp_path / "killed", "0", "0.5", "verbose")
-    try:
-        line = process.stdout.readline()
-        while line and "caching" not in line:
-            line = process.stdout.readline()
-        assert "caching pooled features" in line
-        time.sleep(1.0)  # inside the cache's pass (0.5 s per batch)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait()
-    assert _newest_state(backup) is None
-    weights, history = _run_to_end(backup, tmp_path / "resumed")
+    reference = staged_run(tmp_path / "reference")
+    drawn = []
+
+    def crash_while_caching(images, labels):
+        drawn.append(len(images))
+        if len(drawn) == BATCHES + 3:  # pass 1 counts the labels (class weights); pass 2 caches
+            raise _Crashed
+        return images, labels
+
+    keras.backend.clear_session()
+    capsys.readouterr()
+    with pytest.raises(tf.errors.OpError, match="_Crashed"):
+        staged_run(tmp_path / "backup", verbose=1, data_hook=crash_while_caching)
+    assert "caching pooled features" in capsys.readouterr().out
+    assert _newest_state(tmp_path / "backup") is None
+    keras.backend.clear_session()
+    weights, history = staged_run(tmp_path / "backup", verbose=1)
+    assert "resuming" not in capsys.readouterr().out
     np.testing.assert_array_equal(weights, reference[0])
     assert history == reference[1]
 

@@ -1,4 +1,5 @@
-"""The small training job the distribution scripts share."""
+"""The small training jobs the distribution and resume tests share (in child
+scripts and, where no process boundary is needed, in the test process)."""
 
 import time
 
@@ -70,3 +71,72 @@ class Pause(keras.callbacks.Callback):
 
 def flat_weights(model) -> np.ndarray:
     return np.concatenate([np.asarray(w, dtype="float64").ravel() for w in model.get_weights()])
+
+
+def staged_run(
+    backup_dir,
+    *,
+    lora: bool = False,
+    data_hook=None,
+    verbose: int = 0,
+    callbacks=(),
+) -> tuple[np.ndarray, dict]:
+    """A two-stage `FineTuner` run backed up to `backup_dir` after every epoch.
+
+    Deterministic under `enable_op_determinism` (fixed seeds): the training
+    data reshuffles every pass and stage 2 draws random flips, so a resumed
+    run must replay the passes the interrupted one made.
+
+    Args:
+        backup_dir: the run's `backup_dir`.
+        lora: stage 2 trains cached LoRA adapters on Lite0's top blocks.
+        data_hook: `f(images, labels) -> (images, labels)` on NumPy arrays, called
+            for every training batch drawn (caching passes included).
+        verbose: `FineTuner`'s verbosity.
+        callbacks: more callbacks for every stage (after the others).
+
+    Returns:
+        The final weights (flat) and `{"history", "best_epoch"}`.
+    """
+    keras.utils.set_random_seed(0)  # before the data: its shuffle's seed depends on it
+    x, y = images(48)
+    train = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(48, seed=7, reshuffle_each_iteration=True)
+        .batch(8)
+    )
+    if data_hook:
+        train = train.map(
+            lambda a, b: tf.numpy_function(data_hook, [a, b], [tf.float32, tf.int64], stateful=True)
+        ).map(lambda a, b: (tf.ensure_shape(a, [None, SIDE, SIDE, 3]), tf.ensure_shape(b, [None])))
+    vx, vy = images(16, seed=1)
+    validation = tf.data.Dataset.from_tensor_slices((vx, vy)).batch(8)
+    if lora:
+        model = kerastl.TransferModel(
+            "efficientnet-lite0", CLASSES, weights=None, input_shape=(SIDE, SIDE, 3), dropout=0.3
+        )
+    else:
+        model = transfer_model()
+    tuner = kerastl.FineTuner(
+        model,
+        augmentation="flip",
+        cache_views=2,
+        class_weight="balanced",
+        metrics=("accuracy",),
+        callbacks=tuple(callbacks),
+        restore_best=False,
+        backup_share=None,  # every epoch: the tests wait for given epochs' backups
+        verbose=verbose,
+    )
+    extra = {"ema": 0.9, "patience": 3}
+    if lora:
+        extra.update(train="block6", rank=2)
+    stages = [
+        kerastl.Stage(2, lr=1e-2),
+        kerastl.Stage(4, **{"train": "all", "lr": 1e-3, "lr_mult": 10, **extra}),
+    ]
+    history = tuner.fit(train, validation, stages=stages, backup_dir=backup_dir)
+    return flat_weights(model), {
+        "history": history.history,
+        "best_epoch": tuner.recorder.best_epoch,
+    }
