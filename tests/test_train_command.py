@@ -89,7 +89,15 @@ def test_report_names_the_stages_the_best_epoch_and_the_confusion_matrix(run):
 
 def test_a_second_run_never_overwrites_the_first(run):
     config = run.parent.parent / "tiny.yaml"
-    args = ["train", str(config), "--set", "stages=[{epochs: 1}]", "--quiet"]
+    args = [
+        "train",
+        str(config),
+        "--set",
+        "stages=[{epochs: 1}]",
+        "--set",
+        "export=false",
+        "--quiet",
+    ]
     assert main(args) == 0
     assert (run.parent / "tiny-2" / "report.md").exists() and (run / "report.md").exists()
 
