@@ -77,6 +77,9 @@ def test_image_recipe_script_and_kerastl_train_give_the_same_run(
 ):
     from kerastl.app.cli import main
 
+    # The recipe prepares elpv and `kerastl train` reads it (test_recipes runs
+    # first: conftest.LONGEST_FIRST): both train the same model.
+    assert not (Path(tfds_dir) / "elpv").exists()
     common = (f"data.data_dir={tfds_dir}", *TINY_IMAGE_RUN)
     out = _recipe("image_classification", tmp_path / "recipe", *common, **_io(capsys, monkeypatch))
     recipe = _run_dir(out)

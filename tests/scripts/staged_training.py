@@ -3,11 +3,9 @@ tests kill it and run it again.
 
 Usage: staged_training.py BACKUP_DIR OUT [SECONDS_PER_BATCH]
 Writes OUT.npy (the final weights) and OUT.json (history, best epoch).
-KERASTL_TEST_LORA=1: stage 2 trains cached LoRA adapters on Lite0's top blocks.
 """
 
 import json
-import os
 import sys
 
 import numpy as np
@@ -19,7 +17,6 @@ backup_dir, out = sys.argv[1], sys.argv[2]
 pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 weights, result = staged_run(
     backup_dir,
-    lora=os.environ.get("KERASTL_TEST_LORA") == "1",
     callbacks=(Pause(pause),),
 )
 np.save(out + ".npy", weights)
