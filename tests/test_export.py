@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import loader_impl
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -528,6 +529,16 @@ def test_samples_from_length_bucketed_text_batches_are_padded_to_one_length():
     np.testing.assert_array_equal(samples["padding_mask"].sum(axis=1), [3, 3, 5])
 
 
+def _op_count(saved_model: str, op: str) -> int:
+    """How many nodes of type `op` a SavedModel's graph and function library hold."""
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model, "saved_model.pb"), "rb") as file:
+        proto.ParseFromString(file.read())
+    graph = proto.meta_graphs[0].graph_def
+    nodes = [*graph.node, *(node for f in graph.library.function for node in f.node_def)]
+    return sum(node.op == op for node in nodes)
+
+
 def test_the_tta_signature_matches_the_mean_of_keras_over_the_views(tiny_model, tmp_path):
     tta = "dihedral"
     model = tiny_model
@@ -548,5 +559,10 @@ def test_the_tta_signature_matches_the_mean_of_keras_over_the_views(tiny_model, 
     np.testing.assert_array_equal(requested, images)
     plain = loaded.signatures["image_tensor"](images=images)["probabilities"]
     assert np.abs(np.asarray(plain) - keras_mean).max() > 1e-4  # the views change the answer
+    # Both signatures and all 8 views call one traced forward pass: the graph
+    # holds each convolution at most twice (TF keeps a function and its
+    # inference copy), not once per view and signature (9 calls: 18 times).
+    convolutions = [x for x in model._flatten_layers() if type(x) is keras.layers.Conv2D]
+    assert _op_count(path, "Conv2D") <= 2 * len(convolutions)
     with pytest.raises(ValueError, match=r"needs test-time views.*Received: tta='none'"):
         kx.saved_model(model, tmp_path / "none", signatures="image_tensor_tta", tta="none")

@@ -23,6 +23,7 @@ from kerastl.export.signatures import (
     IMAGE_TENSOR_TTA,
     TEXT,
     check_signatures,
+    model_forward,
     serving_function,
 )
 from kerastl.peft import merged_for_export
@@ -150,9 +151,16 @@ def write_saved_model(
     archive.track(served)
     if preprocessor is not None and TEXT in names:
         archive.track(preprocessor)
+    forward = model_forward(served)
     for name in names:
         function = serving_function(
-            served, name, image_dtype=image_dtype, top_k=top_k, preprocessor=preprocessor, tta=tta
+            served,
+            name,
+            image_dtype=image_dtype,
+            top_k=top_k,
+            preprocessor=preprocessor,
+            tta=tta,
+            forward=forward,
         )
         archive.add_endpoint(name, function)
     what = f"SavedModel ({', '.join(names)}): writing, then checking it against Keras"

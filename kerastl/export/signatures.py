@@ -136,6 +136,35 @@ def input_specs(model: keras.Model, signature: str, image_dtype: str = "float32"
     raise ValueError(f"Unknown signature {signature!r}.")
 
 
+def model_forward(model: keras.Model):
+    """The model's inference call as one `tf.function`, for every signature of an export.
+
+    Each signature calling it holds a call to one traced function, so a
+    SavedModel with several signatures holds the model's graph once (not
+    once per signature): smaller, and faster to write, load and serve.
+
+    Args:
+        model: a float32 model (see `float32_copy`).
+
+    Returns:
+        A `tf.function` from the model's inputs (float32 images, or int32
+        token arrays by name) to its first output.
+
+    Example:
+        >>> forward = model_forward(model)
+        >>> serving_function(model, "image_bytes", forward=forward)
+    """
+    if is_text_model(model):
+        spec = {name: tf.TensorSpec((None, None), tf.int32, name=name) for name in model.input}
+    else:
+        spec = tf.TensorSpec((None, *image_size(model), 3), tf.float32)
+
+    def forward(inputs):
+        return keras.tree.flatten(model(inputs, training=False))[0]
+
+    return tf.function(forward, input_signature=[spec], autograph=False)
+
+
 def serving_function(
     model: keras.Model,
     signature: str,
@@ -145,6 +174,7 @@ def serving_function(
     preprocessor=None,
     numeric_only: bool = False,
     tta: str = "dihedral",
+    forward=None,
 ):
     """A `tf.function` with a fixed input signature for one exported signature.
 
@@ -156,6 +186,8 @@ def serving_function(
         preprocessor: a KerasHub text preprocessor, for the `text` signature.
         numeric_only: leave out the string output (for ONNX).
         tta: the test-time views of `image_tensor_tta` (`dihedral` or `flip`).
+        forward: the model call to use (`model_forward(model)`, shared by the
+            signatures of one export); None calls the model directly.
 
     Returns:
         A `tf.function` taking the inputs of `input_specs` as keyword
@@ -193,16 +225,22 @@ def serving_function(
             return {name: tf.cast(tokens[name], tf.int32) for name in model.input}
 
     views = _tta_views(model, tta) if signature == IMAGE_TENSOR_TTA else (0,)
+    if forward is None:
+
+        def forward(inputs):
+            return keras.tree.flatten(model(inputs, training=False))[0]
 
     def serve(*args):
         inputs = model_inputs(**dict(zip(names, args, strict=True)))
         if len(views) == 1:
-            return outputs(keras.tree.flatten(model(inputs, training=False))[0])
-        probabilities = [
-            tf.nn.softmax(keras.tree.flatten(model(dihedral_view(inputs, v), training=False))[0])
-            for v in views
-        ]
-        return outputs(tf.math.log(tf.reduce_mean(tf.stack(probabilities), axis=0)))
+            return outputs(forward(inputs))
+        # One call on the views stacked along the batch: the graph holds the
+        # model once, not once per view (an 8th of the size, load and trace time).
+        stacked = tf.concat([dihedral_view(inputs, v) for v in views], axis=0)
+        logits = forward(stacked)
+        per_view = tf.reshape(logits, [len(views), tf.shape(inputs)[0], -1])
+        probabilities = tf.reduce_mean(tf.nn.softmax(per_view), axis=0)
+        return outputs(tf.math.log(probabilities))
 
     return tf.function(serve, input_signature=list(specs.values()), autograph=False)
 
