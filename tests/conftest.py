@@ -23,6 +23,17 @@ def _isolated_cache(tmp_path_factory):
         os.environ["KERASTL_CACHE"] = previous
 
 
+@pytest.fixture
+def deterministic_ops():
+    """`enable_op_determinism` for one test (the child scripts enable it for good)."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config  # disable_op_determinism is not public
+
+    tf.config.experimental.enable_op_determinism()
+    yield
+    config.disable_op_determinism()
+
+
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory) -> str:
     """One fresh TFDS data directory for the session: each bundled dataset is

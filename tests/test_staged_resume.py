@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from _workload import staged_run
+from _workload import CrashAfter, Crashed, staged_run
 from processes import SCRIPTS, run_script, script_env, wait_for
 
 import kerastl
@@ -84,34 +84,6 @@ def test_a_run_killed_in_stage_two_resumes_to_bit_identical_weights_and_history(
     assert history == reference[1]
 
 
-@pytest.fixture
-def deterministic_ops():
-    """`enable_op_determinism` for one test (the child scripts enable it for good)."""
-    from tensorflow.python.framework import config  # disable_op_determinism is not public
-
-    tf.config.experimental.enable_op_determinism()
-    yield
-    config.disable_op_determinism()
-
-
-class _Crashed(Exception):
-    pass
-
-
-class _CrashAfter(keras.callbacks.Callback):
-    """Raises after the run's `batches`-th training batch, as a crash would stop
-    it: nothing after that batch runs (the process-level SIGKILL is the test above)."""
-
-    def __init__(self, batches: int):
-        super().__init__()
-        self.left = batches
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.left -= 1
-        if self.left == 0:
-            raise _Crashed
-
-
 BATCHES = 6  # per epoch: 48 training images in batches of 8
 
 
@@ -124,8 +96,8 @@ def test_a_run_crashed_in_a_lora_stage_resumes_to_bit_identical_weights_and_hist
     Crashed in the fifth epoch (stage 2's third), after the fourth one's backup."""
     reference = staged_run(tmp_path / "reference", lora=True)
     keras.backend.clear_session()
-    with pytest.raises(_Crashed):
-        staged_run(tmp_path / "backup", lora=True, callbacks=(_CrashAfter(4 * BATCHES + 2),))
+    with pytest.raises(Crashed):
+        staged_run(tmp_path / "backup", lora=True, callbacks=(CrashAfter(4 * BATCHES + 2),))
     assert _newest_state(tmp_path / "backup")["epoch"] == 4  # epochs 0-3 done
     keras.backend.clear_session()
     weights, history = staged_run(tmp_path / "backup", lora=True)
@@ -145,12 +117,12 @@ def test_a_run_crashed_while_caching_starts_over_and_ends_the_same(
     def crash_while_caching(images, labels):
         drawn.append(len(images))
         if len(drawn) == BATCHES + 3:  # pass 1 counts the labels (class weights); pass 2 caches
-            raise _Crashed
+            raise Crashed
         return images, labels
 
     keras.backend.clear_session()
     capsys.readouterr()
-    with pytest.raises(tf.errors.OpError, match="_Crashed"):
+    with pytest.raises(tf.errors.OpError, match="Crashed"):
         staged_run(tmp_path / "backup", verbose=1, data_hook=crash_while_caching)
     assert "caching pooled features" in capsys.readouterr().out
     assert _newest_state(tmp_path / "backup") is None

@@ -69,8 +69,48 @@ class Pause(keras.callbacks.Callback):
         time.sleep(self.seconds)
 
 
+class Crashed(Exception):
+    """What `CrashAfter` raises."""
+
+
+class CrashAfter(keras.callbacks.Callback):
+    """Raises after the run's `batches`-th training batch, as a crash would stop
+    it: nothing after that batch runs (a real SIGKILL: test_staged_resume)."""
+
+    def __init__(self, batches: int):
+        super().__init__()
+        self.left = batches
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.left -= 1
+        if self.left == 0:
+            raise Crashed
+
+
 def flat_weights(model) -> np.ndarray:
     return np.concatenate([np.asarray(w, dtype="float64").ravel() for w in model.get_weights()])
+
+
+def resumable_run(backup_dir, callbacks=()):
+    """`fit_resumable` on `compiled_transfer_model()`: 3 epochs of 8 batches of 8,
+    backed up every 3 batches to `backup_dir`.
+
+    Returns:
+        The final weights (flat), the history and the model.
+    """
+    keras.backend.clear_session()
+    model = compiled_transfer_model()
+    x, y = images(64)
+    history = kerastl.fit_resumable(
+        model,
+        lambda epoch: epoch_dataset(x, y, 8, epoch),
+        epochs=3,
+        backup_dir=str(backup_dir),
+        save_freq=3,
+        callbacks=list(callbacks),
+        verbose=0,
+    )
+    return flat_weights(model), history, model
 
 
 def staged_run(
