@@ -200,3 +200,42 @@ def test_fit_under_a_strategy_draws_each_batch_once(monkeypatch, fixes):
         assert np.abs(np.array(model.layers[-1].kernel) - before).max() > 1e-3
     else:  # Keras's own build drew from an extra iterator before the first epoch
         assert len(drawn) > 12 and drawn[:1] == [0]
+
+
+def test_the_first_fit_traces_its_train_step_once(monkeypatch):
+    """With no strategy set, Keras builds the optimizer and metrics inside the
+    first trace of the train function; the variables they create there make
+    `tf.function` trace the whole step again (for Lite0, seconds each). The fix
+    builds them before, from the dataset's element spec: one trace, same run."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (rng.uniform(size=(8, 3)).astype("float32"), rng.integers(0, 2, 8))
+    ).batch(4)
+    traces, losses = {}, {}
+    for fixes in ("1", "0"):
+        monkeypatch.setenv(keras_fixes.DISABLE_ENV, fixes)
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((3,))
+        hidden = keras.layers.Dropout(0.3)(keras.layers.Dense(4, activation="relu")(inputs))
+        model = keras_fixes.FixedFunctional(inputs, keras.layers.Dense(2)(hidden))
+        model.compile(
+            keras.optimizers.Adam(0.1),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        traces[fixes] = []
+        train_step = model.train_step
+        model.train_step = lambda data, seen=traces[fixes], step=train_step: (
+            seen.append(1) or step(data)
+        )
+        losses[fixes] = model.fit(dataset, epochs=3, verbose=0).history["loss"]
+    assert {fixes: len(seen) for fixes, seen in traces.items()} == {"1": 1, "0": 2}
+    # The same run either way (the slots start at zero wherever they are made);
+    # the bound is float32 rounding of a different op order, far below the
+    # loss's change over the epochs.
+    np.testing.assert_allclose(losses["1"], losses["0"], rtol=1e-6)
+    assert abs(losses["1"][-1] - losses["1"][0]) > 1e-3
