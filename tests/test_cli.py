@@ -64,6 +64,7 @@ def test_help_answers_without_importing_tensorflow():
     assert "kerastl.app.cli" in imported and "tensorflow" not in imported
 
 
+@pytest.mark.slow
 def test_commands_print_no_tensorflow_start_up_lines():
     result = _command("list-backbones", "mobilenetv2")
     assert result.returncode == 0 and result.stdout.startswith("mobilenetv2")

@@ -73,6 +73,7 @@ def test_keras_efficientnet_keeps_its_built_rates_in_trained_blocks_and_none_in_
     assert _rates(model) == built
 
 
+@pytest.mark.slow
 def test_drop_path_on_cached_features_equals_it_end_to_end_and_is_reset_after():
     """Frozen blocks never drop, so the cache (frozen layers in inference) and
     end-to-end training see the same network; the trained blocks draw the same
@@ -202,6 +203,7 @@ def test_checking_any_pair_of_stages_leaves_the_model_as_it_was(first):
         assert _model_state(model) == before, (first, second)
 
 
+@pytest.mark.slow
 def test_a_later_lora_drop_path_stage_leaves_an_earlier_all_stage_training_every_kernel():
     """Checking the second stage once added its adapters before the first ran, so
     stage 1 trained none of block6's base kernels (measured: 0 of 12)."""

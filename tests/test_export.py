@@ -93,6 +93,7 @@ def bundle(lite0, tmp_path_factory):
     return base, version
 
 
+@pytest.mark.slow
 def test_every_image_signature_reloads_and_matches_keras(lite0, bundle):
     _, version = bundle
     loaded = tf.saved_model.load(version)
@@ -213,6 +214,7 @@ def test_warmup_file_parses_and_every_request_runs(bundle):
         np.testing.assert_allclose(out["probabilities"].sum(), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_runs_the_bundle(lite0, bundle, tmp_path):
     _, version = bundle
     images = _images(2, seed=4)
@@ -228,6 +230,7 @@ def test_saved_model_cli_runs_the_bundle(lite0, bundle, tmp_path):
     np.testing.assert_allclose(logits, lite0.predict(images, verbose=0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_keras_with_named_dynamic_batch(lite0, tmp_path):
     import onnxruntime
 
@@ -247,6 +250,7 @@ def test_onnx_export_matches_keras_with_named_dynamic_batch(lite0, tmp_path):
     assert report["passed"] and report["results"][0]["top1_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_onnx_refuses_a_graph_with_a_decode_op_and_writes_nothing(lite0, tmp_path):
     with pytest.raises(kx.UnsupportedOpsError, match="DecodeImage") as caught:
         kx.onnx(lite0, tmp_path / "bytes.onnx", signature="image_bytes")
@@ -265,6 +269,7 @@ def test_undefined_op_detection_names_decode_jpeg():
     assert "DecodeJpeg" in onnx_export.undefined_ops(proto)
 
 
+@pytest.mark.slow
 def test_a_failing_parity_check_refuses_to_publish(tiny_model, tmp_path, monkeypatch):
     model = tiny_model
     other = _tiny_image_model()
@@ -278,6 +283,7 @@ def test_a_failing_parity_check_refuses_to_publish(tiny_model, tmp_path, monkeyp
     assert not json.loads((tmp_path / "model.parity.json").read_text())["passed"]
 
 
+@pytest.mark.slow
 def test_transpose_fix_removes_mobilenetv3_transposes_and_keeps_parity(tiny_model, tmp_path):
     model = kx.float32_copy(tiny_model)
     unfixed = onnx_export.convert(model, "image_tensor", 17, fixes=False)
@@ -288,6 +294,7 @@ def test_transpose_fix_removes_mobilenetv3_transposes_and_keeps_parity(tiny_mode
     assert kx.check_parity(model, tmp_path / "fixed.onnx").passed
 
 
+@pytest.mark.slow
 def test_mixed_precision_model_exports_float32(tmp_path):
     kerastl.set_precision("mixed_float16")
     try:
@@ -324,6 +331,7 @@ kerastl.export.serving_bundle(model, sys.argv[1], "tiny", signatures="image_tens
 """
 
 
+@pytest.mark.slow
 def test_an_export_killed_mid_write_publishes_nothing_and_the_next_succeeds(tiny_model, tmp_path):
     script = tmp_path / "export.py"
     script.write_text(textwrap.dedent(_KILLED_EXPORT))
@@ -377,6 +385,7 @@ def test_bad_arguments_name_the_value(tiny_model, tmp_path, call, message):
         call(tiny_model, tmp_path)
 
 
+@pytest.mark.slow
 def test_uint8_images_and_an_existing_export_is_not_replaced_unless_asked(tiny_model, tmp_path):
     model = tiny_model
     path = kx.saved_model(model, tmp_path / "sm", signatures="image_tensor", image_dtype="uint8")
@@ -422,6 +431,7 @@ def text_samples():
     return arrays | {"text": texts}, preprocessor
 
 
+@pytest.mark.slow
 def test_text_signatures_match_keras_and_the_op_scan_flags_the_tokenizer(
     minilm, text_samples, tmp_path
 ):
@@ -453,6 +463,7 @@ def test_text_signatures_match_keras_and_the_op_scan_flags_the_tokenizer(
         bundle_module._check_ops(loaded, "serving/reviews/1", on_unsupported_ops="warn")
 
 
+@pytest.mark.slow
 def test_text_bundle_warmup_replays_and_onnx_matches(text_samples, tmp_path):
     samples, _ = text_samples
     backbone = kerastl.create_backbone(
@@ -539,6 +550,7 @@ def _op_count(saved_model: str, op: str) -> int:
     return sum(node.op == op for node in nodes)
 
 
+@pytest.mark.slow
 def test_the_tta_signature_matches_the_mean_of_keras_over_the_views(tiny_model, tmp_path):
     tta = "dihedral"
     model = tiny_model

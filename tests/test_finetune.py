@@ -128,6 +128,7 @@ def _images(count=32, batch=8, seed=0):
     return tf.data.Dataset.from_tensor_slices((x, rng.integers(0, 3, count))).batch(batch)
 
 
+@pytest.mark.slow
 def test_caching_below_the_first_trained_group_equals_end_to_end_training():
     weights, summaries = [], []
     for cache in (True, False):
@@ -368,6 +369,7 @@ def test_a_stage_sets_the_head_dropout_for_its_epochs_only():
         kerastl.Stage(1, dropout=1.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cached", ["head", "block6"])
 def test_the_saved_model_reloads_with_the_optimizer_that_trained_it(tmp_path, cached):
     """After a cached stage the model's own optimizer is the one that trained (a
@@ -499,6 +501,7 @@ def test_pooled_features_computed_from_a_lower_cache_equal_those_from_the_images
             np.testing.assert_allclose(features[0], expected[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_probe_before_a_top_block_stage_runs_the_lower_layers_once(capsys):
     weights = []
     stages = [kerastl.Stage(2, lr=1e-2), kerastl.Stage(2, train="block7", lr=1e-2)]
@@ -553,6 +556,7 @@ def test_mixing_is_refused_for_a_text_model():
         )
 
 
+@pytest.mark.slow
 def test_a_probe_before_a_mixing_stage_caches_only_its_own_features(capsys):
     stages = [kerastl.Stage(1, lr=1e-2), kerastl.Stage(1, train="block7", lr=1e-2, mixup=0.2)]
     tuner = kerastl.FineTuner(_lite0(), cache_shuffle_seed=None, verbose=1)

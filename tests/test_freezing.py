@@ -80,6 +80,7 @@ def test_train_bn_opts_in_to_batchnorm_updates():
     assert not _paths(model, ["stem"]) & changed
 
 
+@pytest.mark.slow
 def test_keras_ignores_training_false_on_a_nested_backbone():
     """keras-team/keras#20285, the reason BN is frozen by flag: calling a
     trainable backbone with `training=False` does not keep its BatchNorm in
@@ -95,6 +96,7 @@ def test_keras_ignores_training_false_on_a_nested_backbone():
     assert any("moving_mean" in path for path in changed)
 
 
+@pytest.mark.slow
 def test_changing_what_trains_recompiles_with_a_fresh_optimizer_that_keeps_state():
     model = _model()
     model.compile(

@@ -101,6 +101,7 @@ except ValueError as error:
 """
 
 
+@pytest.mark.slow
 def test_importing_and_using_kerastl_leaves_plain_keras_untouched():
     result = run_script("run_code.py", _PLAIN_KERAS, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -31,6 +31,7 @@ def _values(model):
 STAGES = [kerastl.Stage(1, lr=1e-2), kerastl.Stage(2, train="block6", rank=2, lr=1e-2)]
 
 
+@pytest.mark.slow
 def test_a_lora_stage_on_cached_features_equals_it_end_to_end_and_moves_only_adapters():
     weights = []
     for cache in (True, False):
@@ -53,6 +54,7 @@ def test_a_lora_stage_on_cached_features_equals_it_end_to_end_and_moves_only_ada
         np.testing.assert_allclose(cached, uncached, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_best_epoch_before_a_lora_stage_comes_back_with_zero_adapters():
     """The recorder's best weights gain zeros for adapters added after them."""
     reference = _lite0()

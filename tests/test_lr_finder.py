@@ -27,6 +27,7 @@ def _setup():
     return model, dataset
 
 
+@pytest.mark.slow
 def test_lr_find_restores_weights_and_optimizer_and_suggests_inside_the_range(tmp_path):
     model, dataset = _setup()
     optimizer = model.optimizer
@@ -53,6 +54,7 @@ def test_lr_find_restores_weights_and_optimizer_and_suggests_inside_the_range(tm
     assert int(optimizer.iterations.numpy()) == 8
 
 
+@pytest.mark.slow
 def test_lr_find_stops_when_the_loss_diverges():
     model, dataset = _setup()
     result = kerastl.lr_find(

@@ -16,6 +16,7 @@ def _images(side=32, n=2):
     return np.random.default_rng(0).uniform(0, 255, (n, side, side, 3)).astype("float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["classification", "multilabel", "regression"])
 def test_save_load_round_trip_in_safe_mode_gives_identical_outputs(tmp_path, task):
     model = kerastl.TransferModel(
@@ -39,6 +40,7 @@ def test_save_load_round_trip_in_safe_mode_gives_identical_outputs(tmp_path, tas
     assert kerastl.trainable_groups(loaded) == kerastl.trainable_groups(model)
 
 
+@pytest.mark.slow
 def test_lite0_transfer_model_round_trip_keeps_the_tf_padding_and_frozen_layers(tmp_path):
     model = kerastl.TransferModel("efficientnet-lite0", num_classes=2, input_shape=(64, 64, 3))
     kerastl.freeze_to(model, "block7")  # a KerasHub backbone: its config has no layer flags
@@ -57,6 +59,7 @@ def test_lite0_transfer_model_round_trip_keeps_the_tf_padding_and_frozen_layers(
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
 
 
+@pytest.mark.slow
 def test_saved_lite0_model_loads_in_a_fresh_process(tmp_path):
     import subprocess
     import sys
@@ -229,6 +232,7 @@ TEXTS = ["a moving, funny film", "dull and far too long", "great cast", "a mess"
 LABELS = np.array([1, 0, 1, 0] * 4)
 
 
+@pytest.mark.slow
 def test_a_text_model_takes_raw_strings_in_fine_tuner_fit_predict_and_after_reloading(tmp_path):
     import tensorflow as tf
 

@@ -180,6 +180,7 @@ def test_merge_lora_computes_what_the_adapted_model_computes(build):
     assert adapted_layers(model)  # the adapted model keeps its adapters
 
 
+@pytest.mark.slow
 def test_a_merged_text_model_takes_raw_strings_and_equals_the_adapted_one(tmp_path):
     model = _minilm()
     kerastl.lora(model, rank=4)
@@ -246,6 +247,7 @@ def test_adapter_file_round_trip_onto_a_fresh_model(tmp_path):
     assert [v.path for v in fresh.trainable_weights] == [v.path for v in model.trainable_weights]
 
 
+@pytest.mark.slow
 def test_an_adapter_file_refuses_another_base_naming_it(tmp_path):
     model = _lite0()
     kerastl.lora(model, rank=2, groups=["block6"])
@@ -272,6 +274,7 @@ def test_an_adapter_file_refuses_another_base_naming_it(tmp_path):
 # --- exports ---
 
 
+@pytest.mark.slow
 def test_exports_of_a_lora_model_are_merged_and_pass_the_parity_gate(tmp_path):
     model = _lite0()
     kerastl.lora(model, rank=4, groups=["block6", "block7", "top_conv"])

@@ -7,6 +7,7 @@ import pytest
 from _workload import CrashAfter, Crashed, resumable_run
 
 
+@pytest.mark.slow
 def test_a_run_crashed_mid_epoch_resumes_to_bit_identical_weights(tmp_path, deterministic_ops):
     """Crashed in epoch 2's fifth batch, after its third one's backup (every 3
     batches); the rerun resumes from there (a real SIGKILL: test_staged_resume)."""

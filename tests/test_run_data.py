@@ -120,6 +120,7 @@ def _ids_of(dataset):
     return sorted(int(x[0, 0, 0]) for batch, _ in dataset for x in np.asarray(batch))
 
 
+@pytest.mark.slow
 def test_validation_is_held_out_of_training_and_the_test_split_evaluated_once(
     tmp_path, monkeypatch
 ):

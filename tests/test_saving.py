@@ -40,6 +40,7 @@ def test_keras_hub_task_loses_its_optimizer_with_keras_load_model(tmp_path):
     assert not isinstance(loaded.optimizer, keras.optimizers.SGD)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frozen", [False, True])
 def test_load_model_restores_a_task_group_optimizer_and_its_state(tmp_path, frozen):
     model = _classifier()
@@ -62,6 +63,7 @@ def test_load_model_restores_a_task_group_optimizer_and_its_state(tmp_path, froz
     assert int(loaded.optimizer.iterations.numpy()) == 3
 
 
+@pytest.mark.slow
 def test_a_frozen_task_loaded_without_its_groups_says_what_to_pass(tmp_path):
     model = _classifier()
     kerastl.freeze_to(model, "encoder", recompile=False)

@@ -113,6 +113,7 @@ def _grpc_server(name, signatures):
     return server, port
 
 
+@pytest.mark.slow
 def test_smoke_script_replays_the_bundle_requests_and_catches_a_wrong_model(served, capsys):
     _, version, url, _ = served
     smoke = _kit("smoke")

@@ -36,6 +36,7 @@ stages:
     return root / "runs" / "tiny"
 
 
+@pytest.mark.slow
 def test_the_run_directory_holds_every_artefact(run):
     expected = {
         "config.yaml",
@@ -68,6 +69,7 @@ def test_history_has_one_row_per_epoch_with_its_stage(run):
     assert {"loss", "val_loss", "val_balanced_accuracy"} <= set(rows[0])
 
 
+@pytest.mark.slow
 def test_the_saved_models_load_and_agree(run):
     model = keras.models.load_model(run / "model.keras")
     served = tf.saved_model.load(str(run / "saved_model"))
@@ -87,6 +89,7 @@ def test_report_names_the_stages_the_best_epoch_and_the_confusion_matrix(run):
     assert "validation balanced accuracy (model as saved)" in report
 
 
+@pytest.mark.slow
 def test_a_second_run_never_overwrites_the_first(run):
     config = run.parent.parent / "tiny.yaml"
     args = [
@@ -126,6 +129,7 @@ def test_bad_configs_exit_2_naming_the_problem(run, capsys, override, message):
     assert sorted(path.name for path in run.parent.iterdir()) == runs  # no run directory
 
 
+@pytest.mark.slow
 def test_lr_find_suggests_a_rate_and_saves_its_curve(run, capsys):
     config = run.parent.parent / "tiny.yaml"
     assert main(["lr-find", str(config)]) == 0
@@ -135,6 +139,7 @@ def test_lr_find_suggests_a_rate_and_saves_its_curve(run, capsys):
     assert (run.parent / "tiny-lr-find" / "lr_find.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_export_command_publishes_a_bundle_and_names_bad_arguments(run, capsys):
     assert main(["export", str(run), "--signatures", "image_tensor"]) == 0
     version = run / "export" / "serving" / "tiny" / "1"

@@ -46,6 +46,7 @@ def _group_paths(model, name):
     return {v.path for v in kerastl.group_variables(model)[name]}
 
 
+@pytest.mark.slow
 def test_unfreezing_step_trains_the_next_group_and_keeps_the_heads_moments():
     model = _model()
     start = weights_snapshot(model)
@@ -74,6 +75,7 @@ def test_unfreezing_step_trains_the_next_group_and_keeps_the_heads_moments():
         np.testing.assert_array_equal(start[path], end[path], err_msg=path)
 
 
+@pytest.mark.slow
 def test_unfreezing_respects_max_groups_and_reaches_the_bottom():
     model = _model()
     unfreezing = kerastl.GradualUnfreezing(every=1, max_groups=3, verbose=False)
@@ -84,6 +86,7 @@ def test_unfreezing_respects_max_groups_and_reaches_the_bottom():
     ]
 
 
+@pytest.mark.slow
 def test_save_load_after_an_unfreezing_step_round_trips_and_trains(tmp_path):
     model = _model()
     model.fit(
