@@ -464,6 +464,26 @@ def test_text_signatures_match_keras_and_the_op_scan_flags_the_tokenizer(
 
 
 @pytest.mark.slow
+def test_the_text_signature_exports_with_the_models_own_tokenizer_from_raw_strings(
+    minilm, tmp_path
+):
+    """No `preprocessor` passed: the signature tokenizes as the model does
+    (the tokenizer it holds), and raw strings are the parity samples."""
+    texts = ["a gripping, beautifully shot film", "dull and far too long", "fine", ""]
+    expected = minilm.predict(texts, verbose=0)
+    with pytest.warns(UserWarning, match="stock TF Serving"):
+        path = kx.saved_model(minilm, tmp_path / "sm", signatures=("text",), samples=texts)
+    with open(os.path.join(path, "assets.extra", "parity.json")) as file:
+        report = json.load(file)
+    assert report["passed"] and report["samples"] == len(texts)
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == {"serving_default", "text", "token_ids"}
+    assert list(loaded.signatures["serving_default"].structured_input_signature[1]) == ["text"]
+    served = run_signature(loaded.signatures["text"], {"text": np.array(texts, object)})
+    np.testing.assert_allclose(served["logits"], expected, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_text_bundle_warmup_replays_and_onnx_matches(text_samples, tmp_path):
     samples, _ = text_samples
     backbone = kerastl.create_backbone(

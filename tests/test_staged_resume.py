@@ -57,6 +57,11 @@ def reference(tmp_path_factory):
     return _run_to_end(root / "backup", root / "out")
 
 
+def _progress(path) -> int | None:
+    """The epoch of the training batch that last ended (`Pause`'s progress file)."""
+    return int(path.read_text().split()[0]) if path.exists() else None
+
+
 def _in_stage_two(epoch):
     def ready(backup):
         state = _newest_state(backup)
@@ -136,10 +141,13 @@ def test_a_run_crashed_while_caching_starts_over_and_ends_the_same(
 @pytest.mark.slow
 def test_sigterm_backs_up_at_the_next_batch_and_the_run_resumes(tmp_path, reference):
     backup = tmp_path / "backup"
+    progress = tmp_path / "stopped.progress"
     process = _start(backup, tmp_path / "stopped", "0.3")
     try:
-        wait_for(lambda: _in_stage_two(4)(backup), timeout=180, what="a backup after epoch 5")
-        time.sleep(0.5)
+        wait_for(lambda: _in_stage_two(4)(backup), timeout=180, what="a backup after epoch 4")
+        # A batch of epoch 5 has ended (waiting a fixed time instead was not
+        # always enough beside the other test worker).
+        wait_for(lambda: _progress(progress) == 4, timeout=60, what="a batch of epoch 5")
         asked = time.monotonic()
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)

@@ -69,8 +69,10 @@ def saved_model(
         image_dtype: `"float32"` or `"uint8"` for `image_tensor`.
         top_k: labels in the `class_name` output.
         preprocessor: KerasHub text preprocessor for the `text` signature
-            (default: the registered backbone's, at `sequence_length`).
-        sequence_length: token length of the default text preprocessor.
+            (default: the model's own, else the registered backbone's at
+            `sequence_length`).
+        sequence_length: token length of the registered backbone's
+            preprocessor, for a model without its own.
         tolerance: largest absolute difference of probabilities allowed.
         overwrite: replace an existing export at `path`.
         tta: the views `image_tensor_tta` averages over: `dihedral` (8) or
@@ -185,15 +187,29 @@ def write_saved_model(
 
 
 def text_preprocessor(model: keras.Model, names, preprocessor, sequence_length: int):
-    """The preprocessor the `text` signature uses (None without one)."""
-    if TEXT not in names or preprocessor is not None:
-        return preprocessor
-    from kerastl.backbones.tokenizers import create_text_preprocessor
+    """The preprocessor the `text` signature uses (None without that signature).
 
-    name = getattr(model, "backbone_name", None)
-    if name is None:
-        raise ValueError(
-            "The `text` signature needs a `preprocessor` for a model whose backbone is "
-            "not registered."
-        )
-    return create_text_preprocessor(name, sequence_length=sequence_length)
+    The one passed; else the model's own (`model.preprocessor`: the tokenizer
+    it trained with, saved in its `.keras` file); else the registered
+    backbone's at `sequence_length`. Built (on an empty string if it never
+    ran), since an export can only track built layers.
+    """
+    if TEXT not in names:
+        return preprocessor
+    if preprocessor is None:
+        preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is None:
+        from kerastl.backbones.tokenizers import create_text_preprocessor
+
+        name = getattr(model, "backbone_name", None)
+        if name is None:
+            raise ValueError(
+                "The `text` signature needs a `preprocessor` for a model whose backbone is "
+                "not registered."
+            )
+        preprocessor = create_text_preprocessor(name, sequence_length=sequence_length)
+    if not preprocessor.built:
+        import tensorflow as tf
+
+        preprocessor(tf.constant([""]))
+    return preprocessor

@@ -1,6 +1,7 @@
 """The small training jobs the distribution and resume tests share (in child
 scripts and, where no process boundary is needed, in the test process)."""
 
+import os
 import time
 
 import keras
@@ -59,13 +60,23 @@ def compiled_transfer_model(**compile_kwargs) -> kerastl.TransferModel:
 
 
 class Pause(keras.callbacks.Callback):
-    """Sleeps after every batch, so that a test can kill training in the middle."""
+    """Sleeps after every batch, so that a test can kill training in the middle.
+    With `progress`, first writes "EPOCH BATCH" (the batch that just ended) there."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, progress: str | None = None):
         super().__init__()
         self.seconds = seconds
+        self.progress = progress
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.progress:
+            with open(self.progress + ".tmp", "w") as file:
+                file.write(f"{self.epoch} {batch}")
+            os.replace(self.progress + ".tmp", self.progress)
         time.sleep(self.seconds)
 
 

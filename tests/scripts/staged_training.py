@@ -2,7 +2,8 @@
 tests kill it and run it again.
 
 Usage: staged_training.py BACKUP_DIR OUT [SECONDS_PER_BATCH]
-Writes OUT.npy (the final weights) and OUT.json (history, best epoch).
+Writes OUT.npy (the final weights) and OUT.json (history, best epoch), and
+while it trains OUT.progress (the epoch and batch that last ended).
 """
 
 import json
@@ -17,7 +18,7 @@ backup_dir, out = sys.argv[1], sys.argv[2]
 pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 weights, result = staged_run(
     backup_dir,
-    callbacks=(Pause(pause),),
+    callbacks=(Pause(pause, progress=out + ".progress"),),
 )
 np.save(out + ".npy", weights)
 with open(out + ".json", "w") as file:
