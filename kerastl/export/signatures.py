@@ -136,7 +136,7 @@ def input_specs(model: keras.Model, signature: str, image_dtype: str = "float32"
     raise ValueError(f"Unknown signature {signature!r}.")
 
 
-def model_forward(model: keras.Model):
+def model_forward(model: keras.Model) -> tf.types.experimental.PolymorphicFunction:
     """The model's inference call as one `tf.function`, for every signature of an export.
 
     Each signature calling it holds a call to one traced function, so a
