@@ -28,6 +28,8 @@ label strings, from the model's `class_names`). Regression models return
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -154,15 +156,16 @@ def model_forward(model: keras.Model) -> tf.types.experimental.PolymorphicFuncti
         >>> forward = model_forward(model)
         >>> serving_function(model, "image_bytes", forward=forward)
     """
-    if is_text_model(model):
-        spec = {name: tf.TensorSpec((None, None), tf.int32, name=name) for name in model.input}
-    else:
-        spec = tf.TensorSpec((None, *image_size(model), 3), tf.float32)
+    specs = input_specs(model, tensor_signature(model))  # float32 images, or the token arrays
+    spec = specs if is_text_model(model) else specs["images"]
+    return tf.function(
+        functools.partial(_first_output, model), input_signature=[spec], autograph=False
+    )
 
-    def forward(inputs):
-        return keras.tree.flatten(model(inputs, training=False))[0]
 
-    return tf.function(forward, input_signature=[spec], autograph=False)
+def _first_output(model: keras.Model, inputs):
+    """The model's first output in inference mode (its logits)."""
+    return keras.tree.flatten(model(inputs, training=False))[0]
 
 
 def serving_function(
@@ -226,9 +229,7 @@ def serving_function(
 
     views = _tta_views(model, tta) if signature == IMAGE_TENSOR_TTA else (0,)
     if forward is None:
-
-        def forward(inputs):
-            return keras.tree.flatten(model(inputs, training=False))[0]
+        forward = functools.partial(_first_output, model)
 
     def serve(*args):
         inputs = model_inputs(**dict(zip(names, args, strict=True)))
