@@ -1,11 +1,13 @@
 """A REST client for a kerastl bundle served by TF Serving (port 8501).
 
     python export/rest_client.py --url http://localhost:8501 --model elpv cell1.png cell2.png
+    python export/rest_client.py --model reviews --text "a gripping film" "far too long"
 
 sends the images as `image_bytes` (base64 in JSON, as TF Serving expects for
-`tf.string` inputs) and prints the top classes. Only the standard library is
-needed to send requests; `kerastl.export.requests` builds bodies for the
-other signatures.
+`tf.string` inputs), or with `--text` the raw strings to the `text`
+signature, and prints the top classes. Only the standard library is needed
+to send requests; `kerastl.export.requests` builds bodies for the other
+signatures.
 """
 
 from __future__ import annotations
@@ -66,19 +68,31 @@ def image_bytes_body(paths: list[str], signature: str = "image_bytes") -> dict:
     return {"signature_name": signature, "instances": instances}
 
 
+def text_body(texts: list[str], signature: str = "text") -> dict:
+    """A row-format body sending raw strings to the `text` signature.
+
+    Example:
+        >>> text_body(["a gripping film"])
+        {'signature_name': 'text', 'instances': [{'text': 'a gripping film'}]}
+    """
+    return {"signature_name": signature, "instances": [{"text": text} for text in texts]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="+", help="JPEG/PNG files")
+    parser.add_argument("inputs", nargs="+", help="JPEG/PNG files, or strings with --text")
+    parser.add_argument("--text", action="store_true", help="send the inputs as raw strings")
     parser.add_argument("--url", default="http://localhost:8501")
     parser.add_argument("--model", required=True)
     parser.add_argument("--version", type=int)
     args = parser.parse_args(argv)
+    body = text_body(args.inputs) if args.text else image_bytes_body(args.inputs)
     try:
-        answer = predict(args.url, args.model, image_bytes_body(args.images), args.version)
+        answer = predict(args.url, args.model, body, args.version)
     except (RuntimeError, OSError) as error:
         print(f"rest_client: error: {error}", file=sys.stderr)
         return 2
-    for path, row in zip(args.images, answer["predictions"], strict=True):
+    for path, row in zip(args.inputs, answer["predictions"], strict=True):
         ranked = ", ".join(
             f"{name} {p:.3f}"
             for name, p in zip(row["class_name"], row["top_k_probabilities"], strict=True)

@@ -17,6 +17,7 @@ from kerastl._validation import check_positive_int
 from kerastl.backbones.factory import DEFAULT, create_backbone
 from kerastl.backbones.registry import find_spec, find_spec_by_class
 from kerastl.backbones.spec import TEXT
+from kerastl.backbones.tokenizers import tokenize
 from kerastl.distribute.keras_fixes import FixedTraining
 from kerastl.distribute.strategies import check_model_in_scope
 from kerastl.groups import GroupRules, LayerGroups
@@ -303,10 +304,10 @@ class TransferModel(FixedTraining, keras.Model):
         if isinstance(data, tuple) and data and not _is_string_batch(data):
             return (self.prepare_data(data[0]), *data[1:])
         if _is_string_batch(data) and self._check_inputs(tf.TensorSpec(None, tf.string)):
-            return self.preprocessor(tf.constant(list(data)))
+            return tokenize(self.preprocessor, tf.constant(list(data)))
         if _is_string_tensor(data) and self._check_inputs(tf.TensorSpec(None, tf.string)):
             _check_string_batch_shape(data)
-            return self.preprocessor(data)
+            return tokenize(self.preprocessor, data)
         return data
 
     @tf.autograph.experimental.do_not_convert  # traced calls: Keras's own __call__ as it is

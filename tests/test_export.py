@@ -6,9 +6,11 @@ import subprocess
 import sys
 import textwrap
 import types
+import warnings
 from collections import Counter
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -432,14 +434,23 @@ def text_samples():
 
 
 @pytest.mark.slow
-def test_text_signatures_match_keras_and_the_op_scan_flags_the_tokenizer(
+def test_a_tokenizer_core_ops_cannot_express_keeps_tf_text_and_the_op_scan_refuses_it(
     minilm, text_samples, tmp_path
 ):
+    """Special tokens written in the strings are beyond the core-op WordPiece:
+    the `text` signature runs TF-Text, and stock TF Serving is refused it."""
     samples, preprocessor = text_samples
-    with pytest.warns(UserWarning, match="stock TF Serving"):
+    special = keras_hub.models.BertTextClassifierPreprocessor(
+        keras_hub.models.BertTokenizer(
+            vocabulary=preprocessor.tokenizer.vocabulary, lowercase=True,
+            special_tokens_in_strings=True,
+        ),
+        sequence_length=16,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="special tokens.*stock TF Serving"):
         path = kx.saved_model(
             minilm, tmp_path / "sm", ("text", "token_ids"), samples=samples,
-            preprocessor=preprocessor,
+            preprocessor=special,
         )  # fmt: skip
     loaded = tf.saved_model.load(path)
     tokens = {name: samples[name] for name in minilm.input}
@@ -464,23 +475,40 @@ def test_text_signatures_match_keras_and_the_op_scan_flags_the_tokenizer(
 
 
 @pytest.mark.slow
-def test_the_text_signature_exports_with_the_models_own_tokenizer_from_raw_strings(
+def test_a_wordpiece_text_signature_runs_in_core_ops_and_publishes_to_stock_tf_serving(
     minilm, tmp_path
 ):
-    """No `preprocessor` passed: the signature tokenizes as the model does
-    (the tokenizer it holds), and raw strings are the parity samples."""
-    texts = ["a gripping, beautifully shot film", "dull and far too long", "fine", ""]
-    expected = minilm.predict(texts, verbose=0)
-    with pytest.warns(UserWarning, match="stock TF Serving"):
-        path = kx.saved_model(minilm, tmp_path / "sm", signatures=("text",), samples=texts)
-    with open(os.path.join(path, "assets.extra", "parity.json")) as file:
+    """The `text` signature of a WordPiece model, from the model's own tokenizer
+    (no `preprocessor` passed) and raw strings as samples: core ops only (the
+    bundle's op scan passes without `on_unsupported_ops`), each batch padded to
+    its own longest text, the same probabilities as Keras on the same strings."""
+    texts = ["a gripping, beautifully shot film", "dull and far too long", "fine", "Caf\u00e9!", ""]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        version = kx.serving_bundle(minilm, tmp_path, "reviews", signatures="text", samples=texts)
+    with open(os.path.join(version, "assets.extra", "parity.json")) as file:
         report = json.load(file)
-    assert report["passed"] and report["samples"] == len(texts)
-    loaded = tf.saved_model.load(path)
+    assert report["passed"] and [r["target"] for r in report["results"]] == [
+        version,
+        f"{version}#text",
+    ]
+    loaded = tf.saved_model.load(version)
     assert set(loaded.signatures) == {"serving_default", "text", "token_ids"}
     assert list(loaded.signatures["serving_default"].structured_input_signature[1]) == ["text"]
-    served = run_signature(loaded.signatures["text"], {"text": np.array(texts, object)})
-    np.testing.assert_allclose(served["logits"], expected, atol=1e-5)
+    assert kx.scan_serving_ops(version) == {}
+    signature = loaded.signatures["text"]
+    short = signature(text=tf.constant(["fine", "ok"]))
+    long = signature(text=tf.constant(["fine", " ".join(["long"] * 300)]))
+    expected = minilm.predict(["fine", "ok"], verbose=0)
+    np.testing.assert_allclose(short["logits"], expected, atol=1e-5)
+    np.testing.assert_allclose(long["logits"][:1], expected[:1], atol=1e-5)  # padding is masked
+    requests = read_warmup(os.path.join(version, "assets.extra", "tf_serving_warmup_requests"))
+    texts_sent = [request_arrays(r)["text"] for r in requests if "text" in request_arrays(r)]
+    assert len(texts_sent) == len(texts)
+    for sent in texts_sent:
+        served = run_signature(signature, {"text": sent})
+        expected = minilm.predict([sent[0].decode()], verbose=0)
+        np.testing.assert_allclose(served["logits"], expected, atol=1e-5)
 
 
 @pytest.mark.slow

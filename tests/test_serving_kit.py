@@ -171,3 +171,35 @@ def test_clients_without_a_server_name_the_address_and_how_to_start_one(tmp_path
     target = f"127.0.0.1:{port}"
     assert grpc_client.main([str(image), "--target", target, "--model", "cells"]) == 2
     assert f"No TF Serving answered at {target}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_rest_client_sends_raw_text_to_a_wordpiece_bundle(tmp_path, capsys):
+    """`rest_client.py --text`: plain JSON strings to the core-op `text`
+    signature, answered as Keras answers the same strings."""
+    preprocessor = kerastl.create_text_preprocessor("all-minilm-l6-v2", sequence_length=16)
+    backbone = kerastl.create_backbone(
+        "bert_base_en_uncased", weights=None, num_layers=1, num_heads=2, hidden_dim=8,
+        intermediate_dim=16, vocabulary_size=preprocessor.tokenizer.vocabulary_size(),
+        max_sequence_length=16,
+    )  # fmt: skip
+    model = kerastl.TransferModel(
+        backbone, num_classes=2, class_names=["rotten", "fresh"], preprocessor=preprocessor
+    )
+    texts = ["a gripping film", "far too long, and dull"]
+    version = kx.serving_bundle(model, tmp_path, "reviews", signatures="text", samples=texts)
+    server = HTTPServer(
+        ("127.0.0.1", 0), _rest_handler("reviews", tf.saved_model.load(version).signatures)
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        rest = _kit("rest_client")
+        answer = rest.predict(url, "reviews", rest.text_body(texts))["predictions"]
+        expected = tf.nn.softmax(model.predict(texts, verbose=0)).numpy()
+        np.testing.assert_allclose([row["probabilities"] for row in answer], expected, atol=1e-5)
+        assert rest.main(["--text", *texts, "--url", url, "--model", "reviews"]) == 0
+    finally:
+        server.shutdown()
+    printed = capsys.readouterr().out
+    assert "a gripping film: " in printed and "far too long, and dull: " in printed

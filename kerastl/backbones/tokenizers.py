@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 
 from kerastl.backbones import assets
 from kerastl.backbones.hub_access import hf_offline, load_from_hub, preset_host
@@ -72,3 +73,38 @@ def create_text_preprocessor(
         host=preset_host(location),
         local_hint="Pass a local preset or Hugging Face directory as `weights`.",
     )
+
+
+def tokenize(preprocessor, texts) -> dict:
+    """Tokenizes strings as training does: in TensorFlow's graph (TF-Text).
+
+    A KerasHub preprocessor called eagerly runs its pure-Python path
+    (`regex`, `unicodedata`), while a `tf.data` pipeline, and so training, runs
+    TF-Text's kernels, and the two disagree on some strings: a NUL character
+    ends the string for TF-Text only, and punctuation added in recent Unicode
+    versions splits words for one of them only. Predictions and export checks
+    must see the tokens the model trained on, so they tokenize here.
+
+    Args:
+        preprocessor: a KerasHub text preprocessor.
+        texts: a `[batch]` string tensor, or a list of strings.
+
+    Returns:
+        The preprocessor's outputs (`token_ids`, `padding_mask`, ...) as tensors.
+
+    Example:
+        >>> tokenize(model.preprocessor, ["a gripping film"])["token_ids"].shape
+        TensorShape([1, 128])
+    """
+    import tensorflow as tf
+
+    function = _graph_calls.get(preprocessor)
+    if function is None:
+        function = tf.function(
+            preprocessor, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False
+        )
+        _graph_calls[preprocessor] = function
+    return function(tf.convert_to_tensor(texts, tf.string))
+
+
+_graph_calls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -186,6 +186,49 @@ def check_tta_parity(
     return _compared(f"{path}#{IMAGE_TENSOR_TTA}", actual, expected, tolerance)
 
 
+def check_text_parity(
+    model: keras.Model,
+    path: str,
+    preprocessor,
+    texts: Sequence[str],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ParityResult:
+    """Compares a SavedModel's `text` signature with Keras on the same raw strings.
+
+    Keras sees the strings tokenized by `preprocessor` as training does (see
+    `kerastl.backbones.tokenizers.tokenize`); the signature tokenizes them in
+    its own graph. A token that differs shows as a difference of probabilities.
+
+    Args:
+        model: the Keras model.
+        path: the SavedModel directory.
+        preprocessor: the KerasHub preprocessor the model trained with.
+        texts: raw strings.
+        tolerance: largest absolute difference of probabilities allowed.
+
+    Returns:
+        A `ParityResult` whose target is `PATH#text`.
+
+    Example:
+        >>> print(check_text_parity(model, "out/1", model.preprocessor, ["fine"]).passed)
+    """
+    import tensorflow as tf
+
+    from kerastl.backbones.tokenizers import tokenize
+
+    texts = tf.constant([str(text) for text in texts], tf.string)
+    tokens = tokenize(preprocessor, texts)
+    logits = keras.tree.flatten(
+        model({name: tokens[name] for name in model.input}, training=False)
+    )[0]
+    regression = getattr(model, "task", "classification") == "regression"
+    expected = np.asarray(logits if regression else probabilities_of(model, logits))
+    function = tf.saved_model.load(path).signatures["text"]
+    actual = function(text=texts)["predictions" if regression else "probabilities"].numpy()
+    return _compared(f"{path}#text", actual, expected, tolerance, regression)
+
+
 def _compared(target: str, actual, expected, tolerance: float, regression: bool = False):
     """The `ParityResult` of an export's outputs against Keras's."""
     same_shape = actual.shape == expected.shape

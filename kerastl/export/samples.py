@@ -129,7 +129,7 @@ def sample_count(samples) -> int:
 
 def _tokenized(model, texts, count: int) -> dict:
     """Raw strings as the model's token inputs, the strings kept under `"text"`."""
-    import tensorflow as tf
+    from kerastl.backbones.tokenizers import tokenize
 
     array = np.asarray(texts)
     if array.ndim != 1 or array.dtype.kind not in "USO":
@@ -143,7 +143,7 @@ def _tokenized(model, texts, count: int) -> dict:
             f"none: pass a dict of token arrays ({list(model.input)})."
         )
     strings = [_as_str(text) for text in array[:count]]
-    tokens = model.preprocessor(tf.constant(strings))
+    tokens = tokenize(model.preprocessor, strings)
     return {name: np.asarray(tokens[name]) for name in model.input} | {_TEXT_KEY: strings}
 
 

@@ -10,12 +10,14 @@ import keras
 
 from kerastl import _atomic
 from kerastl._progress import Progress
+from kerastl.export.core_tokenizer import CoreWordPiece, unsupported_reason
 from kerastl.export.float32 import float32_copy
 from kerastl.export.parity import (
     DEFAULT_TOLERANCE,
     PARITY_FILE,
     ParityError,
     check_parity,
+    check_text_parity,
     check_tta_parity,
 )
 from kerastl.export.samples import model_samples
@@ -70,7 +72,9 @@ def saved_model(
         top_k: labels in the `class_name` output.
         preprocessor: KerasHub text preprocessor for the `text` signature
             (default: the model's own, else the registered backbone's at
-            `sequence_length`).
+            `sequence_length`). A WordPiece one runs in core TF ops
+            (`kerastl.export.core_tokenizer`, stock TF Serving runs it); any
+            other keeps its TF-Text kernels, with a warning.
         sequence_length: token length of the registered backbone's
             preprocessor, for a model without its own.
         tolerance: largest absolute difference of probabilities allowed.
@@ -141,18 +145,11 @@ def write_saved_model(
     model = float32_copy(model)
     served = merged_for_export(model)  # LoRA adapters folded in; parity against the unmerged
     preprocessor = text_preprocessor(model, names, preprocessor, sequence_length)
-    if TEXT in names:
-        warnings.warn(
-            "The `text` signature tokenizes with TF-Text ops, which stock TF Serving "
-            "(and TF Lite, ONNX) cannot run: serve it with a TF Serving build that "
-            "links tensorflow-text, or send `token_ids` instead.",
-            UserWarning,
-            stacklevel=3,
-        )
     archive = keras.export.ExportArchive()
     archive.track(served)
-    if preprocessor is not None and TEXT in names:
-        archive.track(preprocessor)
+    tokenizer = text_tokenizer(preprocessor) if TEXT in names else None
+    if tokenizer is not None:
+        archive.track(tokenizer)
     forward = model_forward(served)
     for name in names:
         function = serving_function(
@@ -160,7 +157,7 @@ def write_saved_model(
             name,
             image_dtype=image_dtype,
             top_k=top_k,
-            preprocessor=preprocessor,
+            preprocessor=tokenizer,
             tta=tta,
             forward=forward,
         )
@@ -171,6 +168,10 @@ def write_saved_model(
     progress.update(1)
     os.makedirs(os.path.join(directory, EXTRA_DIR), exist_ok=True)
     report = check_parity(model, directory, samples, tolerance=tolerance)
+    if TEXT in names and TEXT in samples:
+        report = report.including(
+            check_text_parity(model, directory, preprocessor, samples[TEXT], tolerance=tolerance)
+        )
     if IMAGE_TENSOR_TTA in names:
         tta_samples = samples if len(samples) <= 8 else samples[:8]  # 8 views each: keep it short
         report = report.including(
@@ -184,6 +185,26 @@ def write_saved_model(
     if not report.passed:
         raise ParityError(report)
     return report
+
+
+def text_tokenizer(preprocessor):
+    """What the `text` signature tokenizes with: core TF ops where they can.
+
+    A WordPiece preprocessor becomes a `CoreWordPiece` (the same token ids,
+    stock TF Serving runs it); any other keeps its TF-Text kernels, with a
+    warning that stock TF Serving cannot load the signature.
+    """
+    reason = unsupported_reason(preprocessor)
+    if reason is None:
+        return CoreWordPiece(preprocessor)
+    warnings.warn(
+        f"The `text` signature tokenizes with TF-Text ops, since {reason}; stock TF Serving "
+        "(and TF Lite, ONNX) cannot run them: serve it with a TF Serving build that links "
+        "tensorflow-text, or send `token_ids` instead.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return preprocessor
 
 
 def text_preprocessor(model: keras.Model, names, preprocessor, sequence_length: int):

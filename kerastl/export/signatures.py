@@ -17,8 +17,10 @@ Image signatures:
 Text signatures:
 - `token_ids`: the model's own token inputs (`token_ids`, `padding_mask`,
   and `segment_ids` for BERT), int32 `[batch, length]`.
-- `text`: `text`, a `tf.string` batch tokenized in the graph (TF-Text ops:
-  stock TF Serving cannot run it).
+- `text`: `text`, a `tf.string` batch of UTF-8 strings tokenized in the
+  graph: in core TF ops for WordPiece tokenizers (`core_tokenizer`, which
+  stock TF Serving runs), padded to the batch's longest text; with TF-Text
+  kernels for the others (stock TF Serving cannot load them).
 
 Outputs: `logits`, `probabilities` (softmax; sigmoid for multi-label),
 `class_id` (top-1, int64), `top_k_probabilities` and `class_name` (top-k
@@ -186,7 +188,9 @@ def serving_function(
         signature: one of the names in this module's docstring.
         image_dtype: dtype of `image_tensor`'s `images`.
         top_k: how many labels `class_name` holds (at most the class count).
-        preprocessor: a KerasHub text preprocessor, for the `text` signature.
+        preprocessor: what the `text` signature tokenizes with: strings in,
+            a dict of token arrays out (`CoreWordPiece`, or a KerasHub text
+            preprocessor).
         numeric_only: leave out the string output (for ONNX).
         tta: the test-time views of `image_tensor_tta` (`dihedral` or `flip`).
         forward: the model call to use (`model_forward(model)`, shared by the
