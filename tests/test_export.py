@@ -538,6 +538,17 @@ def test_text_bundle_warmup_replays_and_onnx_matches(text_samples, tmp_path):
     assert session.get_inputs()[0].shape == ["batch", "sequence"]
     logits = session.run(["logits"], tokens)[0]
     np.testing.assert_allclose(logits, model.predict(tokens, verbose=0), atol=1e-4)
+    token_ids = loaded.signatures["token_ids"]
+    for length in (5, 40):  # any length: not the samples' 16
+        other = {
+            "token_ids": np.random.default_rng(length).integers(1, 1000, (2, length), np.int32),
+            "padding_mask": np.ones((2, length), np.int32),
+            "segment_ids": np.zeros((2, length), np.int32),
+        }
+        expected = model.predict(other, verbose=0)
+        np.testing.assert_allclose(session.run(["logits"], other)[0], expected, atol=1e-4)
+        served = run_signature(token_ids, other)["logits"]
+        np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
 def test_models_config_keeps_other_models_and_updates_an_entry(tmp_path):
