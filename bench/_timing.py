@@ -4,6 +4,7 @@ a callback timing each epoch of a Keras `fit`."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -36,3 +37,21 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._started)
+
+
+def machine() -> str:
+    """The CPU, in the terms that change these ratios: cores and vector width."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            info = file.read()
+    except OSError:
+        return f"{os.cpu_count()} cores"
+    fields = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    flags = fields.get("flags", "").split()
+    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    family = f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+    name = fields.get("model name", "?")
+    return f"{name} ({family}), {os.cpu_count()} cores, {vectors}"

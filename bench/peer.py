@@ -41,6 +41,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from _child import run_child
+from _timing import machine
 from _variants import recipe_yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,7 +67,7 @@ def main() -> None:
     if not os.path.exists(args.peer_python):
         sys.exit(f"No PyTorch environment at {args.peer_python}: run `make bench-peer`.")
     output = tempfile.mkdtemp(prefix="kerastl-peer-")
-    print(f"runs in {output}; machine: {_machine()}", flush=True)
+    print(f"runs in {output}; machine: {machine()}", flush=True)
     rows = []
     for turn, task in enumerate(args.tasks):
         data_path, peer_weights, settings = _prepare(task, args.set, output)
@@ -94,24 +95,6 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     _print_table(rows)
-
-
-def _machine() -> str:
-    """The CPU, in the terms that change these ratios: cores and vector width."""
-    try:
-        with open("/proc/cpuinfo") as file:
-            info = file.read()
-    except OSError:
-        return f"{os.cpu_count()} cores"
-    fields = {}
-    for line in info.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())  # the first processor's
-    flags = fields.get("flags", "").split()
-    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    family = f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
-    name = fields.get("model name", "?")
-    return f"{name} ({family}), {os.cpu_count()} cores, {vectors}"
 
 
 def _prepare(task: str, overrides: list[str], output: str) -> tuple[str, str, dict]:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf
+from _timing import machine
 
 import kerastl
 from kerastl.app.config import load_config
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
         )
         rows.append(("SavedModel export (8 parity samples)", seconds, None))
 
-    print(f"machine: {_machine()}; TF {tf.__version__}")
+    print(f"machine: {machine()}; TF {tf.__version__}")
     print("| part | seconds | predict on the same images (s) | ratio |")
     print("| --- | ---: | ---: | ---: |")
     for name, seconds, reference in rows:
@@ -93,20 +93,6 @@ def main(argv=None) -> None:
     total = sum(row[1] for row in rows)
     predicted = rows[0][2] + rows[1][2]
     print(f"| whole phase | {total:.1f} | {predicted:.1f} | {total / predicted:.2f} |")
-
-
-def _machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            lines = info.read().splitlines()
-        model = next(line.split(":", 1)[1].strip() for line in lines if "model name" in line)
-        family = next(line.split(":", 1)[1].strip() for line in lines if "cpu family" in line)
-        number = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model\t"))
-        flags = next(line for line in lines if line.startswith("flags"))
-        avx512 = "AVX-512" if "avx512f" in flags else "no AVX-512"
-        return f"{model} family {family} model {number}, {os.cpu_count()} cores, {avx512}"
-    except (OSError, StopIteration):
-        return sys.platform
 
 
 if __name__ == "__main__":

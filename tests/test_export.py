@@ -33,6 +33,7 @@ from kerastl.export.requests import (
     run_signature,
     signature_inputs,
 )
+from kerastl.export.samples import detokenized
 from kerastl.export.signatures import resize_like_training
 
 SIZE = 64
@@ -464,7 +465,7 @@ def test_a_tokenizer_core_ops_cannot_express_keeps_tf_text_and_the_op_scan_refus
     scan = kx.scan_serving_ops(path)
     assert "FastWordpieceTokenizeWithOffsets" in scan["text"] and "token_ids" not in scan
 
-    texts = bundle_module._detokenize(preprocessor, samples)  # warmup text from token samples
+    texts = detokenized(preprocessor, samples)  # warmup text from token samples
     np.testing.assert_array_equal(
         preprocessor(tf.constant(texts))["token_ids"], samples["token_ids"]
     )

@@ -17,8 +17,8 @@ from kerastl.app.config import load_config
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (40, 32, 32, 3)).astype("float32")
-    y = np.arange(40) % 2
+    x = rng.uniform(0, 255, (64, 32, 32, 3)).astype("float32")  # 16 validation: enough to gate
+    y = np.arange(64) % 2
     x[y == 1, :16] = 255.0  # a learnable difference between the classes
     np.savez(root / "tiny.npz", x=x, y=y)
     (root / "tiny.yaml").write_text(
@@ -152,6 +152,20 @@ def test_export_command_publishes_a_bundle_and_names_bad_arguments(run, capsys):
     assert "opset=19" in capsys.readouterr().err
     assert main(["export", str(run / "nowhere")]) == 2
     assert "no model.keras" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quantized_exports_are_gated_on_the_runs_validation_split(run, capsys):
+    args = ["export", str(run), "--format", "onnx", "--quantize", "int8"]
+    assert main([*args, "--min-agreement", "0", "--max-accuracy-drop", "1"]) == 0
+    assert "Exported (onnx, int8)" in capsys.readouterr().out
+    report = json.loads((run / "export" / "model.int8.quantization.json").read_text())
+    assert report["calibration_samples"] == 8 and report["scored_samples"] == 8  # 16 validation
+    assert report["passed"] and (run / "export" / "model.int8.onnx").stat().st_size > 0
+    assert main([*args, "--overwrite", "--min-agreement", "1.5"]) == 2
+    assert "`min_agreement` must be in [0, 1]" in capsys.readouterr().err
+    assert main(["export", str(run), "--format", "saved_model", "--quantize", "int8"]) == 2
+    assert "`quantize` for format 'saved_model' must be one of (None,)" in capsys.readouterr().err
 
 
 def test_resuming_a_finished_run_says_it_is_finished(run, capsys):

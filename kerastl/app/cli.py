@@ -72,9 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     config.add_argument("--show", action="store_true", help="print it (the only action)")
 
-    export = commands.add_parser("export", help="export a run's model (TF Serving bundle, ONNX)")
+    export = commands.add_parser(
+        "export", help="export a run's model (TF Serving bundle, SavedModel, ONNX, LiteRT)"
+    )
     export.add_argument("run_dir", help="a run directory written by `kerastl train`")
-    export.add_argument("--format", choices=("bundle", "saved_model", "onnx"), default="bundle")
+    export.add_argument(
+        "--format", choices=("bundle", "saved_model", "onnx", "litert"), default="bundle"
+    )
     export.add_argument("--output", help="where to write (default: RUN_DIR/export/...)")
     export.add_argument("--name", help="served model name for a bundle (default: the run's)")
     export.add_argument(
@@ -82,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated, first is serving_default (e.g. image_bytes,image_tensor)",
     )
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (13-18)")
+    export.add_argument(
+        "--quantize",
+        choices=("int8", "float16"),
+        help="onnx: int8; litert: int8 or float16; gated on the run's validation split",
+    )
+    export.add_argument(
+        "--max-accuracy-drop", type=float, help="the quantization gate's bound (default 0.01)"
+    )
+    export.add_argument(
+        "--min-agreement", type=float, help="the quantization gate's bound (default 0.98)"
+    )
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
     return parser
 
@@ -102,9 +117,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _start_tensorflow()
     from kerastl.backbones import CheckpointError, HubUnavailableError
-    from kerastl.export import ParityError, UnsupportedOpsError, UnsupportedServingOpsError
+    from kerastl.export import (
+        ParityError,
+        QuantizationError,
+        UnsupportedOpsError,
+        UnsupportedServingOpsError,
+    )
 
-    export_errors = (ParityError, UnsupportedOpsError, UnsupportedServingOpsError, FileExistsError)
+    export_errors = (
+        ParityError,
+        QuantizationError,
+        UnsupportedOpsError,
+        UnsupportedServingOpsError,
+        FileExistsError,
+    )
     try:
         if args.command in ("train", "lr-find"):
             return _train(args) if args.command == "train" else _lr_find(args)
@@ -194,8 +220,12 @@ def _export(args) -> int:
         signatures=signatures,
         opset=args.opset,
         overwrite=args.overwrite,
+        quantize=args.quantize,
+        max_accuracy_drop=args.max_accuracy_drop,
+        min_agreement=args.min_agreement,
     )
-    print(f"Exported ({args.format}): {path}")
+    kind = args.format if args.quantize is None else f"{args.format}, {args.quantize}"
+    print(f"Exported ({kind}): {path}")
     return 0
 
 

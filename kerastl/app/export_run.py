@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-FORMATS = ("saved_model", "onnx", "bundle")
+FORMATS = ("saved_model", "onnx", "litert", "bundle")
+QUANTIZABLE = {"onnx": (None, "int8"), "litert": (None, "float16", "int8")}
 
 
 def export_run(
@@ -16,6 +17,9 @@ def export_run(
     signatures=None,
     opset: int = 17,
     overwrite: bool = False,
+    quantize: str | None = None,
+    max_accuracy_drop: float | None = None,
+    min_agreement: float | None = None,
 ) -> str:
     """Exports a run's final model, with its validation data as parity samples.
 
@@ -24,15 +28,22 @@ def export_run(
             `FineTuner(run_dir=...)` followed by `write_report`): its
             `model.keras`, and `samples.npz` (else `config.yaml`'s
             validation data) for the parity check.
-        format: `"saved_model"`, `"onnx"` or `"bundle"` (TF Serving).
-        output: the SavedModel directory, `.onnx` file or bundle base
-            directory; default `RUN_DIR/export/saved_model`,
-            `RUN_DIR/export/model.onnx` or `RUN_DIR/export/serving`.
+        format: `"saved_model"`, `"onnx"`, `"litert"` or `"bundle"` (TF Serving).
+        output: the SavedModel directory, `.onnx` or `.tflite` file or bundle
+            base directory; default `RUN_DIR/export/saved_model`,
+            `RUN_DIR/export/model.onnx` (`model.int8.onnx`),
+            `RUN_DIR/export/model.tflite` (`model.int8.tflite`...) or
+            `RUN_DIR/export/serving`.
         name: the served model's name (bundle); default the run's name
             (`config.yaml`), else the directory's.
         signatures: as in `kerastl.export.saved_model`.
         opset: ONNX opset.
-        overwrite: replace an existing SavedModel or ONNX file.
+        overwrite: replace an existing SavedModel, ONNX or LiteRT file.
+        quantize: `"int8"` (ONNX, LiteRT) or `"float16"` (LiteRT): calibrated
+            and gated on the run's whole validation split (read again from
+            `config.yaml`), see `kerastl.export.onnx`.
+        max_accuracy_drop / min_agreement: the gate's bounds (None: the
+            defaults of `kerastl.export.onnx`).
 
     Returns:
         The written path (the version directory for a bundle).
@@ -54,6 +65,11 @@ def export_run(
         raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}.")
     if format == "onnx":
         check_opset(opset)
+    if quantize not in QUANTIZABLE.get(format, (None,)):
+        raise ValueError(
+            f"`quantize` for format {format!r} must be one of {QUANTIZABLE.get(format, (None,))}. "
+            f"Received: quantize={quantize!r}."
+        )
     model_path = os.path.join(run_dir, MODEL)
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"{run_dir!r} is not a finished run directory: it has no {MODEL}.")
@@ -67,14 +83,47 @@ def export_run(
             f"{run_dir!r} has neither {SAMPLES} (written with {MODEL} when a run's report "
             f"is written with validation data) nor {CONFIG}: nothing to check the export on."
         )
+    if quantize is not None:
+        if config is None:
+            raise FileNotFoundError(
+                f"A {quantize} export is gated on the run's validation split, which {run_dir!r} "
+                f"names in {CONFIG}; it has none."
+            )
+        samples = load_data(config).validation
+        if samples is None:
+            raise ValueError(
+                f"A {quantize} export is gated on the run's validation split; {config_path!r} "
+                "names none (`data.validation_split` or `data.validation_fraction`)."
+            )
     model = load_model(model_path, compile=False)
-    defaults = {"saved_model": "saved_model", "onnx": "model.onnx", "bundle": "serving"}
+    stem = "model" if quantize is None else f"model.{quantize}"
+    defaults = {
+        "saved_model": "saved_model",
+        "onnx": f"{stem}.onnx",
+        "litert": f"{stem}.tflite",
+        "bundle": "serving",
+    }
     output = os.fspath(output or os.path.join(run_dir, "export", defaults[format]))
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    gate = {
+        key: value
+        for key, value in (
+            ("max_accuracy_drop", max_accuracy_drop),
+            ("min_agreement", min_agreement),
+        )
+        if value is not None
+    }
     if format == "saved_model":
         return export.saved_model(model, output, signatures, samples=samples, overwrite=overwrite)
     if format == "onnx":
-        return export.onnx(model, output, opset=opset, samples=samples, overwrite=overwrite)
+        return export.onnx(
+            model, output, opset=opset, samples=samples, overwrite=overwrite, quantize=quantize,
+            **gate,
+        )  # fmt: skip
+    if format == "litert":
+        return export.litert(
+            model, output, samples=samples, overwrite=overwrite, quantize=quantize, **gate
+        )
     return export.serving_bundle(
         model,
         output,

@@ -9,7 +9,6 @@ import warnings
 from collections.abc import Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from kerastl import _atomic
@@ -25,7 +24,7 @@ from kerastl.export.requests import (
     signature_inputs,
     write_warmup,
 )
-from kerastl.export.samples import model_samples
+from kerastl.export.samples import detokenized, model_samples
 from kerastl.export.saved_model_export import EXTRA_DIR, text_preprocessor, write_saved_model
 from kerastl.export.serving_ops import UnsupportedServingOpsError, unsupported_ops
 from kerastl.export.signatures import TEXT, check_signatures
@@ -115,7 +114,7 @@ def serving_bundle(
     preprocessor = text_preprocessor(model, names, preprocessor, sequence_length)
     samples = model_samples(model, samples)
     if TEXT in names and TEXT not in samples:
-        samples = {**samples, TEXT: _detokenize(preprocessor, samples)}
+        samples = {**samples, TEXT: detokenized(preprocessor, samples)}
     with _atomic.publishing(final) as temporary:
         write_saved_model(
             model,
@@ -219,18 +218,6 @@ def _write_requests(loaded, directory, model_name, names, samples, per_signature
         ]
     if warmup:
         write_warmup(os.path.join(extra, WARMUP_FILE), warmup)
-
-
-def _detokenize(preprocessor, samples) -> list[str]:
-    tokenizer = preprocessor.tokenizer
-    special = set(getattr(tokenizer, "special_token_ids", None) or [])
-    mask = samples.get("padding_mask", np.ones_like(samples["token_ids"]))
-    texts = []
-    for ids, keep in zip(samples["token_ids"], mask, strict=True):
-        ids = [int(i) for i, k in zip(ids, keep, strict=True) if k and int(i) not in special]
-        text = np.asarray(tokenizer.detokenize([ids])).reshape(-1)[0] if ids else ""
-        texts.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
-    return texts
 
 
 def _remove_abandoned(model_dir: str) -> None:

@@ -7,16 +7,29 @@ import os
 import re
 
 import keras
+import numpy as np
 
 from kerastl import _atomic
 from kerastl._progress import Progress
 from kerastl.export.float32 import float32_copy
 from kerastl.export.parity import DEFAULT_TOLERANCE, ParityError, check_parity
-from kerastl.export.samples import model_samples
+from kerastl.export.quantization import (
+    DEFAULT_CALIBRATION_SIZE,
+    DEFAULT_MAX_ACCURACY_DROP,
+    DEFAULT_MIN_AGREEMENT,
+    QuantizationError,
+    check_bounds,
+    labeled_samples,
+    report_path,
+    score,
+    split_for_calibration,
+)
+from kerastl.export.samples import model_samples, sample_count
 from kerastl.export.signatures import (
     IMAGE_TENSOR_TTA,
     STRING_INPUT_SIGNATURES,
     check_signatures,
+    is_text_model,
     serving_function,
     tensor_signature,
 )
@@ -27,6 +40,7 @@ MAX_OPSET = 18  # tf2onnx 1.17 fails from opset 19
 MIN_OPSET = 13
 BATCH_DIM = "batch"
 SEQUENCE_DIM = "sequence"
+QUANTIZE_ONNX = (None, "int8")
 _UNSUPPORTED_LOG = re.compile(r"Tensorflow op \[.*?: (\w+)\] is not supported")
 
 
@@ -65,6 +79,10 @@ def onnx(
     tolerance: float = DEFAULT_TOLERANCE,
     overwrite: bool = False,
     fixes: bool = True,
+    quantize: str | None = None,
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
     verbose: int | str = "auto",
 ) -> str:
     """Exports `model` to ONNX with tf2onnx, if every op converts and it matches Keras.
@@ -83,11 +101,28 @@ def onnx(
         signature: which signature to convert; default the tensor one
             (`image_tensor`/`token_ids`). String-input signatures cannot
             convert (e.g. `image_bytes` needs `DecodeJpeg`) and raise.
-        samples: real inputs for the parity check; None: random ones.
+        samples: real inputs: images, token dicts or raw strings, a tuple
+            `(inputs, labels)`, or a `tf.data` dataset of `(inputs, labels)`
+            batches. The parity check takes the first 8; an int8 export is
+            calibrated and scored on all (labels let the gate score
+            accuracy). None: random inputs (float32 only).
         image_dtype: `"float32"` or `"uint8"` for the `images` input.
         tolerance: largest absolute difference of probabilities allowed.
         overwrite: replace an existing file.
         fixes: apply kerastl's tf2onnx fixes (`kerastl.export.tf2onnx_fixes`).
+        quantize: None (float32), or `"int8"`: onnxruntime's static QDQ
+            quantization (int8 per-channel weights, uint8 activations,
+            min-max ranges) calibrated on `samples` for image models; dynamic
+            int8 (weights quantized, activations at run time) for text
+            models. The int8 file is published only if it passes the gate
+            (`kerastl.export.quantization`); its report goes to
+            `<path without .onnx>.quantization.json`.
+        max_accuracy_drop: the int8 file's largest accuracy drop allowed,
+            on the labelled `samples` it was not calibrated on.
+        min_agreement: the smallest fraction of those samples allowed to
+            keep the float model's top-1 class.
+        calibration_size: most samples the quantizer calibrates on (at most
+            half of `samples`: the rest score it).
         verbose: progress of converting and checking, as in `saved_model`.
 
     Returns:
@@ -96,10 +131,14 @@ def onnx(
     Raises:
         UnsupportedOpsError: ops tf2onnx could not convert (named).
         ParityError: onnxruntime disagrees with Keras.
+        QuantizationError: the int8 file is outside the bounds (nothing is
+            published; the measurements are in the error and the report).
 
     Example:
         >>> kerastl.export.onnx(model, "out/model.onnx", samples=val_images)
         'out/model.onnx'
+        >>> kerastl.export.onnx(model, "out/model.int8.onnx", samples=val_ds, quantize="int8")
+        'out/model.int8.onnx'
     """
     path = os.fspath(path)
     if not path.endswith(".onnx"):
@@ -114,7 +153,21 @@ def onnx(
             f"Received: signature={signature!r}."
         )
     _atomic.check_destination(path, overwrite)
-    samples = model_samples(model, samples)  # bad samples fail before the slow conversion
+    if quantize not in QUANTIZE_ONNX:
+        raise ValueError(
+            f"`quantize` must be one of {QUANTIZE_ONNX}. Received: quantize={quantize!r}."
+        )
+    if quantize is not None:
+        check_bounds(max_accuracy_drop, min_agreement, calibration_size)
+        if samples is None:
+            raise ValueError("An int8 ONNX export needs real `samples` to score it on.")
+    labeled = None
+    if samples is not None:  # bad samples fail before the slow conversion
+        labeled = labeled_samples(model, samples)
+        samples = labeled[0]
+        if quantize is not None and not is_text_model(model):
+            split_for_calibration(*labeled, calibration_size)  # too few samples fail here
+    samples = model_samples(model, samples)
     model = float32_copy(model)
     served = merged_for_export(model)  # LoRA adapters folded in; parity against the unmerged
     what = f"ONNX (opset {opset}): converting, then checking it against Keras"
@@ -127,12 +180,147 @@ def onnx(
         report = check_parity(model, temporary, samples, tolerance=tolerance)
         progress.update(2)
         progress.finish()
-        report_path = path[: -len(".onnx")] + ".parity.json"
-        report = report.for_target(path)
-        report.write(report_path)
+        if quantize is None:
+            report = report.for_target(path)
+            report.write(path[: -len(".onnx")] + ".parity.json")
         if not report.passed:
             raise ParityError(report)
+        if quantize is not None:
+            _quantized_in_place(
+                temporary, path, labeled, is_text_model(model), image_dtype=image_dtype,
+                max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
+                calibration_size=calibration_size, verbose=verbose,
+            )  # fmt: skip
     return path
+
+
+def _quantized_in_place(
+    file, path, labeled, text, *, image_dtype, max_accuracy_drop, min_agreement,
+    calibration_size, verbose,
+):  # fmt: skip
+    """Replaces the float ONNX `file` by its int8 version if that passes the gate.
+
+    Images calibrate static quantization on part of `labeled` and are scored
+    on the rest; text (dynamic quantization: nothing to calibrate) on all.
+    """
+    if text:
+        calibration, (scored, labels) = None, labeled
+    else:
+        calibration, scored, labels = split_for_calibration(*labeled, calibration_size)
+    floating = file + ".float.onnx"
+    os.replace(file, floating)
+    try:
+        progress = Progress("ONNX int8: quantizing, then scoring it", 2, verbose, unit="step")
+        method = quantize_onnx(floating, file, calibration, image_dtype=image_dtype)
+        progress.update(1)
+        sessions = {}
+
+        def predict(onnx_file, inputs):
+            if onnx_file not in sessions:
+                sessions[onnx_file] = _session(onnx_file)
+            return onnx_probabilities(sessions[onnx_file], inputs)
+
+        report = score(
+            path, method, floating, file, predict, 0 if text else sample_count(calibration),
+            scored, labels, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
+        )  # fmt: skip
+        progress.update(2)
+        progress.finish()
+    finally:
+        os.remove(floating)
+    report.write(report_path(path, ".onnx"))
+    if not report.passed:
+        raise QuantizationError(report)
+
+
+def quantize_onnx(
+    source: str, target: str, calibration=None, *, image_dtype: str = "float32"
+) -> str:
+    """Writes the int8 version of the ONNX file `source` to `target`.
+
+    Args:
+        source: a float ONNX file (from `convert`).
+        target: where the int8 file goes.
+        calibration: images (`[n, H, W, 3]`) for static quantization; None:
+            dynamic quantization (text transformers: int8 `MatMul` weights,
+            activations quantized at run time).
+        image_dtype: the dtype of the file's `images` input.
+
+    Returns:
+        What was done, for the report.
+
+    Example:
+        >>> quantize_onnx("model.onnx", "model.int8.onnx", val_images[:256])
+        'onnxruntime static QDQ int8 (per-channel weights, min-max, 256 images)'
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = target + ".prepared.onnx"
+    quant_pre_process(source, prepared, skip_symbolic_shape=True)
+    try:
+        if calibration is None:
+            quantize_dynamic(prepared, target, per_channel=True, weight_type=QuantType.QInt8)
+            return "onnxruntime dynamic int8 (per-channel weights)"
+        quantize_static(
+            prepared,
+            target,
+            _Calibration(calibration, image_dtype),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        os.remove(prepared)
+    return f"onnxruntime static QDQ int8 (per-channel weights, min-max, {len(calibration)} images)"
+
+
+def onnx_probabilities(session, inputs, batch_size: int = 64) -> np.ndarray:
+    """The `probabilities` (or `predictions`) of an onnxruntime session on `inputs`, in batches."""
+    names = [output.name for output in session.get_outputs()]
+    output = "probabilities" if "probabilities" in names else "predictions"
+    count = sample_count(inputs)
+    chunks = []
+    for start in range(0, count, batch_size):
+        if isinstance(inputs, dict):
+            feed = {name: value[start : start + batch_size] for name, value in inputs.items()}
+        else:
+            feed = {"images": inputs[start : start + batch_size]}
+        feed = {
+            i.name: np.asarray(feed[i.name]).astype(_NUMPY[i.type]) for i in session.get_inputs()
+        }
+        chunks.append(session.run([output], feed)[0])
+    return np.concatenate(chunks)
+
+
+_NUMPY = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int32)": np.int32}
+
+
+def _session(path: str):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+class _Calibration:
+    """onnxruntime's calibration reader over images, one at a time (its
+    percentile and entropy collectors fail on batches of unequal size)."""
+
+    def __init__(self, images, dtype: str):
+        self._rows = iter(images)
+        self._dtype = dtype
+
+    def get_next(self):
+        row = next(self._rows, None)
+        return None if row is None else {"images": row[None].astype(self._dtype)}
 
 
 def check_opset(opset: int) -> None:

@@ -112,15 +112,16 @@ def check_parity(
     tolerance: float = DEFAULT_TOLERANCE,
     report_path: str | os.PathLike | None = None,
 ) -> ParityReport:
-    """Compares Keras with SavedModel and/or ONNX exports on the same samples.
+    """Compares Keras with SavedModel, ONNX and/or LiteRT exports on the same samples.
 
     SavedModels are called through their tensor signature (`image_tensor` or
-    `token_ids`), ONNX files through onnxruntime. Probabilities are compared
+    `token_ids`), ONNX files through onnxruntime, `.tflite` files through
+    LiteRT's interpreter. Probabilities are compared
     (predictions for regression), with the top-1 class.
 
     Args:
         model: the Keras model.
-        exported: a SavedModel directory or `.onnx` file, or a list of them.
+        exported: a SavedModel directory, `.onnx` or `.tflite` file, or a list of them.
         samples: model inputs (see `kerastl.export.samples.model_samples`);
             None: deterministic random inputs.
         tolerance: largest absolute difference allowed.
@@ -243,10 +244,15 @@ def _compared(target: str, actual, expected, tolerance: float, regression: bool 
 def _run_export(target: str, inputs) -> dict[str, np.ndarray]:
     if target.endswith(".onnx"):
         return _run_onnx(target, inputs)
+    if target.endswith(".tflite"):
+        from kerastl.export.litert_runtime import run_litert
+
+        return run_litert(target, inputs)
     if os.path.isdir(target):
         return _run_saved_model(target, inputs)
     raise ValueError(
-        f"An export must be a SavedModel directory or an `.onnx` file. Received: {target!r}."
+        "An export must be a SavedModel directory, an `.onnx` or a `.tflite` file. "
+        f"Received: {target!r}."
     )
 
 

@@ -35,7 +35,7 @@ def model_samples(model, samples=None, count: int = DEFAULT_COUNT):
             _random_tokens(model, count) if is_text_model(model) else _random_images(model, count)
         )
     if hasattr(samples, "take") and hasattr(samples, "element_spec"):
-        samples = _from_dataset(samples, count)
+        samples = dataset_arrays(samples, count)[0]
     if is_text_model(model):
         if not isinstance(samples, dict):
             samples = _tokenized(model, samples, count)
@@ -105,6 +105,20 @@ def load_samples(path: str | os.PathLike):
     return arrays
 
 
+def detokenized(preprocessor, samples) -> list[str]:
+    """Token samples written back as text (special tokens and padding dropped),
+    for the `text` signature's checks and warmup requests when no raw strings came."""
+    tokenizer = preprocessor.tokenizer
+    special = set(getattr(tokenizer, "special_token_ids", None) or [])
+    mask = samples.get("padding_mask", np.ones_like(samples["token_ids"]))
+    texts = []
+    for ids, keep in zip(samples["token_ids"], mask, strict=True):
+        ids = [int(i) for i, k in zip(ids, keep, strict=True) if k and int(i) not in special]
+        text = np.asarray(tokenizer.detokenize([ids])).reshape(-1)[0] if ids else ""
+        texts.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+    return texts
+
+
 def _as_str(text) -> str:
     return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
@@ -147,22 +161,36 @@ def _tokenized(model, texts, count: int) -> dict:
     return {name: np.asarray(tokens[name]) for name in model.input} | {_TEXT_KEY: strings}
 
 
-def _from_dataset(dataset, count: int):
-    batches = []
+def dataset_arrays(dataset, count: int):
+    """The first `count` examples (whole batches) of a `tf.data` dataset as arrays.
+
+    Args:
+        dataset: batches of `inputs` or `(inputs, labels, ...)`.
+        count: how many examples to read at least (the last batch is kept whole).
+
+    Returns:
+        `(inputs, labels)`: an array or a dict of arrays (token batches of
+        different lengths padded to one), and the labels (None without them).
+    """
+    batches, labels = [], []
     taken = 0
     for element in dataset:
         features = element[0] if isinstance(element, tuple) else element
         batches.append(features)
+        if isinstance(element, tuple) and len(element) > 1:
+            labels.append(np.asarray(element[1]))
         taken += len(next(iter(features.values())) if isinstance(features, dict) else features)
         if taken >= count:
             break
     if not batches:
         raise ValueError("The sample dataset is empty.")
     if isinstance(batches[0], dict):
-        return {
+        inputs = {
             key: _concatenate_padded([np.asarray(b[key]) for b in batches]) for key in batches[0]
         }
-    return np.concatenate([np.asarray(b) for b in batches])
+    else:
+        inputs = np.concatenate([np.asarray(b) for b in batches])
+    return inputs, (np.concatenate(labels) if labels else None)
 
 
 def _concatenate_padded(arrays: list[np.ndarray]) -> np.ndarray:

@@ -20,7 +20,7 @@ from kerastl.export.parity import (
     check_text_parity,
     check_tta_parity,
 )
-from kerastl.export.samples import model_samples
+from kerastl.export.samples import detokenized, model_samples
 from kerastl.export.signatures import (
     IMAGE_TENSOR_TTA,
     TEXT,
@@ -64,10 +64,14 @@ def saved_model(
             images: `image_bytes`, `image_tensor`, `tf_example`,
             `image_tensor_tta` (test-time augmentation in the graph); text:
             `token_ids`, `text` (see `kerastl.export.signatures`). Default:
-            `("image_bytes", "image_tensor")` or `("token_ids",)`. The tensor
-            signature (`image_tensor`/`token_ids`) is always included.
+            `("image_bytes", "image_tensor")`; for text `("text", "token_ids")`
+            when the model's tokenizer runs in core TF ops (WordPiece), else
+            `("token_ids",)`. The tensor signature (`image_tensor`/`token_ids`)
+            is always included.
         samples: real inputs for the parity check (images `[n, H, W, 3]` in
-            [0, 255], token dicts, or a `tf.data` dataset); None: random ones.
+            [0, 255], token dicts, raw strings, or a `tf.data` dataset); None:
+            random ones. The `text` signature is checked on the raw strings
+            (or on the token samples written back as text).
         image_dtype: `"float32"` or `"uint8"` for `image_tensor`.
         top_k: labels in the `class_name` output.
         preprocessor: KerasHub text preprocessor for the `text` signature
@@ -145,6 +149,8 @@ def write_saved_model(
     model = float32_copy(model)
     served = merged_for_export(model)  # LoRA adapters folded in; parity against the unmerged
     preprocessor = text_preprocessor(model, names, preprocessor, sequence_length)
+    if TEXT in names and TEXT not in samples:  # the `text` signature is checked on strings too
+        samples = {**samples, TEXT: detokenized(preprocessor, samples)}
     archive = keras.export.ExportArchive()
     archive.track(served)
     tokenizer = text_tokenizer(preprocessor) if TEXT in names else None

@@ -67,8 +67,10 @@ def check_signatures(model: keras.Model, signatures) -> tuple[str, ...]:
     Args:
         model: the model to export.
         signatures: names in the order wanted (the first is `serving_default`),
-            a single name, or None for the modality's default
-            (`image_bytes`, `image_tensor` / `token_ids`).
+            a single name, or None for the modality's default: `image_bytes`,
+            `image_tensor`; for text, `text`, `token_ids` when the model's
+            own tokenizer runs in core TF ops (WordPiece: stock TF Serving
+            serves raw strings), else `token_ids`.
 
     Returns:
         The names, the tensor signature appended when missing.
@@ -76,7 +78,7 @@ def check_signatures(model: keras.Model, signatures) -> tuple[str, ...]:
     text = is_text_model(model)
     valid = TEXT_SIGNATURES if text else IMAGE_SIGNATURES
     if signatures is None:
-        signatures = (TOKEN_IDS,) if text else (IMAGE_BYTES, IMAGE_TENSOR)
+        signatures = _text_default(model) if text else (IMAGE_BYTES, IMAGE_TENSOR)
     elif isinstance(signatures, str):
         signatures = (signatures,)
     names = tuple(signatures)
@@ -89,6 +91,15 @@ def check_signatures(model: keras.Model, signatures) -> tuple[str, ...]:
         )
     tensor = tensor_signature(model)
     return names if tensor in names else (*names, tensor)
+
+
+def _text_default(model: keras.Model) -> tuple[str, ...]:
+    from kerastl.export.core_tokenizer import unsupported_reason
+
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is not None and unsupported_reason(preprocessor) is None:
+        return (TEXT, TOKEN_IDS)
+    return (TOKEN_IDS,)
 
 
 def image_size(model: keras.Model) -> tuple[int, int]:
