@@ -133,7 +133,7 @@ def test_quantized_exports_refuse_arguments_they_cannot_use(lite0, tmp_path):
         kx.onnx(model, str(tmp_path / "m.onnx"), quantize="float16")
     with pytest.raises(ValueError, match="needs real `samples`"):
         kx.onnx(model, str(tmp_path / "m.onnx"), quantize="int8")
-    with pytest.raises(ValueError, match=r"`min_agreement` must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"`min_agreement` must be a number in \[0, 1\]"):
         kx.litert(
             model, str(tmp_path / "m.tflite"), samples=images, quantize="int8", min_agreement=2
         )

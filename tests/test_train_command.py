@@ -163,7 +163,7 @@ def test_quantized_exports_are_gated_on_the_runs_validation_split(run, capsys):
     assert report["calibration_samples"] == 8 and report["scored_samples"] == 8  # 16 validation
     assert report["passed"] and (run / "export" / "model.int8.onnx").stat().st_size > 0
     assert main([*args, "--overwrite", "--min-agreement", "1.5"]) == 2
-    assert "`min_agreement` must be in [0, 1]" in capsys.readouterr().err
+    assert "`min_agreement` must be a number in [0, 1]" in capsys.readouterr().err
     assert main(["export", str(run), "--format", "saved_model", "--quantize", "int8"]) == 2
     assert "`quantize` for format 'saved_model' must be one of (None,)" in capsys.readouterr().err
 

@@ -143,10 +143,7 @@ def check_parity(
     inputs = model_inputs(samples)
     if not isinstance(inputs, dict):  # whole pixels: exact for uint8 `image_tensor` too
         inputs = whole_pixels(inputs).astype(np.float32)
-    regression = getattr(model, "task", "classification") == "regression"
-    output = "predictions" if regression else "probabilities"
-    logits = keras.tree.flatten(model(inputs, training=False))[0]
-    expected = np.asarray(logits if regression else probabilities_of(model, logits))
+    output, expected, regression = _keras_outputs(model, inputs)
     results = []
     for target in targets:
         actual = _run_export(os.fspath(target), inputs)[output]
@@ -220,14 +217,17 @@ def check_text_parity(
 
     texts = tf.constant([str(text) for text in texts], tf.string)
     tokens = tokenize(preprocessor, texts)
-    logits = keras.tree.flatten(
-        model({name: tokens[name] for name in model.input}, training=False)
-    )[0]
-    regression = getattr(model, "task", "classification") == "regression"
-    expected = np.asarray(logits if regression else probabilities_of(model, logits))
-    function = tf.saved_model.load(path).signatures["text"]
-    actual = function(text=texts)["predictions" if regression else "probabilities"].numpy()
+    output, expected, regression = _keras_outputs(model, {n: tokens[n] for n in model.input})
+    actual = tf.saved_model.load(path).signatures["text"](text=texts)[output].numpy()
     return _compared(f"{path}#text", actual, expected, tolerance, regression)
+
+
+def _keras_outputs(model: keras.Model, inputs):
+    """What exports are compared on: `(output name, Keras's values, regression?)`."""
+    regression = getattr(model, "task", "classification") == "regression"
+    logits = keras.tree.flatten(model(inputs, training=False))[0]
+    expected = np.asarray(logits if regression else probabilities_of(model, logits))
+    return ("predictions" if regression else "probabilities"), expected, regression
 
 
 def _compared(target: str, actual, expected, tolerance: float, regression: bool = False):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from kerastl._validation import check_positive_int
 from kerastl.export.samples import dataset_arrays, model_inputs, sample_count
 
 QUANTIZATION_FILE_SUFFIX = ".quantization.json"
@@ -144,27 +145,10 @@ class QuantizationReport:
 
 def check_bounds(max_accuracy_drop, min_agreement, calibration_size) -> None:
     """Raises `ValueError` naming a bound or size outside what it can be."""
-    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, int | float):
-        raise ValueError(f"`max_accuracy_drop` must be a number. Received: {max_accuracy_drop!r}.")
-    if not 0 <= max_accuracy_drop <= 1:
-        raise ValueError(
-            "`max_accuracy_drop` must be in [0, 1]. "
-            f"Received: max_accuracy_drop={max_accuracy_drop!r}."
-        )
-    if isinstance(min_agreement, bool) or not isinstance(min_agreement, int | float):
-        raise ValueError(f"`min_agreement` must be a number. Received: {min_agreement!r}.")
-    if not 0 <= min_agreement <= 1:
-        raise ValueError(
-            f"`min_agreement` must be in [0, 1]. Received: min_agreement={min_agreement!r}."
-        )
-    if isinstance(calibration_size, bool) or not isinstance(calibration_size, int):
-        raise ValueError(
-            f"`calibration_size` must be an integer >= 1. Received: {calibration_size!r}."
-        )
-    if calibration_size < 1:
-        raise ValueError(
-            f"`calibration_size` must be >= 1. Received: calibration_size={calibration_size}."
-        )
+    for name, value in (("max_accuracy_drop", max_accuracy_drop), ("min_agreement", min_agreement)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ValueError(f"`{name}` must be a number in [0, 1]. Received: {name}={value!r}.")
+    check_positive_int("calibration_size", calibration_size)
 
 
 def labeled_samples(model, samples, limit: int = 100_000):
