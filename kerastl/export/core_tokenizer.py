@@ -159,9 +159,8 @@ class CoreWordPiece(tf.Module):
 
     def _split(self, text):
         keep = f"{_PUNCTUATION}|{_CJK}" if self.split_on_cjk else _PUNCTUATION
-        text = tf.strings.regex_replace(
-            text, r"(?s)\x00.*", ""
-        )  # as tf_text.regex_split reads C strings
+        # A string ends at its first NUL, as in tf_text.regex_split (it reads C strings).
+        text = tf.strings.regex_replace(text, r"(?s)\x00.*", "")
         text = tf.strings.regex_replace(text, _DELIMITER, " ")
         text = tf.strings.regex_replace(text, keep, r" \0 ")
         words = tf.strings.split(text, sep=" ")

@@ -10,6 +10,7 @@ import numpy as np
 
 from kerastl import _atomic
 from kerastl._progress import Progress
+from kerastl._quiet import native_stderr_silenced
 from kerastl.export.float32 import float32_copy
 from kerastl.export.litert_runtime import LiteRTRunner
 from kerastl.export.parity import DEFAULT_TOLERANCE, ParityError, check_parity
@@ -179,7 +180,8 @@ def convert(saved_model_dir: str, quantize: str | None = None, calibration=None)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([image[None]] for image in images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    with native_stderr_silenced():  # the converter's C++ log lines (all kept if it fails)
+        return converter.convert()
 
 
 def _interpreter_probabilities():
