@@ -143,6 +143,11 @@ def test_quantized_exports_refuse_arguments_they_cannot_use(lite0, tmp_path):
         kx.onnx(model, str(tmp_path / "m.onnx"), samples=(images, labels[:95]), quantize="int8")
     with pytest.raises(ValueError, match=r"must end in '\.tflite'"):
         kx.litert(model, str(tmp_path / "m.onnx"))
+    regression = kerastl.TransferModel(
+        "mobilenetv3small", num_classes=1, task="regression", weights=None, input_shape=(32, 32, 3)
+    )
+    with pytest.raises(ValueError, match=r"single-label classification only.*regression"):
+        kx.onnx(regression, str(tmp_path / "r.onnx"), samples=images[:, :32, :32], quantize="int8")
     assert os.listdir(tmp_path) == []
 
 

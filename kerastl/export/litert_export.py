@@ -19,7 +19,7 @@ from kerastl.export.quantization import (
     DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_MIN_AGREEMENT,
     QuantizationError,
-    check_bounds,
+    check_quantizable,
     labeled_samples,
     report_path,
     score,
@@ -105,7 +105,7 @@ def litert(
         )
     _atomic.check_destination(path, overwrite)
     if quantize is not None:
-        check_bounds(max_accuracy_drop, min_agreement, calibration_size)
+        check_quantizable(model, max_accuracy_drop, min_agreement, calibration_size)
         if samples is None:
             raise ValueError(
                 f"A {quantize} LiteRT export needs real `samples` to calibrate and score it on."

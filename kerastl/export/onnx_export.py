@@ -18,7 +18,7 @@ from kerastl.export.quantization import (
     DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_MIN_AGREEMENT,
     QuantizationError,
-    check_bounds,
+    check_quantizable,
     labeled_samples,
     report_path,
     score,
@@ -158,7 +158,7 @@ def onnx(
             f"`quantize` must be one of {QUANTIZE_ONNX}. Received: quantize={quantize!r}."
         )
     if quantize is not None:
-        check_bounds(max_accuracy_drop, min_agreement, calibration_size)
+        check_quantizable(model, max_accuracy_drop, min_agreement, calibration_size)
         if samples is None:
             raise ValueError("An int8 ONNX export needs real `samples` to score it on.")
     labeled = None

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from kerastl._validation import check_positive_int
-from kerastl.export.samples import dataset_arrays, model_inputs, sample_count
+from kerastl.export.samples import dataset_arrays, model_inputs, model_samples, sample_count
 
 QUANTIZATION_FILE_SUFFIX = ".quantization.json"
 DEFAULT_MAX_ACCURACY_DROP = 0.01
@@ -143,8 +143,15 @@ class QuantizationReport:
         return os.fspath(path)
 
 
-def check_bounds(max_accuracy_drop, min_agreement, calibration_size) -> None:
-    """Raises `ValueError` naming a bound or size outside what it can be."""
+def check_quantizable(model, max_accuracy_drop, min_agreement, calibration_size) -> None:
+    """Raises `ValueError` for a model the gate cannot score, or a bound or size
+    outside what it can be."""
+    task = getattr(model, "task", "classification")
+    if task != "classification":
+        raise ValueError(
+            "Quantized exports are gated on top-1 accuracy and agreement: single-label "
+            f"classification only. Received: a {task} model."
+        )
     for name, value in (("max_accuracy_drop", max_accuracy_drop), ("min_agreement", min_agreement)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
             raise ValueError(f"`{name}` must be a number in [0, 1]. Received: {name}={value!r}.")
@@ -168,8 +175,6 @@ def labeled_samples(model, samples, limit: int = 100_000):
     Example:
         >>> inputs, labels = labeled_samples(model, val_ds)
     """
-    from kerastl.export.samples import model_samples
-
     labels = None
     if hasattr(samples, "take") and hasattr(samples, "element_spec"):
         samples, labels = dataset_arrays(samples, limit)
