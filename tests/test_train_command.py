@@ -166,6 +166,8 @@ def test_quantized_exports_are_gated_on_the_runs_validation_split(run, capsys):
     assert "`min_agreement` must be a number in [0, 1]" in capsys.readouterr().err
     assert main(["export", str(run), "--format", "saved_model", "--quantize", "int8"]) == 2
     assert "`quantize` for format 'saved_model' must be one of (None,)" in capsys.readouterr().err
+    assert main(["export", str(run), "--format", "onnx", "--min-agreement", "0.9"]) == 2
+    assert "bound a quantized export: pass `quantize` too" in capsys.readouterr().err
 
 
 def test_resuming_a_finished_run_says_it_is_finished(run, capsys):

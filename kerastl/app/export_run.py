@@ -70,6 +70,12 @@ def export_run(
             f"`quantize` for format {format!r} must be one of {QUANTIZABLE.get(format, (None,))}. "
             f"Received: quantize={quantize!r}."
         )
+    if quantize is None and (max_accuracy_drop is not None or min_agreement is not None):
+        raise ValueError(
+            "`max_accuracy_drop` and `min_agreement` bound a quantized export: pass `quantize` "
+            f"too. Received: max_accuracy_drop={max_accuracy_drop!r}, "
+            f"min_agreement={min_agreement!r}, quantize=None."
+        )
     model_path = os.path.join(run_dir, MODEL)
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"{run_dir!r} is not a finished run directory: it has no {MODEL}.")
