@@ -5,6 +5,10 @@ PyTorch user would. Reads the data `peer.py` exported, writes one JSON row.
 Usage (peer.py runs it; by hand for a look):
     .venv-peer/bin/python bench/_peer_torch.py text DATA.npz MODEL_DIR RESULT.json SETTINGS_JSON
     .venv-peer/bin/python bench/_peer_torch.py image DATA.npz PRESET_DIR RESULT.json SETTINGS_JSON
+
+`deploy.py` runs `latency` (the same network, untrained: latency only) on the
+batches it times the exports on:
+    .venv-peer/bin/python bench/_peer_torch.py latency BATCHES.npz MODEL_DIR RESULT.json {}
 """
 
 from __future__ import annotations
@@ -322,9 +326,49 @@ def _median_ms(function, inputs, warmup: int = 3, repeats: int = 20) -> float:
     return 1000 * float(np.median(times))
 
 
+def latency(batches_path: str, model_dir: str, settings: dict) -> dict:
+    """Eager and `torch.compile` latency of the recipe's network on `deploy.py`'s
+    batches (`images_1`/`images_32` NHWC pixels, or `token_ids_N`/`padding_mask_N`)."""
+    del settings
+    batches = np.load(batches_path)
+    if "images_1" in batches:
+        import timm
+
+        model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=2)
+
+        def batch_of(size):
+            x = torch.from_numpy(batches[f"images_{size}"]).permute(0, 3, 1, 2).contiguous()
+            return (x / 255 - 0.498) / 0.502
+    else:
+        from transformers import AutoModel
+
+        encoder = AutoModel.from_pretrained(model_dir)
+
+        class MeanPooled(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.encoder, self.head = encoder, torch.nn.Linear(encoder.config.hidden_size, 2)
+
+            def forward(self, input_ids, attention_mask):
+                hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                return self.head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
+
+        model = MeanPooled()
+
+        def batch_of(size):
+            return {
+                "input_ids": torch.from_numpy(batches[f"token_ids_{size}"].astype("int64")),
+                "attention_mask": torch.from_numpy(batches[f"padding_mask_{size}"].astype("int64")),
+            }
+
+    return {"latency": _latency(model.eval(), batch_of)}
+
+
 if __name__ == "__main__":
     task, data_path, model_dir, result_path, settings = sys.argv[1:6]
-    row = {"text": text, "image": image}[task](data_path, model_dir, json.loads(settings))
+    tasks = {"text": text, "image": image, "latency": latency}
+    row = tasks[task](data_path, model_dir, json.loads(settings))
     row["versions"] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     with open(result_path, "w") as file:
         json.dump(row, file)

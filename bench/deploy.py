@@ -25,8 +25,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 
@@ -96,6 +98,8 @@ def bench_run(run_dir: str, rounds: int) -> None:
                 f"| {name} | {_size_mb(path):.1f} | {latency[1][name]:.2f} | "
                 f"{latency[32][name]:.1f} | {accuracies[name]:.4f} | {verdict} |"
             )
+        for name, (one, many) in _torch_reference(test_inputs, text, directory).items():
+            print(f"| {name} (reference) | - | {one:.2f} | {many:.1f} | - | - |")
         if text:
             _tokenizer_throughput(model, rounds)
 
@@ -126,6 +130,37 @@ def _export_all(run_dir, model, directory, validation, text) -> dict[str, tuple[
     return files
 
 
+def _torch_reference(test_inputs, text: bool, directory: str) -> dict[str, tuple]:
+    """PyTorch eager and `torch.compile` latency on the same batches, from
+    `.venv-peer` (`make bench-peer` installs it); nothing when it is absent."""
+    from kerastl.backbones.assets import asset_path
+
+    python = os.path.join(".venv-peer", "bin", "python")
+    if not os.path.exists(python):
+        print("(no .venv-peer: no PyTorch reference rows; `make bench-peer` installs it)")
+        return {}
+    batches = {}
+    for size in (1, 32):
+        batch = _first(test_inputs, size)
+        if text:
+            batches[f"token_ids_{size}"] = batch["token_ids"]
+            batches[f"padding_mask_{size}"] = batch["padding_mask"]
+        else:
+            batches[f"images_{size}"] = batch
+    path, result = os.path.join(directory, "batches.npz"), os.path.join(directory, "torch.json")
+    np.savez(path, **batches)
+    script = os.path.join(os.path.dirname(__file__), "_peer_torch.py")
+    model_dir = asset_path("all-minilm-l6-v2") if text else "-"
+    subprocess.run([python, script, "latency", path, model_dir, result, "{}"], check=True)
+    with open(result) as file:
+        measured = json.load(file)["latency"]
+    return {
+        f"PyTorch {kind}": (measured[f"{kind}_1"], measured[f"{kind}_32"])
+        for kind in ("eager", "compile")
+        if f"{kind}_1" in measured and f"{kind}_32" in measured
+    }
+
+
 def _keras_int8_saved_model(run_dir: str, directory: str) -> str:
     """Keras's own `model.quantize("int8")` (its Dense and EinsumDense layers), as a
     SavedModel's `token_ids` signature: measured, not offered by kerastl."""
@@ -144,8 +179,6 @@ def _keras_int8_saved_model(run_dir: str, directory: str) -> str:
 
 def _verdict(path: str, suffix: str) -> str:
     """What the gate says at its default bounds, from the measurements it wrote."""
-    import json
-
     from kerastl.export.quantization import (
         DEFAULT_MAX_ACCURACY_DROP,
         DEFAULT_MIN_AGREEMENT,
