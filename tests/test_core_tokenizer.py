@@ -143,6 +143,10 @@ def test_eager_strings_are_tokenized_as_training_tokenizes_them(minilm_preproces
     eager = minilm_preprocessor(tf.constant(texts))["token_ids"].numpy()
     assert (eager[0] != expected[0]).any()  # KerasHub's own two paths differ here
     np.testing.assert_array_equal(tokenize(minilm_preprocessor, texts)["token_ids"], expected)
+    shorter = kerastl.create_text_preprocessor("all-minilm-l6-v2", sequence_length=16)
+    assert tokenize(shorter, texts)["token_ids"].shape == (2, 16)
+    shorter.sequence_length = 8  # read when traced: the graph call follows the change
+    assert tokenize(shorter, texts)["token_ids"].shape == (2, 8)
     backbone = kerastl.create_backbone(
         "bert_base_en_uncased", weights=None, num_layers=1, num_heads=2, hidden_dim=8,
         intermediate_dim=16, vocabulary_size=30522,

@@ -98,12 +98,13 @@ def tokenize(preprocessor, texts) -> dict:
     """
     import tensorflow as tf
 
-    function = _graph_calls.get(preprocessor)
-    if function is None:
+    length = getattr(preprocessor, "sequence_length", None)  # read when traced: a change retraces
+    traced, function = _graph_calls.get(preprocessor, (None, None))
+    if function is None or traced != length:
         function = tf.function(
             preprocessor, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False
         )
-        _graph_calls[preprocessor] = function
+        _graph_calls[preprocessor] = (length, function)
     return function(tf.convert_to_tensor(texts, tf.string))
 
 
