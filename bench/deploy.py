@@ -43,7 +43,8 @@ import kerastl
 import kerastl.export as kx
 from kerastl.app.config import load_config
 from kerastl.export.litert_runtime import LiteRTRunner
-from kerastl.export.onnx_export import _session, onnx_probabilities
+from kerastl.export.onnx_export import onnx_probabilities
+from kerastl.export.onnx_runtime import onnx_session
 from kerastl.export.quantization import labeled_samples
 from kerastl.export.signatures import is_text_model, tensor_signature
 
@@ -199,7 +200,7 @@ def _verdict(path: str, suffix: str) -> str:
 
 def _predictor(path: str, model):
     if path.endswith(".onnx"):
-        session = _session(path)
+        session = onnx_session(path)
         return lambda inputs: onnx_probabilities(session, inputs)
     if path.endswith(".tflite"):
         runner = LiteRTRunner(path)

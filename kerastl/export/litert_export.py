@@ -19,11 +19,10 @@ from kerastl.export.quantization import (
     DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_MIN_AGREEMENT,
     QuantizationError,
-    check_quantizable,
+    gated_samples,
     labeled_samples,
     report_path,
     score,
-    split_for_calibration,
 )
 from kerastl.export.samples import model_samples
 from kerastl.export.signatures import IMAGE_TENSOR, is_text_model, serving_function
@@ -104,20 +103,16 @@ def litert(
             "(`kerastl.export.onnx`, dynamic sequence length) or a SavedModel."
         )
     _atomic.check_destination(path, overwrite)
-    if quantize is not None:
-        check_quantizable(model, max_accuracy_drop, min_agreement, calibration_size)
-        if samples is None:
-            raise ValueError(
-                f"A {quantize} LiteRT export needs real `samples` to calibrate and score it on."
-            )
-    if samples is None:
-        labeled = (model_samples(model, None), None)
+    if quantize is not None:  # bad samples fail here, before the slow conversion
+        inputs, calibration, scored, labels = gated_samples(
+            model, samples, calibrates=quantize == "int8", what=f"{quantize} LiteRT",
+            max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
+            calibration_size=calibration_size,
+        )  # fmt: skip
+    elif samples is None:
+        inputs = model_samples(model, None)
     else:
-        labeled = labeled_samples(model, samples)
-    if quantize == "int8":  # before the slow conversion: too few samples fail here
-        calibration, scored, labels = split_for_calibration(*labeled, calibration_size)
-    elif quantize == "float16":  # nothing to calibrate: scored on all
-        calibration, (scored, labels) = (), labeled
+        inputs = labeled_samples(model, samples)[0]
     model = float32_copy(model)
     served = merged_for_export(model)
     steps = 2 if quantize is None else 3
@@ -129,7 +124,7 @@ def litert(
         progress.update(1)
         with _atomic.publishing(path, overwrite=overwrite, suffix=SUFFIX) as temporary:
             if quantize is None:
-                report = check_parity(model, floating, labeled[0], tolerance=tolerance)
+                report = check_parity(model, floating, inputs, tolerance=tolerance)
                 report = report.for_target(path)
                 report.write(path[: -len(SUFFIX)] + ".parity.json")
                 progress.update(2)
@@ -147,7 +142,7 @@ def litert(
             )
             report = score(
                 path, method, floating, temporary, _interpreter_probabilities(),
-                len(calibration) if quantize == "int8" else 0, scored, labels,
+                0 if calibration is None else len(calibration), scored, labels,
                 max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
             )  # fmt: skip
             progress.update(3)

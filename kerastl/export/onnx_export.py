@@ -12,17 +12,17 @@ import numpy as np
 from kerastl import _atomic
 from kerastl._progress import Progress
 from kerastl.export.float32 import float32_copy
+from kerastl.export.onnx_runtime import onnx_session, run_onnx
 from kerastl.export.parity import DEFAULT_TOLERANCE, ParityError, check_parity
 from kerastl.export.quantization import (
     DEFAULT_CALIBRATION_SIZE,
     DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_MIN_AGREEMENT,
     QuantizationError,
-    check_quantizable,
+    gated_samples,
     labeled_samples,
     report_path,
     score,
-    split_for_calibration,
 )
 from kerastl.export.samples import model_samples, sample_count
 from kerastl.export.signatures import (
@@ -157,16 +157,16 @@ def onnx(
         raise ValueError(
             f"`quantize` must be one of {QUANTIZE_ONNX}. Received: quantize={quantize!r}."
         )
+    # Bad samples (too few to calibrate and score, labels that do not fit) fail here,
+    # before the slow conversion.
     if quantize is not None:
-        check_quantizable(model, max_accuracy_drop, min_agreement, calibration_size)
-        if samples is None:
-            raise ValueError("An int8 ONNX export needs real `samples` to score it on.")
-    labeled = None
-    if samples is not None:  # bad samples fail before the slow conversion
-        labeled = labeled_samples(model, samples)
-        samples = labeled[0]
-        if quantize is not None and not is_text_model(model):
-            split_for_calibration(*labeled, calibration_size)  # too few samples fail here
+        samples, *gate = gated_samples(
+            model, samples, calibrates=not is_text_model(model), what="int8 ONNX",
+            max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
+            calibration_size=calibration_size,
+        )  # fmt: skip
+    elif samples is not None:
+        samples = labeled_samples(model, samples)[0]
     samples = model_samples(model, samples)
     model = float32_copy(model)
     served = merged_for_export(model)  # LoRA adapters folded in; parity against the unmerged
@@ -187,26 +187,21 @@ def onnx(
             raise ParityError(report)
         if quantize is not None:
             _quantized_in_place(
-                temporary, path, labeled, is_text_model(model), image_dtype=image_dtype,
-                max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
-                calibration_size=calibration_size, verbose=verbose,
+                temporary, path, *gate, image_dtype=image_dtype,
+                max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, verbose=verbose,
             )  # fmt: skip
     return path
 
 
 def _quantized_in_place(
-    file, path, labeled, text, *, image_dtype, max_accuracy_drop, min_agreement,
-    calibration_size, verbose,
+    file, path, calibration, scored, labels, *, image_dtype, max_accuracy_drop, min_agreement,
+    verbose,
 ):  # fmt: skip
     """Replaces the float ONNX `file` by its int8 version if that passes the gate.
 
-    Images calibrate static quantization on part of `labeled` and are scored
-    on the rest; text (dynamic quantization: nothing to calibrate) on all.
+    Images calibrate static quantization (`calibration`); text is quantized
+    dynamically (`calibration` None). Both are scored on `scored`.
     """
-    if text:
-        calibration, (scored, labels) = None, labeled
-    else:
-        calibration, scored, labels = split_for_calibration(*labeled, calibration_size)
     floating = file + ".float.onnx"
     os.replace(file, floating)
     try:
@@ -217,11 +212,12 @@ def _quantized_in_place(
 
         def predict(onnx_file, inputs):
             if onnx_file not in sessions:
-                sessions[onnx_file] = _session(onnx_file)
+                sessions[onnx_file] = onnx_session(onnx_file)
             return onnx_probabilities(sessions[onnx_file], inputs)
 
         report = score(
-            path, method, floating, file, predict, 0 if text else sample_count(calibration),
+            path, method, floating, file, predict,
+            0 if calibration is None else sample_count(calibration),
             scored, labels, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
         )  # fmt: skip
         progress.update(2)
@@ -287,27 +283,7 @@ def onnx_probabilities(session, inputs, batch_size: int = 64) -> np.ndarray:
     """The `probabilities` (or `predictions`) of an onnxruntime session on `inputs`, in batches."""
     names = [output.name for output in session.get_outputs()]
     output = "probabilities" if "probabilities" in names else "predictions"
-    count = sample_count(inputs)
-    chunks = []
-    for start in range(0, count, batch_size):
-        if isinstance(inputs, dict):
-            feed = {name: value[start : start + batch_size] for name, value in inputs.items()}
-        else:
-            feed = {"images": inputs[start : start + batch_size]}
-        feed = {
-            i.name: np.asarray(feed[i.name]).astype(_NUMPY[i.type]) for i in session.get_inputs()
-        }
-        chunks.append(session.run([output], feed)[0])
-    return np.concatenate(chunks)
-
-
-_NUMPY = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int32)": np.int32}
-
-
-def _session(path: str):
-    import onnxruntime
-
-    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return run_onnx(session, inputs, [output], batch_size)[output]
 
 
 class _Calibration:

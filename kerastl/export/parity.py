@@ -274,11 +274,6 @@ def _run_saved_model(path: str, inputs) -> dict[str, np.ndarray]:
 
 
 def _run_onnx(path: str, inputs) -> dict[str, np.ndarray]:
-    import onnxruntime
+    from kerastl.export.onnx_runtime import onnx_session, run_onnx
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    feed = inputs if isinstance(inputs, dict) else {"images": inputs}
-    types = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int32)": np.int32}
-    feed = {i.name: np.asarray(feed[i.name]).astype(types[i.type]) for i in session.get_inputs()}
-    names = [output.name for output in session.get_outputs()]
-    return dict(zip(names, session.run(names, feed), strict=True))
+    return run_onnx(onnx_session(path), inputs)

@@ -197,6 +197,39 @@ def labeled_samples(model, samples, limit: int = 100_000):
     return inputs, labels
 
 
+def gated_samples(
+    model, samples, *, calibrates: bool, what: str, max_accuracy_drop, min_agreement,
+    calibration_size,
+):  # fmt: skip
+    """A quantized export's arguments checked and its samples split, before any slow work.
+
+    Args:
+        model: the model to export.
+        samples: as `labeled_samples` takes them (required).
+        calibrates: whether the quantizer calibrates (static int8) or not
+            (dynamic int8, float16: every sample scores it).
+        what: the export, for the error (e.g. `"int8 ONNX"`).
+        max_accuracy_drop / min_agreement / calibration_size: the gate.
+
+    Returns:
+        `(inputs, calibration, scored, scored_labels)`: all the inputs (for
+        the float parity check), then `split_for_calibration`'s parts
+        (`calibration` None when nothing calibrates).
+
+    Example:
+        >>> inputs, calibration, scored, labels = gated_samples(
+        ...     model, val_ds, calibrates=True, what="int8 ONNX", max_accuracy_drop=0.01,
+        ...     min_agreement=0.98, calibration_size=256)
+    """
+    check_quantizable(model, max_accuracy_drop, min_agreement, calibration_size)
+    if samples is None:
+        raise ValueError(f"A quantized export ({what}) needs real `samples` to score it on.")
+    inputs, labels = labeled_samples(model, samples)
+    if not calibrates:
+        return inputs, None, inputs, labels
+    return (inputs, *split_for_calibration(inputs, labels, calibration_size))
+
+
 def split_for_calibration(inputs, labels, calibration_size: int):
     """Calibration samples, then the others, which score the quantized file.
 
