@@ -167,3 +167,99 @@ def test_the_gate_names_the_bound_that_failed():
     )
     assert "agreement with the float model is 0.9000" in unlabelled.failure()
     assert unlabelled.to_dict()["accuracy_drop"] is None and not unlabelled.to_dict()["passed"]
+
+
+# === Text: dynamic int8 of every weight matrix ===
+
+
+def _gemm_graph():
+    """`x [batch, 8]` through three `Gemm`s: a kernel and a bias; a bias-less
+    one with `beta=0`, as tf2onnx writes attention projections; and a
+    `beta=0.5` one, which the fix must leave as it is."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.uniform(-1, 1, (8, 8)), "b1": rng.uniform(-1, 1, 8),
+        "w2": rng.uniform(-1, 1, (8, 8)), "w3": rng.uniform(-1, 1, (8, 8)),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h1"], name="g1", transB=1),
+        helper.make_node("Gemm", ["h1", "w2"], ["h2"], name="g2", beta=0.0),
+        helper.make_node("Gemm", ["h2", "w3", "b1"], ["y"], name="g3", beta=0.5),
+    ]
+    graph = helper.make_graph(
+        nodes, "gemms",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(value.astype("float32"), name) for name, value in weights.items()],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _ops(proto):
+    return [node.op_type for node in proto.graph.node]
+
+
+def test_dynamic_int8_leaves_a_gemm_with_beta_0_in_float_and_the_fix_lets_it_quantize(tmp_path):
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from kerastl.export.onnxruntime_fixes import unused_gemm_beta
+
+    def run(proto, x):
+        session = onnxruntime.InferenceSession(
+            proto.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        return session.run(["y"], {"x": x})[0]
+
+    def quantized(proto, name):
+        onnx.save(proto, tmp_path / f"{name}.onnx")
+        quantize_dynamic(tmp_path / f"{name}.onnx", tmp_path / f"{name}.int8.onnx",
+                         per_channel=True, weight_type=QuantType.QInt8)  # fmt: skip
+        return onnx.load(tmp_path / f"{name}.int8.onnx")
+
+    x = np.random.default_rng(1).uniform(-1, 1, (16, 8)).astype("float32")
+    # The gap: onnxruntime quantizes g1 (beta 1) and passes over g2 (beta 0, no C).
+    as_is = _ops(quantized(_gemm_graph(), "as_is"))
+    assert as_is.count("MatMulInteger") == 1 and as_is.count("Gemm") == 2
+
+    proto = _gemm_graph()
+    assert unused_gemm_beta(proto) == 1
+    g2 = proto.graph.node[1]
+    assert list(g2.input) == ["h1", "w2"] and [a.name for a in g2.attribute] == []
+    # The same function (a kernel may order its sums otherwise: float32 rounding).
+    np.testing.assert_allclose(run(proto, x), run(_gemm_graph(), x), rtol=1e-6, atol=1e-6)
+    int8 = _ops(quantized(proto, "fixed"))
+    assert int8.count("MatMulInteger") == 2 and int8.count("Gemm") == 1  # g3 (beta 0.5) stays
+    # 8-bit weights and activations: steps of ~1/255 of each factor's range,
+    # through three layers whose outputs are of size ~10: 0.5 is loose but real.
+    np.testing.assert_allclose(run(quantized(proto, "fixed"), x), run(proto, x), atol=0.5)
+
+
+@pytest.mark.slow
+def test_a_text_model_int8_onnx_quantizes_every_dense_layer(tmp_path):
+    backbone = kerastl.create_backbone(
+        "all-minilm-l6-v2", weights=None, num_layers=2, num_heads=2, hidden_dim=16,
+        intermediate_dim=32,
+    )  # fmt: skip
+    keras.utils.set_random_seed(0)
+    model = kerastl.TransferModel(backbone, num_classes=2, pooling="mean", class_names=["a", "b"])
+    rng = np.random.default_rng(0)
+    tokens = {
+        "token_ids": rng.integers(1, 1000, (40, 12), np.int32),
+        "padding_mask": np.ones((40, 12), np.int32),
+        "segment_ids": np.zeros((40, 12), np.int32),
+    }
+    labels = model.predict(tokens, verbose=0).argmax(-1)
+    path = kx.onnx(
+        model, str(tmp_path / "t.int8.onnx"), samples=(tokens, labels), quantize="int8",
+        max_accuracy_drop=1.0, min_agreement=0.0,
+    )  # fmt: skip
+    ops = _ops(onnx.load(path))
+    # Per layer: query, key, value, output (tf2onnx's Gemm) and the two feed-forward
+    # kernels; then the head: every weight matrix is int8.
+    assert "Gemm" not in ops and ops.count("MatMulInteger") == 2 * 6 + 1
+    report = _report(path, ".onnx")
+    assert report["method"] == "onnxruntime dynamic int8 (per-channel weights)"
+    assert report["scored_samples"] == 40 and report["float_accuracy"] == 1.0

@@ -13,6 +13,7 @@ from kerastl import _atomic
 from kerastl._progress import Progress
 from kerastl.export.float32 import float32_copy
 from kerastl.export.onnx_runtime import onnx_session, run_onnx
+from kerastl.export.onnxruntime_fixes import unused_gemm_beta
 from kerastl.export.parity import DEFAULT_TOLERANCE, ParityError, check_parity
 from kerastl.export.quantization import (
     DEFAULT_CALIBRATION_SIZE,
@@ -113,8 +114,9 @@ def onnx(
         quantize: None (float32), or `"int8"`: onnxruntime's static QDQ
             quantization (int8 per-channel weights, uint8 activations,
             min-max ranges) calibrated on `samples` for image models; dynamic
-            int8 (weights quantized, activations at run time) for text
-            models. The int8 file is published only if it passes the gate
+            int8 (every weight matrix, the attention projections included,
+            quantized; activations at run time) for text models. The int8
+            file is published only if it passes the gate
             (`kerastl.export.quantization`); its report goes to
             `<path without .onnx>.quantization.json`.
         max_accuracy_drop: the int8 file's largest accuracy drop allowed,
@@ -238,8 +240,8 @@ def quantize_onnx(
         source: a float ONNX file (from `convert`).
         target: where the int8 file goes.
         calibration: images (`[n, H, W, 3]`) for static quantization; None:
-            dynamic quantization (text transformers: int8 `MatMul` weights,
-            activations quantized at run time).
+            dynamic quantization (text transformers: every `MatMul` and
+            `Gemm` weight in int8, activations quantized at run time).
         image_dtype: the dtype of the file's `images` input.
 
     Returns:
@@ -249,6 +251,7 @@ def quantize_onnx(
         >>> quantize_onnx("model.onnx", "model.int8.onnx", val_images[:256])
         'onnxruntime static QDQ int8 (per-channel weights, min-max, 256 images)'
     """
+    import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -262,6 +265,9 @@ def quantize_onnx(
     quant_pre_process(source, prepared, skip_symbolic_shape=True)
     try:
         if calibration is None:
+            proto = onnx.load(prepared)
+            unused_gemm_beta(proto)  # else bias-less Gemms stay float (onnxruntime_fixes)
+            onnx.save(proto, prepared)
             quantize_dynamic(prepared, target, per_channel=True, weight_type=QuantType.QInt8)
             return "onnxruntime dynamic int8 (per-channel weights)"
         quantize_static(
