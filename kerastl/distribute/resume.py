@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from kerastl._atomic import write_atomically, write_text
+from kerastl._history import empty_history, extend_history
 from kerastl._internals import seed_generators, sublayers
 from kerastl._validation import check_positive_int
 from kerastl.distribute.replicas import sync_batch_norm_statistics
@@ -214,10 +215,8 @@ def fit_resumable(
     epoch_data: Callable[[int], object] = data if callable(data) else (lambda _: data)
     backup = ResumableBackup(backup_dir, save_freq=save_freq)
     epoch, step = backup.restore(model)
-    history = keras.callbacks.History()
+    history = empty_history()
     history.resumed_from = (epoch, step)
-    history.history = {}
-    history.epoch = []
     if epoch >= epochs:
         print(
             f"Nothing to train: the backup in {backup.backup_dir} is at epoch {epoch} of {epochs}."
@@ -238,9 +237,7 @@ def fit_resumable(
             shuffle=False,
         )
         sync_batch_norm_statistics(model)
-        history.epoch.extend(result.epoch)
-        for key, values in result.history.items():
-            history.history.setdefault(key, []).extend(values)
+        extend_history(history, result.history, result.epoch)
 
     if step and epoch < epochs:
         dataset = epoch_data(epoch)

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import keras
 
+from kerastl._history import empty_history, extend_history
 from kerastl._progress import resolve_verbose
 from kerastl._validation import check_positive_int
 from kerastl.data.augment import MIXINGS, label_mixing, one_hot_labels, views_of
@@ -574,8 +575,7 @@ class FineTuner:
         augmented = train if self.augmentation is None else _augmented(train, self.augmentation)
         self._passes = self.features.passes = DataPasses(train, augmented)
         class_weight = self._class_weight(train)
-        history = keras.callbacks.History()
-        history.history, history.epoch = {}, []
+        history = empty_history()
         self.stage_starts, self.stage_summaries = [], []
         epoch = 0
         if state is not None:
@@ -617,9 +617,7 @@ class FineTuner:
                         "seconds": round(time.perf_counter() - started, 1),
                     }
                 )
-                for key, values in result.history.items():
-                    history.history.setdefault(key, []).extend(values)
-                history.epoch.extend(range(epoch - len(result.epoch), epoch))
+                extend_history(history, result.history, range(epoch - len(result.epoch), epoch))
                 self._save_backup(number - 1, first_epoch, epoch, 0, stage_done=True)
         history.stage_starts = list(self.stage_starts)
         if self.recorder.best is None:
@@ -705,10 +703,8 @@ class FineTuner:
         best = load_arrays(state["path"]["best"]) if "best" in state["path"] else None
         self.recorder.restore(state["history"], state["best"], state["best_epoch"], best)
         for row in self.recorder.rows:
-            history.epoch.append(row["epoch"] - 1)
-            for key, value in row.items():
-                if key not in ("epoch", "stage"):
-                    history.history.setdefault(key, []).append(value)
+            logged = {key: [value] for key, value in row.items() if key not in ("epoch", "stage")}
+            extend_history(history, logged, [row["epoch"] - 1])
         self.stage_starts = list(state["stage_starts"])
         self.stage_summaries = [dict(summary) for summary in state["stage_summaries"]]
         return state["epoch"]
@@ -877,7 +873,7 @@ class FineTuner:
                     metrics=self._metric_objects(),
                     jit_compile=self.jit_compile,
                 )
-        return result or _empty_history(), split.boundary if split is not None else None
+        return result or empty_history(), split.boundary if split is not None else None
 
     def _save_backup(
         self,
@@ -1317,13 +1313,4 @@ class _RawWeightsKept(keras.callbacks.Callback):
 def _joined(first, second):
     if first is None:
         return second
-    for key, values in second.history.items():
-        first.history.setdefault(key, []).extend(values)
-    first.epoch.extend(second.epoch)
-    return first
-
-
-def _empty_history() -> keras.callbacks.History:
-    history = keras.callbacks.History()
-    history.history, history.epoch = {}, []
-    return history
+    return extend_history(first, second.history, second.epoch)
