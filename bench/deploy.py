@@ -187,12 +187,9 @@ def _verdict(path: str, suffix: str) -> str:
         report_path,
     )
 
-    with open(report_path(path, suffix)) as file:
-        measured = json.load(file)
-    fields = {k: measured[k] for k in QuantizationReport.__dataclass_fields__}
-    report = QuantizationReport(
-        **{**fields, "max_accuracy_drop": DEFAULT_MAX_ACCURACY_DROP,
-           "min_agreement": DEFAULT_MIN_AGREEMENT}
+    report = QuantizationReport.read(
+        report_path(path, suffix), max_accuracy_drop=DEFAULT_MAX_ACCURACY_DROP,
+        min_agreement=DEFAULT_MIN_AGREEMENT,
     )  # fmt: skip
     agreement = f"agreement {report.agreement:.3f} on {report.scored_samples} validation"
     return f"passes ({agreement})" if report.passed else f"refused ({agreement})"

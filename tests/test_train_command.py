@@ -158,7 +158,9 @@ def test_export_command_publishes_a_bundle_and_names_bad_arguments(run, capsys):
 def test_quantized_exports_are_gated_on_the_runs_validation_split(run, capsys):
     args = ["export", str(run), "--format", "onnx", "--quantize", "int8"]
     assert main([*args, "--min-agreement", "0", "--max-accuracy-drop", "1"]) == 0
-    assert "Exported (onnx, int8)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Exported (onnx, int8)" in out and "top-1 agreement" in out  # what the gate measured
+    assert "model.int8.quantization.json" in out
     report = json.loads((run / "export" / "model.int8.quantization.json").read_text())
     assert report["calibration_samples"] == 8 and report["scored_samples"] == 8  # 16 validation
     assert report["passed"] and (run / "export" / "model.int8.onnx").stat().st_size > 0

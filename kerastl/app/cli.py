@@ -209,23 +209,29 @@ def _lr_find(args) -> int:
 
 
 def _export(args) -> int:
+    from kerastl._quiet import native_stderr_silenced
     from kerastl.app.export_run import export_run
+    from kerastl.export.quantization import QuantizationReport, report_path
 
     signatures = tuple(args.signatures.split(",")) if args.signatures else None
-    path = export_run(
-        args.run_dir,
-        args.format,
-        output=args.output,
-        name=args.name,
-        signatures=signatures,
-        opset=args.opset,
-        overwrite=args.overwrite,
-        quantize=args.quantize,
-        max_accuracy_drop=args.max_accuracy_drop,
-        min_agreement=args.min_agreement,
-    )
+    with native_stderr_silenced():  # TF's C++ lines (device start-up, kernel notices)
+        path = export_run(
+            args.run_dir,
+            args.format,
+            output=args.output,
+            name=args.name,
+            signatures=signatures,
+            opset=args.opset,
+            overwrite=args.overwrite,
+            quantize=args.quantize,
+            max_accuracy_drop=args.max_accuracy_drop,
+            min_agreement=args.min_agreement,
+        )
     kind = args.format if args.quantize is None else f"{args.format}, {args.quantize}"
     print(f"Exported ({kind}): {path}")
+    if args.quantize is not None:
+        report = report_path(path, os.path.splitext(path)[1])
+        print(f"{QuantizationReport.read(report).summary()}\n  (measured: {report})")
     return 0
 
 

@@ -142,6 +142,27 @@ class QuantizationReport:
             file.write("\n")
         return os.fspath(path)
 
+    @classmethod
+    def read(cls, path: str | os.PathLike, **bounds) -> QuantizationReport:
+        """A report written by `write`, optionally judged against other bounds.
+
+        Args:
+            path: the `.quantization.json` file.
+            **bounds: `max_accuracy_drop` and/or `min_agreement` to judge the
+                same measurements by (default: the bounds it was made with).
+
+        Returns:
+            The `QuantizationReport`.
+
+        Example:
+            >>> QuantizationReport.read("out/model.int8.quantization.json").passed
+            True
+        """
+        with open(path) as file:
+            measured = json.load(file)
+        fields = {name: measured[name] for name in cls.__dataclass_fields__}
+        return cls(**{**fields, **bounds})
+
 
 def check_quantizable(model, max_accuracy_drop, min_agreement, calibration_size) -> None:
     """Raises `ValueError` for a model the gate cannot score, or a bound or size
