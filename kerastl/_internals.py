@@ -142,9 +142,9 @@ def epoch_dataset(epoch_iterator):
 
 def tensorflow_trainer():
     """Keras's TensorFlow trainer module: the multi-worker fix overrides its
-    `TensorFlowTrainer._maybe_symbolic_build` on kerastl's models and, during
-    their `fit`, swaps its module-level `reduce_per_replica`
-    (see `kerastl.distribute.keras_fixes`)."""
+    `TensorFlowTrainer._maybe_symbolic_build` on kerastl's models, and puts a
+    dispatcher before its module-level `reduce_per_replica` that only their
+    multi-worker `fit`/`evaluate` use (see `kerastl.distribute.keras_fixes`)."""
     from keras.src.backend.tensorflow import trainer
 
     return trainer

@@ -33,6 +33,48 @@ def test_without_the_fix_multi_worker_fit_fails_on_per_replica_values(tmp_path):
         ), output[-3000:]
 
 
+def test_the_multi_worker_reduction_is_kerastls_only_inside_its_own_fit(monkeypatch):
+    """Keras's module-level `reduce_per_replica` gets kerastl's mean only in the
+    thread running a kerastl model's multi-worker `fit`: another thread calling
+    it meanwhile, and everyone afterwards, get Keras's own (a process-wide swap
+    gave the other thread kerastl's)."""
+    import threading
+
+    from kerastl._internals import tensorflow_trainer
+
+    trainer = tensorflow_trainer()
+
+    class MultiWorker:  # stands for a multi-worker strategy: the fix calls `reduce`
+        def reduce(self, op, value, axis):
+            assert (op, axis) == ("MEAN", None)
+            return "kerastl"
+
+    def keras_own(values, strategy, reduction):
+        return "keras"
+
+    monkeypatch.setattr(trainer, "reduce_per_replica", keras_own)  # put back after the test
+    monkeypatch.setattr(keras_fixes, "is_multi_worker", lambda s: isinstance(s, MultiWorker))
+    strategy, seen = MultiWorker(), {}
+    inside, leave = threading.Event(), threading.Event()
+
+    def kerastl_fit():
+        with keras_fixes._multi_worker_reduction(strategy):
+            seen["its fit"] = trainer.reduce_per_replica({"loss": 1.0}, strategy, "auto")
+            inside.set()
+            leave.wait(30)
+
+    fit = threading.Thread(target=kerastl_fit)
+    fit.start()
+    assert inside.wait(30)
+    seen["another thread"] = trainer.reduce_per_replica({"loss": 1.0}, strategy, "auto")
+    leave.set()
+    fit.join()
+    seen["afterwards"] = trainer.reduce_per_replica({"loss": 1.0}, strategy, "auto")
+    expected = {"its fit": {"loss": "kerastl"}, "another thread": "keras", "afterwards": "keras"}
+    assert seen == expected
+    assert trainer.reduce_per_replica.keras_own is keras_own  # one dispatcher, Keras's behind it
+
+
 def test_fixes_apply_to_keras_3_until_the_release_that_repairs_them():
     fix = keras_fixes._Fix("f", "issue", fixed_in=(3, 16))
     assert fix.applies_to((3, 15, 1)) and not fix.applies_to((3, 16, 0))

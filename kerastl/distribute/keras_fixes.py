@@ -15,8 +15,10 @@ kerastl and trains a plain Keras model gets plain Keras
   the first `fit` of a Lite0 took twice as long), and gives mixed-float16
   compiles the loss-scale fix.
   Keras reduces the logs with a module-level function that no class can
-  override, so while such a model runs `fit`/`evaluate` under a multi-worker
-  strategy, and only then, that function is swapped and put back afterwards.
+  override, so the first such multi-worker `fit` puts a dispatcher in its
+  place that calls Keras's own function for every caller but a kerastl
+  model's `fit`/`evaluate` under a multi-worker strategy (a context
+  variable, so other models and other threads get Keras's behaviour).
 - `AllReplicaLossScaleOptimizer`: a `LossScaleOptimizer` whose overflow
   check spans every replica.
 - `GroupOptimizer` (what `kerastl.group_optimizer` returns): a
@@ -33,6 +35,7 @@ to that release so the fix no longer applies there.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import os
 import threading
@@ -313,38 +316,46 @@ class FixedFunctional(FixedTraining, keras.Model):
     """
 
 
-_swap_lock = threading.Lock()
-_swap_depth = 0
+_install_lock = threading.Lock()
+# On only inside a kerastl model's `fit`/`evaluate` under a multi-worker strategy,
+# in the thread (context) that runs it: other models and threads never see it.
+_kerastl_reduction = contextvars.ContextVar("kerastl_multi_worker_reduction", default=False)
 
 
 @contextlib.contextmanager
 def _multi_worker_reduction(strategy):
     """Keras's `reduce_per_replica` averages scalar logs on axis 0, which fails
-    under multi-worker collectives; while a kerastl model runs there, it is
-    replaced by the mean across replicas alone (what MirroredStrategy computes)."""
-    global _swap_depth
+    under multi-worker collectives; while a kerastl model runs there, its calls
+    get the mean across replicas alone (what MirroredStrategy computes)."""
     if not (applies("multi_worker_fit") and is_multi_worker(strategy)):
         yield
         return
-    trainer = tensorflow_trainer()
-    with _swap_lock:
-        if _swap_depth == 0:
-            original = trainer.reduce_per_replica
-
-            def reduce_per_replica(values, strategy, reduction):
-                if reduction not in ("auto", "mean") or not is_multi_worker(strategy):
-                    return original(values, strategy, reduction)
-                return keras.tree.map_structure(
-                    lambda v: strategy.reduce("MEAN", v, axis=None), values
-                )
-
-            reduce_per_replica.original = original
-            trainer.reduce_per_replica = reduce_per_replica
-        _swap_depth += 1
+    _install_reduction_dispatch()
+    token = _kerastl_reduction.set(True)
     try:
         yield
     finally:
-        with _swap_lock:
-            _swap_depth -= 1
-            if _swap_depth == 0:
-                trainer.reduce_per_replica = trainer.reduce_per_replica.original
+        _kerastl_reduction.reset(token)
+
+
+def _install_reduction_dispatch() -> None:
+    """Puts, once, a function in place of Keras's module-level `reduce_per_replica`
+    (no class can override it) that calls Keras's own unless `_kerastl_reduction`
+    is on: every other caller gets Keras's behaviour, at any time, in any thread."""
+    trainer = tensorflow_trainer()
+    with _install_lock:
+        if hasattr(trainer.reduce_per_replica, "keras_own"):
+            return
+        keras_own = trainer.reduce_per_replica
+
+        def reduce_per_replica(values, strategy, reduction):
+            if (
+                not _kerastl_reduction.get()
+                or reduction not in ("auto", "mean")
+                or not is_multi_worker(strategy)
+            ):
+                return keras_own(values, strategy, reduction)
+            return keras.tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+
+        reduce_per_replica.keras_own = keras_own
+        trainer.reduce_per_replica = reduce_per_replica
