@@ -15,11 +15,15 @@ import tempfile
 from collections.abc import Iterator
 
 # absl/TF C++ log lines ("I0000 00:00:1795... 123 port.cc:153] ..."), absl's preamble,
-# and the second line of the CPU-feature notice.
+# the second line of the CPU-feature notice, and the LiteRT converter's and
+# interpreter's notices ("fully_quantize: 0, inference_type: 6, ...", "INFO: Created
+# TensorFlow Lite XNNPACK delegate for CPU.").
 _NATIVE_LOG = re.compile(
     r"^([IWEF]\d{4} \d\d:\d\d:[\d.]+\s+\d+ \S+:\d+\] "
     r"|WARNING: All log messages before absl::"
-    r"|To enable the following instructions: .* rebuild TensorFlow)"
+    r"|To enable the following instructions: .* rebuild TensorFlow"
+    r"|fully_quantize: \d+, inference_type: "
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate)"
 )
 
 

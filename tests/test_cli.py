@@ -120,11 +120,16 @@ def test_native_log_lines_are_dropped_and_everything_else_is_kept(capfd):
     from kerastl._quiet import native_stderr_silenced
 
     native = b"I0000 00:00:1795969097.21 2937 port.cc:153] oneDNN custom operations are on.\n"
+    litert = (  # the LiteRT converter's and interpreter's notices
+        b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, "
+        b"output_inference_type: FLOAT32\nINFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+    )
     with native_stderr_silenced():
-        os.write(2, native)
+        os.write(2, native + litert)
         sys.stderr.write("a Python warning that matters\n")
     err = capfd.readouterr().err
     assert "a Python warning that matters" in err and "oneDNN" not in err
+    assert "fully_quantize" not in err and "XNNPACK" not in err
     with pytest.raises(RuntimeError), native_stderr_silenced():
         os.write(2, native)
         raise RuntimeError("crash")

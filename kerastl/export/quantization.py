@@ -118,8 +118,13 @@ class QuantizationReport:
             )
         return "\n".join(
             [
-                f"  {self.method}, calibrated on {self.calibration_samples} samples, scored on "
-                f"{self.scored_samples} others:",
+                f"  {self.method}, "
+                + (
+                    f"calibrated on {self.calibration_samples} samples, scored on "
+                    f"{self.scored_samples} others:"
+                    if self.calibration_samples
+                    else f"scored on {self.scored_samples} samples:"
+                ),
                 f"  {accuracy}; top-1 agreement {self.agreement:.4f}; max abs diff of "
                 f"probabilities {self.max_abs_diff:.3g}",
                 f"  {self.float_size_mb:.1f} MB -> {self.quantized_size_mb:.1f} MB; batch 1 "
