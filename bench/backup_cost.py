@@ -28,8 +28,8 @@ import keras
 import numpy as np
 
 from kerastl.app.config import build_model, load_config
-from kerastl.training.feature_cache import split_model
-from kerastl.training.finetune import granularity_of
+from kerastl.training.stage_compile import stage_loss, stage_optimizer
+from kerastl.training.stage_plan import plan_stages
 from kerastl.training.staged_backup import StagedBackup
 
 RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
@@ -61,12 +61,11 @@ def measure(recipe: str, steps: int, rounds: int) -> list[dict]:
     for number, stage in enumerate(config.stages, start=1):
         keras.utils.set_random_seed(0)
         model = build_model(config, ["a", "b"])
-        stage.prepare(model)
-        split = None
-        if stage.train != "all":
-            split = split_model(model, stage.train, granularity_of(model, stage.train))
+        planned = plan_stages(model, [stage], caching=True)[0]
+        planned.prepare(model)
+        split = planned.split
         trainer = model if split is None else split.trainer
-        trainer.compile(stage.build_optimizer(model, 1000), stage.build_loss(), jit_compile=False)
+        trainer.compile(stage_optimizer(stage, model, 1000), stage_loss(stage), jit_compile=False)
         x, y = _batch(model, split, recipe, config.data.batch_size, np.random.default_rng(0))
         trainer.train_on_batch(x, y)  # trace and build
         started = time.perf_counter()

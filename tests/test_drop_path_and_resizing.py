@@ -1,6 +1,8 @@
 """Stage options that change the network or its inputs: stochastic depth
 (`drop_path`) and progressive resizing (`image_size`)."""
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from checks import assert_last_val_accuracy_is_the_models, assert_weights_close
 
 import kerastl
 from kerastl.training.drop_path import drop_path_layers, reset_drop_path
+from kerastl.training.stage_compile import stage_loss, stage_optimizer
+from kerastl.training.stage_plan import plan_stages
 
 
 def _values(variables):
@@ -47,7 +51,7 @@ def test_lite0_has_its_drop_path_layers_switched_off_and_reloads_so(tmp_path):
 
 def test_a_stage_drops_paths_only_in_the_blocks_it_trains():
     model = _lite0()
-    kerastl.Stage(1, train="block6", drop_path=0.3).prepare(model)
+    _prepare(kerastl.Stage(1, train="block6", drop_path=0.3), model)
     rates = _rates(model)
     by_depth = dict((layer.name, depth) for layer, depth in drop_path_layers(model))
     for name, rate in rates.items():
@@ -66,7 +70,7 @@ def test_keras_efficientnet_keeps_its_built_rates_in_trained_blocks_and_none_in_
     model = kerastl.TransferModel("efficientnetb0", 3, weights=None, input_shape=(32, 32, 3))
     built = _rates(model)
     assert max(built.values()) > 0.1  # Keras builds drop_connect_rate=0.2, deeper = higher
-    kerastl.Stage(1, train="block6").prepare(model)
+    _prepare(kerastl.Stage(1, train="block6"), model)
     for name, rate in _rates(model).items():
         assert rate == (built[name] if name.startswith(("block6", "block7")) else 0.0), name
     reset_drop_path(model)
@@ -103,11 +107,16 @@ def test_drop_path_is_refused_where_nothing_trained_can_drop():
     with pytest.raises(ValueError, match=r"\[0, 1\).*drop_path=1\.0"):
         kerastl.Stage(1, drop_path=1.0)
     with pytest.raises(ValueError, match=r"trains none of its blocks.*drop_path=0\.2"):
-        kerastl.Stage(1, drop_path=0.2).prepare(_lite0())
+        _prepare(kerastl.Stage(1, drop_path=0.2), _lite0())
     keras.utils.set_random_seed(0)
     plain = kerastl.TransferModel(_flexible_backbone(), 3, input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match=r"no drop-path layers.*drop_path=0\.2"):
-        kerastl.Stage(1, train="all", drop_path=0.2).prepare(plain)
+        _prepare(kerastl.Stage(1, train="all", drop_path=0.2), plain)
+
+
+def _prepare(stage, model):
+    """Plans `stage` for `model` and sets the model up for it, as a `FineTuner` does."""
+    plan_stages(model, [stage])[0].prepare(model)
 
 
 def _flexible_backbone():
@@ -140,9 +149,9 @@ def test_a_resized_stage_trains_at_its_size_and_validates_at_the_models(capsys):
     kerastl.FineTuner(by_hand, cache_shuffle_seed=None, verbose=0).fit(_images(), stages=stages[:1])
     small = _images().map(lambda x, y: (tf.image.resize(x, (16, 16), antialias=True), y))
     anywhere = by_hand.at_any_image_size()
-    stages[1].prepare(by_hand)
+    plan_stages(by_hand, stages)[1].prepare(by_hand)
     anywhere.compile(
-        stages[1].build_optimizer(by_hand, steps=2 * 3), stages[1].build_loss(), jit_compile=False
+        stage_optimizer(stages[1], by_hand, steps=2 * 3), stage_loss(stages[1]), jit_compile=False
     )
     anywhere.fit(small, epochs=2, verbose=0)
     assert_weights_close(model, by_hand)
@@ -169,14 +178,18 @@ def test_a_drop_path_nothing_can_use_is_refused_before_any_training():
 
 
 def _model_state(model):
-    """Everything checking a stage could change: flags, rates, variables and adapters."""
+    """Everything planning a stage could change: flags, rates, layers, variables and adapters."""
     from kerastl._internals import sublayers
 
     layers = sublayers(model)
     return (
-        [(layer.name, layer.trainable, getattr(layer, "rate", None)) for layer in layers],
+        [
+            (id(layer), layer.name, layer.trainable, getattr(layer, "rate", None))
+            for layer in layers
+        ],
         [(variable.path, variable.trainable) for variable in model.weights],
         [getattr(layer, "lora_enabled", False) for layer in layers],
+        [float(np.sum(np.abs(variable))) for variable in model.weights],
     )
 
 
@@ -187,20 +200,39 @@ STAGE_KINDS = {
     "lora": kerastl.Stage(1, train="block6", rank=4),
     "drop_path": kerastl.Stage(1, train="block5", drop_path=0.1),
     "lora_drop_path": kerastl.Stage(1, train="block6", rank=4, drop_path=0.1),
+    "resized": kerastl.Stage(1, train="block6", image_size=24),
     "mixing": kerastl.Stage(1, train="block7", mixup=0.2),
+}
+# What each kind trains from (`first`) and where it is cut (None: end to end).
+PLANNED = {
+    "head": ("head", "pooled features"),
+    "group": ("block6", "block6"),
+    "all": ("all", None),
+    "lora": ("block6a", "block6a"),
+    "drop_path": ("block5", "block5"),
+    "lora_drop_path": ("block6a", "block6a"),
+    "resized": ("block6", None),
+    "mixing": ("block7", None),
 }
 
 
-@pytest.mark.parametrize("first", list(STAGE_KINDS))
-def test_checking_any_pair_of_stages_leaves_the_model_as_it_was(first):
-    from kerastl.training.finetune import check_stages
-
-    model = _lite0()
+def test_planning_any_pair_of_stages_leaves_the_model_as_it_was():
+    keras.utils.set_random_seed(0)  # Lite0 at any image size: the resized kind plans too
+    model = kerastl.TransferModel(
+        "efficientnet-lite0", 3, weights=None, input_shape=(None, None, 3), dropout=0.0
+    )
     kerastl.freeze(model)  # a state none of the stages below sets alone
     before = _model_state(model)
-    for second in STAGE_KINDS:
-        check_stages(model, [STAGE_KINDS[first], STAGE_KINDS[second]])
+    for first, second in itertools.product(STAGE_KINDS, repeat=2):
+        plan = plan_stages(model, [STAGE_KINDS[first], STAGE_KINDS[second]], caching=True)
         assert _model_state(model) == before, (first, second)
+        for kind, planned in zip((first, second), plan, strict=True):
+            cut = None if planned.split is None else planned.split.boundary
+            assert (planned.target.first, cut) == PLANNED[kind], (first, second, kind)
+            assert (planned.end_to_end is None) == (cut is not None)
+        both = plan[0].split is not None and plan[1].split is not None
+        below = both and plan[1].split.is_below(plan[0].split)  # read first, once
+        assert plan[0].source is (plan[1].split if below else None), (first, second)
 
 
 @pytest.mark.slow

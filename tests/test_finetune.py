@@ -15,6 +15,8 @@ from checks import (
 )
 
 import kerastl
+from kerastl.training.stage_compile import stage_optimizer
+from kerastl.training.stage_plan import plan_stages
 
 
 def _backbone():
@@ -529,9 +531,9 @@ def test_a_mixing_stage_trains_end_to_end_on_the_soft_labels_of_the_mixed_batche
     history = tuner.fit(_data(), _data(16, seed=1), stages=[stage])
     assert tuner.stage_summaries[0]["cached"] == "no"
     by_hand = _model()
-    stage.prepare(by_hand)
+    plan_stages(by_hand, [stage])[0].prepare(by_hand)
     by_hand.compile(
-        stage.build_optimizer(by_hand, steps=2 * 6),
+        stage_optimizer(stage, by_hand, steps=2 * 6),
         keras.losses.CategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )

@@ -131,8 +131,10 @@ def test_keras_adamw_runs_the_schedule_once_per_variable_fused_once_per_step():
 
 def test_stages_build_fused_optimizers_that_serialize():
     model = kerastl.TransferModel("vgg16", num_classes=2, weights=None, input_shape=(32, 32, 3))
-    adamw = kerastl.Stage(1, train="all", optimizer="adamw", warmup=0.1).build_optimizer(model, 10)
-    adam = kerastl.Stage(1, optimizer="adam").build_optimizer(model, 10)
+    from kerastl.training.stage_compile import stage_optimizer
+
+    adamw = stage_optimizer(kerastl.Stage(1, train="all", optimizer="adamw", warmup=0.1), model, 10)
+    adam = stage_optimizer(kerastl.Stage(1, optimizer="adam"), model, 10)
     assert type(adamw) is FusedAdamW and type(adam) is FusedAdam
     again = keras.optimizers.deserialize(keras.optimizers.serialize(adamw))
     assert type(again) is FusedAdamW

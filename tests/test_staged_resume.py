@@ -15,8 +15,8 @@ from _workload import CrashAfter, Crashed, staged_run
 from processes import SCRIPTS, run_script, script_env, wait_for
 
 import kerastl
+from kerastl.training.data_passes import KERAS_SPARE_ITERATORS
 from kerastl.training.staged_backup import (
-    KERAS_SPARE_ITERATORS,
     BackupError,
     RunFinished,
     StagedBackup,

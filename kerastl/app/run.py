@@ -99,7 +99,8 @@ def train(
     import keras
 
     from kerastl.distribute import get_strategy, is_chief, set_precision
-    from kerastl.training.finetune import check_monitor, granularity_of
+    from kerastl.training.monitoring import check_monitor
+    from kerastl.training.stage_plan import plan_stages
 
     check_monitor(config.train.monitor, config.train.metrics, validation=True)
     check_tta(config)
@@ -135,8 +136,7 @@ def train(
             say(f"note: {note}")
     with strategy.scope():
         model = build_model(config, data.class_names)
-    for stage in config.stages:
-        granularity_of(model, stage.train)  # a bad group fails before the run directory exists
+    plan_stages(model, config.stages, data.validation)  # bad stages fail before the run directory
     if resume is not None:
         run_dir = os.fspath(resume)
         say(f"Run directory (resumed): {run_dir}")
@@ -289,13 +289,13 @@ def lr_find_for_config(config: RunConfig):
     """
     import keras
 
-    from kerastl.training.finetune import set_stage_trainable
     from kerastl.training.lr_finder import lr_find
+    from kerastl.training.stage_plan import plan_stages
 
     keras.utils.set_random_seed(config.train.seed)
     data = load_data(config)
     model = build_model(config, data.class_names)
-    set_stage_trainable(model, config.stages[0])
+    plan_stages(model, config.stages[:1])[0].set_trainable(model)
     model.compile(
         keras.optimizers.Adam(config.stages[0].lr),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),

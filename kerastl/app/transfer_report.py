@@ -22,7 +22,7 @@ import warnings
 from kerastl.app.config import build_model, build_tuner
 from kerastl.backbones.spec import TEXT
 from kerastl.distribute.strategies import is_chief
-from kerastl.training.finetune import ALL, HEAD, Stage
+from kerastl.training.stage import ALL, HEAD, Stage
 
 SCRATCH_LR = {"image": 1e-3, TEXT: 1e-4}
 SCRATCH_WARMUP = 0.1

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from kerastl._atomic import write_atomically, write_text
-from kerastl._history import empty_history, extend_history
+from kerastl._history import empty_history, extend_history, remaining_fits
 from kerastl._internals import seed_generators, sublayers
 from kerastl._validation import check_positive_int
 from kerastl.distribute.replicas import sync_batch_norm_statistics
@@ -239,27 +239,27 @@ def fit_resumable(
         sync_batch_norm_statistics(model)
         extend_history(history, result.history, result.epoch)
 
-    if step and epoch < epochs:
-        dataset = epoch_data(epoch)
-        total = steps_per_epoch or _known_length(dataset)
-        if total is None:
-            raise ValueError(
-                "Resuming mid-epoch needs the number of batches per epoch: the dataset's "
-                "length is unknown, so pass `steps_per_epoch`. Received: steps_per_epoch=None."
-            )
-        backup.step_offset = step
-        if step < total:
-            run(dataset.skip(step), epoch, epoch + 1, total - step)
-        epoch += 1
-    if epoch < epochs and not backup.diverged:
-        if callable(data):
-            stream = epoch_data(epoch)
-            for later in range(epoch + 1, epochs):
-                stream = stream.concatenate(epoch_data(later))
-            steps = steps_per_epoch or _known_length(epoch_data(epoch))
-        else:
-            stream, steps = data, steps_per_epoch
-        run(stream, epoch, epochs, steps)
+    for skip, first, last in remaining_fits(epoch, epochs, step):
+        if skip:  # the rest of the interrupted epoch
+            dataset = epoch_data(first)
+            total = steps_per_epoch or _known_length(dataset)
+            if total is None:
+                raise ValueError(
+                    "Resuming mid-epoch needs the number of batches per epoch: the dataset's "
+                    "length is unknown, so pass `steps_per_epoch`. Received: steps_per_epoch=None."
+                )
+            backup.step_offset = skip
+            if skip < total:
+                run(dataset.skip(skip), first, last, total - skip)
+        elif not backup.diverged:
+            if callable(data):
+                stream = epoch_data(first)
+                for later in range(first + 1, last):
+                    stream = stream.concatenate(epoch_data(later))
+                steps = steps_per_epoch or _known_length(epoch_data(first))
+            else:
+                stream, steps = data, steps_per_epoch
+            run(stream, first, last, steps)
     if not backup.diverged and not keep_backup and is_chief(model.distribute_strategy):
         shutil.rmtree(backup.backup_dir, ignore_errors=True)
     return history
