@@ -27,7 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 
-from kerastl.app.config import build_model, load_config
+from kerastl.app.builders import build_model
+from kerastl.app.config import load_config
 from kerastl.training.stage_compile import stage_loss, stage_optimizer
 from kerastl.training.stage_plan import plan_stages
 from kerastl.training.staged_backup import StagedBackup

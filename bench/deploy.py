@@ -42,6 +42,7 @@ from _timing import interleaved_times, machine
 import kerastl
 import kerastl.export as kx
 from kerastl.app.config import load_config
+from kerastl.app.data import load_data
 from kerastl.export.litert_runtime import LiteRTRunner
 from kerastl.export.onnx_export import onnx_probabilities
 from kerastl.export.onnx_runtime import onnx_session
@@ -67,7 +68,7 @@ def main() -> None:
 
 def bench_run(run_dir: str, rounds: int) -> None:
     config = load_config(os.path.join(run_dir, "config.yaml"))
-    data = kerastl.data.load_data(config)
+    data = load_data(config)
     model = keras.models.load_model(os.path.join(run_dir, "model.keras"), compile=False)
     text = is_text_model(model)
     validation = labeled_samples(model, data.validation)

@@ -37,8 +37,9 @@ import keras
 from _timing import EpochTimer
 
 import kerastl
-from kerastl.app.config import build_model, load_config
-from kerastl.data import load_data
+from kerastl.app.builders import build_model
+from kerastl.app.config import load_config
+from kerastl.app.data import load_data
 
 
 def run(config, data, stage, cache, augment=False):

@@ -102,13 +102,13 @@ def _prepare(task: str, overrides: list[str], output: str) -> tuple[str, str, di
     the pretrained weights it starts from, and the recipe's settings."""
     import numpy as np
 
-    import kerastl
     from kerastl.app.config import load_config
+    from kerastl.app.data import load_data
     from kerastl.backbones.assets import asset_path, cache_dir
     from kerastl.backbones.efficientnet_lite import convert_to_preset
 
     config = load_config(recipe_yaml(task), [f"output_dir={output}", *overrides])
-    data = kerastl.data.load_data(config)
+    data = load_data(config)
     arrays = {}
     for split in ("train", "validation", "test"):
         inputs, labels = [], []
@@ -224,7 +224,7 @@ class _TrainingClock:
             return
         load_data = run.load_data
         data = []
-        run.load_data = lambda config: data.append(load_data(config)) or data[-1]
+        run.load_data = lambda config, spec=None: data.append(load_data(config, spec)) or data[-1]
 
         def batch_end(recorder, batch, logs=None):
             steps = recorder.params.get("steps")

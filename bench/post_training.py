@@ -26,7 +26,7 @@ from _timing import machine
 
 import kerastl
 from kerastl.app.config import load_config
-from kerastl.data import load_data
+from kerastl.app.data import load_data
 from kerastl.data.augment import dihedral_view
 from kerastl.training import run_directory
 

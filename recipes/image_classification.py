@@ -41,7 +41,9 @@ from pathlib import Path
 import keras
 
 import kerastl
-from kerastl.app.config import RunConfig, recipe_command_line, save_config
+from kerastl.app.config import recipe_command_line, save_config
+from kerastl.app.data import load_data
+from kerastl.app.schema import RunConfig
 from kerastl.training.run_directory import new_run_directory
 
 CONFIG = Path(__file__).with_suffix(".yaml")
@@ -52,7 +54,7 @@ def main(config: RunConfig, verbose: int | str) -> None:
     strategy = kerastl.get_strategy(config.train.strategy)
 
     # Training and validation batches, pixels resized; bad files skipped and reported.
-    data = kerastl.data.load_data(config)
+    data = load_data(config)
     keras.utils.set_random_seed(config.train.seed)  # after the data, as `kerastl train` does
     size = config.model.image_size
     with strategy.scope():  # the pretrained backbone, its preprocessing and a new head
@@ -98,20 +100,13 @@ def main(config: RunConfig, verbose: int | str) -> None:
     report = tuner.write_report(
         data.validation, title=f"{config.name}: {config.model.backbone}", extra_sections=sections
     )
-    best, epoch, monitor = tuner.recorder.best, tuner.recorder.best_epoch, tuner.recorder.monitor
-    print(f"kerastl: Best epoch {epoch}: {monitor} = {best:.4f} ({seconds:.0f}s training)")
-    print(f"kerastl: Best {monitor} per stage: {tuner.recorder.stage_gains()}")
-    print(f"kerastl: Report: {report}")
-    print(f"kerastl: Plots: {os.path.join(run_dir, 'learning_curves.png')}, confusion_matrix.png")
-    if test is not None:
-        print(f"kerastl: Test (once, best epoch's model): {test.plain.one_line()}")
-        if test.tta is not None:  # mean probabilities over the test-time views
-            print(f"kerastl: Test with TTA ({config.data.tta}): {test.tta.one_line()}")
+    path = None
     if config.export:  # serving signatures, checked against Keras before the rename
         path = kerastl.export.saved_model(
             model, os.path.join(run_dir, "saved_model"), samples=data.validation, verbose=verbose
         )
-        print(f"kerastl: SavedModel: {path}")
+    for line in tuner.summary(seconds, report=report, test=test, saved_model=path):
+        print(f"kerastl: {line}")  # best epoch, per stage, report, test (and TTA), export
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ from pathlib import Path
 import keras
 
 import kerastl
-from kerastl.app.config import RunConfig, recipe_command_line, save_config
+from kerastl.app.config import recipe_command_line, save_config
+from kerastl.app.data import load_data
+from kerastl.app.schema import RunConfig
 from kerastl.training.run_directory import new_run_directory
 
 CONFIG = Path(__file__).with_suffix(".yaml")
@@ -45,7 +47,7 @@ REVIEWS = ["A gripping, beautifully acted film.", "Two hours I will never get ba
 def main(config: RunConfig, verbose: int | str) -> None:
     kerastl.set_precision(config.train.precision)
     strategy = kerastl.get_strategy(config.train.strategy)
-    data = kerastl.data.load_data(config)  # token batches, grouped by length
+    data = load_data(config)  # token batches, grouped by length
     keras.utils.set_random_seed(config.train.seed)  # after the data, as `kerastl train` does
     with strategy.scope():
         model = kerastl.TransferModel(  # raw strings in: tokenizer, encoder, pooling, head
@@ -79,21 +81,17 @@ def main(config: RunConfig, verbose: int | str) -> None:
     test = None if data.test is None else kerastl.evaluate(model, data.test, verbose=verbose)
     sections = [test.markdown("Test (evaluated once, after training)")] if test else []
     report = tuner.write_report(data.validation, title=config.name, extra_sections=sections)
-    best, epoch, monitor = tuner.recorder.best, tuner.recorder.best_epoch, tuner.recorder.monitor
-    print(f"kerastl: Best epoch {epoch}: {monitor} = {best:.4f} ({seconds:.0f}s training)")
-    print(f"kerastl: Best {monitor} per stage: {tuner.recorder.stage_gains()}")
-    print(f"kerastl: Report: {report}")
-    if test is not None:
-        print(f"kerastl: Test (once, best epoch's model): {test.plain.one_line()}")
-    probabilities = keras.ops.softmax(model.predict(REVIEWS, verbose=0))
-    for review, row in zip(REVIEWS, keras.ops.convert_to_numpy(probabilities), strict=True):
-        scores = dict(zip(data.class_names, row.round(3).tolist(), strict=True))
-        print(f"kerastl: {review!r}: {scores}")
+    path = None
     if config.export:  # a `text` signature: TF Serving clients send the raw review
         path = kerastl.export.saved_model(
             model, os.path.join(run_dir, "saved_model"), samples=data.validation, verbose=verbose
         )
-        print(f"kerastl: SavedModel: {path}")
+    for line in tuner.summary(seconds, report=report, test=test, saved_model=path):
+        print(f"kerastl: {line}")  # best epoch, per stage, report, test, export
+    probabilities = keras.ops.softmax(model.predict(REVIEWS, verbose=0))
+    for review, row in zip(REVIEWS, keras.ops.convert_to_numpy(probabilities), strict=True):
+        scores = dict(zip(data.class_names, row.round(3).tolist(), strict=True))
+        print(f"kerastl: {review!r}: {scores}")
 
 
 if __name__ == "__main__":

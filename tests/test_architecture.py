@@ -80,6 +80,42 @@ def test_the_library_does_not_import_the_app_layer():
             assert not [m for m in imported if m.startswith("kerastl.app")], module
 
 
+def test_the_library_never_names_the_app_layer_or_its_config():
+    """Not even under `TYPE_CHECKING` or in a docstring: the library's functions
+    take plain arguments, and `kerastl.app` builds them from a `RunConfig`."""
+    import re
+
+    named = {
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        if path.parent.name != "app" and re.search(r"kerastl\.app\b|RunConfig", path.read_text())
+    }
+    assert not named
+
+
+def _body_lines(function) -> int:
+    """A function's lines, its docstring aside."""
+    body = function.body
+    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:] or body
+    return body[-1].end_lineno - body[0].lineno + 1
+
+
+def test_modules_and_functions_stay_short():
+    """No module over 700 lines, no function body over 80 (docstrings aside)."""
+    long_modules, long_functions = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        name = str(path.relative_to(PACKAGE.parent))
+        if text.count("\n") > 700:
+            long_modules.append((name, text.count("\n")))
+        for node in ast.walk(ast.parse(text)):
+            is_function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if is_function and _body_lines(node) > 80:
+                long_functions.append((name, node.name, _body_lines(node)))
+    assert not long_modules and not long_functions
+
+
 def test_the_group_rule_vocabulary_imports_nothing_of_kerastl():
     assert not _import_graph()["kerastl.backbones.rules"]
 

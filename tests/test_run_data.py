@@ -9,7 +9,7 @@ from checks import image_folder_of
 
 from kerastl.app.cli import main
 from kerastl.app.config import load_config
-from kerastl.data import load_data
+from kerastl.app.data import load_data
 from kerastl.data.sampling import stratified_sample
 
 
@@ -157,7 +157,7 @@ def test_validation_is_held_out_of_training_and_the_test_split_evaluated_once(
         return tf.data.Dataset.from_generator(examples, output_signature=dataset.element_spec)
 
     monkeypatch.setattr(
-        run, "load_data", lambda c: dataclasses.replace(data, test=counted(data.test))
+        run, "load_data", lambda c, spec: dataclasses.replace(data, test=counted(data.test))
     )
     result = run.train(config, verbose=0)
     assert len(passes) == 1 and result.test.plain.examples == 10

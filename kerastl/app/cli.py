@@ -13,6 +13,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kerastl", description="Transfer learning for Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    _add_backbone_commands(commands)
+    _add_run_commands(commands)
+    _add_export_command(commands)
+    return parser
+
+
+def _add_backbone_commands(commands) -> None:
     listing = commands.add_parser("list-backbones", help="list registered backbones")
     listing.add_argument(
         "pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'efficientnet*'"
@@ -34,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         help="classify images with the pretrained ImageNet classifier (include_top)",
     )
     describe.add_argument("--top", type=int, default=5, help="classes to show with --predict")
+
+
+def _add_run_commands(commands) -> None:
 
     keys = (
         "config keys (YAML sections, or --set section.key=value): name, output_dir, "
@@ -72,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     config.add_argument("--show", action="store_true", help="print it (the only action)")
 
+
+def _add_export_command(commands) -> None:
+
     export = commands.add_parser(
         "export", help="export a run's model (TF Serving bundle, SavedModel, ONNX, LiteRT)"
     )
@@ -98,7 +111,6 @@ def _parser() -> argparse.ArgumentParser:
         "--min-agreement", type=float, help="the quantization gate's bound (default 0.98)"
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

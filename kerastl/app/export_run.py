@@ -54,53 +54,17 @@ def export_run(
     """
     from kerastl import export
     from kerastl.app.config import load_config
-    from kerastl.data import load_data
-    from kerastl.export.onnx_export import check_opset
-    from kerastl.export.samples import load_samples
     from kerastl.saving import load_model
-    from kerastl.training.run_directory import CONFIG, MODEL, SAMPLES
+    from kerastl.training.run_directory import CONFIG, MODEL
 
     run_dir = os.fspath(run_dir)
-    if format not in FORMATS:
-        raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}.")
-    if format == "onnx":
-        check_opset(opset)
-    if quantize not in QUANTIZABLE.get(format, (None,)):
-        raise ValueError(
-            f"`quantize` for format {format!r} must be one of {QUANTIZABLE.get(format, (None,))}. "
-            f"Received: quantize={quantize!r}."
-        )
-    if quantize is None and (max_accuracy_drop is not None or min_agreement is not None):
-        raise ValueError(
-            "`max_accuracy_drop` and `min_agreement` bound a quantized export: pass `quantize` "
-            f"too. Received: max_accuracy_drop={max_accuracy_drop!r}, "
-            f"min_agreement={min_agreement!r}, quantize=None."
-        )
+    _check_options(format, opset, quantize, max_accuracy_drop, min_agreement)
     model_path = os.path.join(run_dir, MODEL)
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"{run_dir!r} is not a finished run directory: it has no {MODEL}.")
     config_path = os.path.join(run_dir, CONFIG)
     config = load_config(config_path) if os.path.isfile(config_path) else None
-    samples = load_samples(os.path.join(run_dir, SAMPLES))
-    if samples is None and config is not None:  # a run written before samples.npz existed
-        samples = load_data(config).validation
-    if samples is None:
-        raise FileNotFoundError(
-            f"{run_dir!r} has neither {SAMPLES} (written with {MODEL} when a run's report "
-            f"is written with validation data) nor {CONFIG}: nothing to check the export on."
-        )
-    if quantize is not None:
-        if config is None:
-            raise FileNotFoundError(
-                f"A {quantize} export is gated on the run's validation split, which {run_dir!r} "
-                f"names in {CONFIG}; it has none."
-            )
-        samples = load_data(config).validation
-        if samples is None:
-            raise ValueError(
-                f"A {quantize} export is gated on the run's validation split; {config_path!r} "
-                "names none (`data.validation_split` or `data.validation_fraction`)."
-            )
+    samples = _parity_samples(run_dir, config, quantize)
     model = load_model(model_path, compile=False)
     stem = "model" if quantize is None else f"model.{quantize}"
     defaults = {
@@ -137,3 +101,55 @@ def export_run(
         signatures=signatures,
         samples=samples,
     )
+
+
+def _check_options(format, opset, quantize, max_accuracy_drop, min_agreement) -> None:
+    from kerastl.export.onnx_export import check_opset
+
+    if format not in FORMATS:
+        raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}.")
+    if format == "onnx":
+        check_opset(opset)
+    if quantize not in QUANTIZABLE.get(format, (None,)):
+        raise ValueError(
+            f"`quantize` for format {format!r} must be one of {QUANTIZABLE.get(format, (None,))}. "
+            f"Received: quantize={quantize!r}."
+        )
+    if quantize is None and (max_accuracy_drop is not None or min_agreement is not None):
+        raise ValueError(
+            "`max_accuracy_drop` and `min_agreement` bound a quantized export: pass `quantize` "
+            f"too. Received: max_accuracy_drop={max_accuracy_drop!r}, "
+            f"min_agreement={min_agreement!r}, quantize=None."
+        )
+
+
+def _parity_samples(run_dir: str, config, quantize: str | None):
+    """The samples an export is checked on: the run's `samples.npz`, or (for a
+    quantized export, which is gated on it) its whole validation split."""
+    from kerastl.app.data import load_data
+    from kerastl.export.samples import load_samples
+    from kerastl.training.run_directory import CONFIG, MODEL, SAMPLES
+
+    samples = load_samples(os.path.join(run_dir, SAMPLES))
+    if samples is None and config is not None:  # a run written before samples.npz existed
+        samples = load_data(config).validation
+    if samples is None:
+        raise FileNotFoundError(
+            f"{run_dir!r} has neither {SAMPLES} (written with {MODEL} when a run's report "
+            f"is written with validation data) nor {CONFIG}: nothing to check the export on."
+        )
+    if quantize is None:
+        return samples
+    if config is None:
+        raise FileNotFoundError(
+            f"A {quantize} export is gated on the run's validation split, which {run_dir!r} "
+            f"names in {CONFIG}; it has none."
+        )
+    samples = load_data(config).validation
+    if samples is None:
+        raise ValueError(
+            f"A {quantize} export is gated on the run's validation split; "
+            f"{os.path.join(run_dir, CONFIG)!r} names none (`data.validation_split` or "
+            "`data.validation_fraction`)."
+        )
+    return samples

@@ -14,15 +14,11 @@ import tempfile
 import time
 
 from kerastl._quiet import native_stderr_silenced
-from kerastl.app.config import (
-    RunConfig,
-    build_model,
-    build_tuner,
-    load_config,
-    save_config,
-    to_dict,
-)
-from kerastl.data.from_config import Data, load_data
+from kerastl.app.builders import build_model, build_tuner
+from kerastl.app.config import load_config, save_config, to_dict
+from kerastl.app.data import Data, load_data
+from kerastl.app.resolve import resolve
+from kerastl.app.schema import RunConfig
 from kerastl.training.evaluation import Evaluation, evaluate
 from kerastl.training.run_directory import new_run_directory
 from kerastl.training.staged_backup import (
@@ -99,11 +95,9 @@ def train(
     import keras
 
     from kerastl.distribute import get_strategy, is_chief, set_precision
-    from kerastl.training.monitoring import check_monitor
     from kerastl.training.stage_plan import plan_stages
 
-    check_monitor(config.train.monitor, config.train.metrics, validation=True)
-    check_tta(config)
+    spec = resolve(config).spec  # checked as a whole before any data or model
     set_precision(config.train.precision)
     with native_stderr_silenced():  # TF's C++ device start-up lines ("failed call to cuInit")
         strategy = get_strategy(config.train.strategy)
@@ -125,7 +119,7 @@ def train(
                 f"{resume} holds an unfinished run of this config: resuming it "
                 "(move that folder aside to start over)."
             )
-    data = load_data(config)  # its shuffles and samples take their own seeds
+    data = load_data(config, spec)  # its shuffles and samples take their own seeds
     # Seeded after the data: preparing a TFDS dataset on first use draws random
     # numbers, and the model's initialisation must not depend on whether it ran.
     keras.utils.set_random_seed(config.train.seed)
@@ -135,7 +129,7 @@ def train(
         for note in report.notes:
             say(f"note: {note}")
     with strategy.scope():
-        model = build_model(config, data.class_names)
+        model = build_model(config, data.class_names, spec=spec)
     plan_stages(model, config.stages, data.validation)  # bad stages fail before the run directory
     if resume is not None:
         run_dir = os.fspath(resume)
@@ -185,20 +179,8 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
             model, os.path.join(run_dir, "saved_model"), samples=data.validation, verbose=verbose
         )
     best = (tuner.recorder.best, tuner.recorder.best_epoch)
-    monitored = f"{config.train.monitor} = {_fmt(best[0])}"
-    say(f"Best epoch {best[1]}: {monitored} ({seconds:.0f}s training)")
-    say(f"Best {config.train.monitor} per stage: {tuner.recorder.stage_gains()}")
-    if tuner.backup_seconds:
-        share = 100 * tuner.backup_seconds / max(seconds, 1e-9)
-        say(f"Backups: {tuner.backup_seconds:.1f}s ({share:.1f}% of training)")
-    say(f"Report: {report}")
-    say(f"Plots: {os.path.join(run_dir, 'learning_curves.png')}, confusion_matrix.png")
-    if test_results:
-        say(f"Test (once, best epoch's model): {test_results.plain.one_line()}")
-        if test_results.tta:
-            say(f"Test with TTA ({config.data.tta}): {test_results.tta.one_line()}")
-    if saved_model:
-        say(f"SavedModel: {saved_model}")
+    for line in tuner.summary(seconds, report=report, test=test_results, saved_model=saved_model):
+        say(line)
     return RunResult(
         run_dir,
         report,
@@ -257,24 +239,6 @@ def unfinished_run(config: RunConfig) -> str | None:
     return None
 
 
-def check_tta(config: RunConfig) -> None:
-    """Raises before any training if `data.tta` asks for image views of a text model.
-
-    Example:
-        >>> check_tta(load_config(None, ["model.backbone=all-minilm-l6-v2", "data.tta=flip"]))
-        Traceback (most recent call last):
-        ValueError: ... image transforms ...
-    """
-    from kerastl.backbones.registry import get_spec
-    from kerastl.backbones.spec import TEXT
-
-    if config.data.tta != "none" and get_spec(config.model.backbone).modality == TEXT:
-        raise ValueError(
-            "`data.tta` views are image transforms; a text backbone takes none. Received: "
-            f"data.tta={config.data.tta!r} for model.backbone={config.model.backbone!r}."
-        )
-
-
 def lr_find_for_config(config: RunConfig):
     """The LR range test for the first stage's setup, its plot in the run directory.
 
@@ -292,9 +256,10 @@ def lr_find_for_config(config: RunConfig):
     from kerastl.training.lr_finder import lr_find
     from kerastl.training.stage_plan import plan_stages
 
+    spec = resolve(config).spec
     keras.utils.set_random_seed(config.train.seed)
-    data = load_data(config)
-    model = build_model(config, data.class_names)
+    data = load_data(config, spec)
+    model = build_model(config, data.class_names, spec=spec)
     plan_stages(model, config.stages[:1])[0].set_trainable(model)
     model.compile(
         keras.optimizers.Adam(config.stages[0].lr),
@@ -303,10 +268,6 @@ def lr_find_for_config(config: RunConfig):
     run_dir = new_run_directory(config.output_dir, f"{config.name}-lr-find")
     plot = os.path.join(run_dir, "lr_find.png")
     return lr_find(model, data.train.repeat(), plot_path=plot), plot
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _say(message: str) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 import warnings
 
-from kerastl.app.config import build_model, build_tuner
+from kerastl.app.builders import build_model, build_tuner
 from kerastl.backbones.spec import TEXT
 from kerastl.distribute.strategies import is_chief
 from kerastl.training.stage import ALL, HEAD, Stage
@@ -53,7 +53,7 @@ def scratch_stage(epochs: int, modality: str = "image") -> Stage:
 
 
 def compare(
-    config, data, recorder, fine_tuned_seconds: float, *, strategy=None, verbose="auto"
+    config, data, recorder, fine_tuned_seconds: float, *, strategy=None, verbose="auto", spec=None
 ) -> list[dict]:
     """Trains the probe and the from-scratch baseline; returns the three rows.
 
@@ -64,6 +64,7 @@ def compare(
         fine_tuned_seconds: the fine-tuned run's training time.
         strategy: the strategy the baselines train under (default: the current one).
         verbose: Keras progress output.
+        spec: the backbone's spec when the caller has it (`resolve(config).spec`).
 
     Returns:
         Rows `{"model", "training", "best", "epoch", "seconds"}` for `scratch`,
@@ -78,10 +79,11 @@ def compare(
 
     from kerastl.backbones.registry import get_spec
 
+    spec = spec or get_spec(config.model.backbone)
     strategy = strategy or tf.distribute.get_strategy()
     epochs = sum(stage.epochs for stage in config.stages)
     lr = config.stages[0].lr
-    modality = get_spec(config.model.backbone).modality
+    modality = spec.modality
     rows = []
     for label, weights, stage in (
         ("scratch", None, scratch_stage(epochs, modality)),
@@ -93,7 +95,7 @@ def compare(
             )
         keras.utils.set_random_seed(config.train.seed)
         with strategy.scope():
-            model = build_model(config, data.class_names, weights=weights)
+            model = build_model(config, data.class_names, weights=weights, spec=spec)
         tuner = build_tuner(config, model, strategy, augment=False, verbose=verbose)
         started = time.perf_counter()
         tuner.fit(data.train, data.validation, stages=[stage])

@@ -1,7 +1,6 @@
 """Data sources: TFDS (with the two bundled offline datasets), image folders,
-text tables, NumPy arrays, or whatever a `RunConfig` names (`load_data`); bad
-records are skipped and reported, or raise with `strict=True`. Pipelines: image
-preparation, batching, text batches by length.
+text tables, NumPy arrays; bad records are skipped and reported, or raise with
+`strict=True`. Pipelines: image preparation, batching, text batches by length.
 
 Example:
     >>> import kerastl.data  # registers `elpv` and `rotten_tomatoes` with TFDS
@@ -18,7 +17,6 @@ from kerastl.data.augment import (
     views_of,
 )
 from kerastl.data.builders import Elpv, RottenTomatoes, stratified_split
-from kerastl.data.from_config import Data, load_data
 from kerastl.data.images import image_folder
 from kerastl.data.pipeline import (
     batched,
@@ -32,7 +30,6 @@ from kerastl.data.tfds_source import load_tfds
 
 __all__ = [
     "BadRecordError",
-    "Data",
     "DataReport",
     "Elpv",
     "RandomDihedral",
@@ -43,7 +40,6 @@ __all__ = [
     "from_arrays",
     "image_folder",
     "label_mixing",
-    "load_data",
     "load_tfds",
     "prepare_images",
     "stratified_split",

@@ -499,6 +499,54 @@ class FineTuner:
         name = "dihedral" if tta is True else ("none" if tta is False else tta)
         return evaluate_model(self.model, test, tta=name)
 
+    def summary(
+        self,
+        seconds: float,
+        *,
+        report: str | None = None,
+        test: Evaluation | None = None,
+        saved_model: str | None = None,
+    ) -> list[str]:
+        """The run's closing lines, as `kerastl train` prints them: the best epoch,
+        each stage's best, the backups' share, where the report and plots are,
+        the test scores and the export.
+
+        Args:
+            seconds: the training time (for the lines' shares).
+            report: the path `write_report` returned, or None.
+            test: the test split's `Evaluation` (`evaluate`), or None.
+            saved_model: the exported SavedModel's path, or None.
+
+        Returns:
+            The lines, without a prefix.
+
+        Example:
+            >>> for line in tuner.summary(seconds, report=report, test=test):
+            ...     print(f"kerastl: {line}")
+        """
+        if self.recorder is None:
+            raise ValueError("`summary` needs a FineTuner after `fit`.")
+        recorder = self.recorder
+        best = "n/a" if recorder.best is None else f"{recorder.best:.4f}"
+        lines = [
+            f"Best epoch {recorder.best_epoch}: {recorder.monitor} = {best} "
+            f"({seconds:.0f}s training)",
+            f"Best {recorder.monitor} per stage: {recorder.stage_gains()}",
+        ]
+        if self.backup_seconds:
+            share = 100 * self.backup_seconds / max(seconds, 1e-9)
+            lines.append(f"Backups: {self.backup_seconds:.1f}s ({share:.1f}% of training)")
+        if report:
+            plots = os.path.join(self.run_dir, "learning_curves.png")
+            lines += [f"Report: {report}", f"Plots: {plots}, confusion_matrix.png"]
+        if test is not None:
+            lines.append(f"Test (once, best epoch's model): {test.plain.one_line()}")
+            if test.tta is not None:  # mean probabilities over the test-time views
+                lines.append(f"Test with TTA ({test.tta_name}): {test.tta.one_line()}")
+        if saved_model:
+            lines.append(f"SavedModel: {saved_model}")
+        return lines
+
     def write_report(
         self,
         validation=None,

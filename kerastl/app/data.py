@@ -1,4 +1,5 @@
-"""Data from a `RunConfig`: the configured sources read, split and batched.
+"""Data from a `RunConfig`: the configured sources read, split and batched (the
+app layer: the library's data functions it calls take plain arguments).
 
 Training data comes from `data.source`; validation from
 `data.validation_source`, else the TFDS `validation_split` if one is named,
@@ -10,12 +11,12 @@ validation data picks the best epoch; the test data is evaluated once.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kerastl.app.schema import RunConfig
 from kerastl.backbones.registry import get_spec
-from kerastl.backbones.spec import TEXT
+from kerastl.backbones.spec import TEXT, BackboneSpec
 from kerastl.backbones.tokenizers import create_text_preprocessor
 from kerastl.data.builders import stratified_split
 from kerastl.data.images import image_folder
@@ -23,9 +24,6 @@ from kerastl.data.pipeline import batched, from_arrays, prepare_images, text_bat
 from kerastl.data.sampling import labels_of, select
 from kerastl.data.text import text_table
 from kerastl.data.tfds_source import load_tfds
-
-if TYPE_CHECKING:
-    from kerastl.app.config import RunConfig
 
 
 @dataclasses.dataclass
@@ -39,7 +37,7 @@ class Data:
     test: object = None
 
 
-def load_data(config: RunConfig) -> Data:
+def load_data(config: RunConfig, spec: BackboneSpec | None = None) -> Data:
     """The configured sources, prepared and batched for the configured backbone.
 
     Training data comes from `data.source`; validation from
@@ -50,9 +48,15 @@ def load_data(config: RunConfig) -> Data:
 
     Args:
         config: the run configuration.
+        spec: the backbone's spec when the caller has it (`resolve(config).spec`).
 
     Returns:
         A `Data` with batched train/validation(/test) datasets and the class names.
+
+    Example:
+        >>> data = load_data(load_config("recipes/image_classification.yaml"))
+        >>> data.class_names
+        ['functional', 'defective']
     """
     data = config.data
     kind = data.source.partition(":")[0]
@@ -70,7 +74,8 @@ def load_data(config: RunConfig) -> Data:
         reports += more
     elif kind == "tfds" and data.test_split:
         test_raw = _read(data.source, config, class_names, data.test_split)[0]
-    train, validation, test = _batches(config, train_raw, validation_raw, test_raw)
+    spec = spec or get_spec(config.model.backbone)
+    train, validation, test = _batches(config, spec, train_raw, validation_raw, test_raw)
     return Data(train, validation, list(class_names), reports, test)
 
 
@@ -128,9 +133,8 @@ def _held_out(raw, config: RunConfig):
     return select(raw, held_out, keep=False), select(raw, held_out)
 
 
-def _batches(config: RunConfig, train_raw, validation_raw, test_raw=None):
+def _batches(config: RunConfig, spec: BackboneSpec, train_raw, validation_raw, test_raw=None):
     data = config.data
-    spec = get_spec(config.model.backbone)
     if spec.modality == TEXT:
         weights = config.model.weights
         vocabulary = weights or "default"  # random weights still need a vocabulary
