@@ -600,6 +600,34 @@ def test_samples_from_length_bucketed_text_batches_are_padded_to_one_length():
     np.testing.assert_array_equal(samples["padding_mask"].sum(axis=1), [3, 3, 5])
 
 
+@pytest.mark.slow
+def test_a_bundle_averages_the_test_time_views_it_is_given(tiny_model, tmp_path):
+    """`serving_bundle` passes its `tta` to the SavedModel (it had no such keyword,
+    so a bundle's `image_tensor_tta` always averaged the 8 dihedral views)."""
+    images = np.round(_images(4, seed=5, size=32))
+    version = kx.serving_bundle(
+        tiny_model, tmp_path, "tta", signatures="image_tensor_tta", tta="flip", samples=images
+    )
+    served = tf.saved_model.load(version).signatures["image_tensor_tta"]
+    flips = [images, images[:, :, ::-1]]
+    keras_mean = np.mean(
+        [keras.ops.softmax(tiny_model(np.ascontiguousarray(v), training=False)) for v in flips],
+        axis=0,
+    )
+    np.testing.assert_allclose(served(images=images)["probabilities"], keras_mean, atol=1e-5)
+
+
+def test_export_options_name_the_bad_value():
+    from kerastl.export.options import ExportOptions
+
+    with pytest.raises(ValueError, match=r"image_dtype.*Received: image_dtype='int8'"):
+        ExportOptions(image_dtype="int8")
+    with pytest.raises(ValueError, match=r"top_k.*Received: top_k=0"):
+        ExportOptions(top_k=0)
+    with pytest.raises(ValueError, match=r"tolerance.*Received: tolerance=-1"):
+        ExportOptions(tolerance=-1)
+
+
 def _op_count(saved_model: str, op: str) -> int:
     """How many nodes of type `op` a SavedModel's graph and function library hold."""
     proto = saved_model_pb2.SavedModel()

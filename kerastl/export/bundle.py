@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import tensorflow as tf
 
 from kerastl import _atomic
 from kerastl._validation import check_positive_int
+from kerastl.export.options import ExportOptions
 from kerastl.export.parity import DEFAULT_TOLERANCE
 from kerastl.export.requests import (
     MAX_WARMUP_RECORDS,
@@ -51,6 +53,7 @@ def serving_bundle(
     preprocessor=None,
     sequence_length: int = 128,
     tolerance: float = DEFAULT_TOLERANCE,
+    tta: str = "dihedral",
     verbose: int | str = "auto",
 ) -> str:
     """Writes `base_dir/name/<version>/` for TF Serving, published atomically.
@@ -82,6 +85,7 @@ def serving_bundle(
         preprocessor: as in `saved_model`.
         sequence_length: as in `saved_model`.
         tolerance: as in `saved_model`.
+        tta: as in `saved_model`.
         verbose: as in `saved_model`.
 
     Returns:
@@ -111,22 +115,17 @@ def serving_bundle(
     final = os.path.join(model_dir, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"Version {version} of {name!r} exists: {final!r}.")
+    options = ExportOptions(
+        image_dtype, top_k, preprocessor, sequence_length, tolerance, tta, verbose
+    )
     preprocessor = text_preprocessor(model, names, preprocessor, sequence_length)
+    options = dataclasses.replace(options, preprocessor=preprocessor)
     samples = model_samples(model, samples)
     if TEXT in names and TEXT not in samples:
         samples = {**samples, TEXT: detokenized(preprocessor, samples)}
     with _atomic.publishing(final) as temporary:
         write_saved_model(
-            model,
-            temporary,
-            names,
-            samples=samples,
-            image_dtype=image_dtype,
-            top_k=top_k,
-            preprocessor=preprocessor,
-            tolerance=tolerance,
-            published_as=final,
-            verbose=verbose,
+            model, temporary, names, samples=samples, options=options, published_as=final
         )
         loaded = tf.saved_model.load(temporary)
         _check_ops(loaded, final, on_unsupported_ops)

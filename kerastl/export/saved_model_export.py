@@ -12,6 +12,7 @@ from kerastl import _atomic
 from kerastl._progress import Progress
 from kerastl.export.core_tokenizer import CoreWordPiece, unsupported_reason
 from kerastl.export.float32 import float32_copy
+from kerastl.export.options import ExportOptions
 from kerastl.export.parity import (
     DEFAULT_TOLERANCE,
     PARITY_FILE,
@@ -100,20 +101,12 @@ def saved_model(
         ...                            signatures=("image_bytes", "image_tensor"))
     """
     path = os.fspath(path)
+    options = ExportOptions(
+        image_dtype, top_k, preprocessor, sequence_length, tolerance, tta, verbose
+    )
     with _atomic.publishing(path, overwrite=overwrite) as temporary:
         write_saved_model(
-            model,
-            temporary,
-            signatures,
-            samples=samples,
-            image_dtype=image_dtype,
-            top_k=top_k,
-            preprocessor=preprocessor,
-            sequence_length=sequence_length,
-            tolerance=tolerance,
-            published_as=path,
-            tta=tta,
-            verbose=verbose,
+            model, temporary, signatures, samples=samples, options=options, published_as=path
         )
     return path
 
@@ -124,18 +117,12 @@ def write_saved_model(
     signatures=None,
     *,
     samples=None,
-    image_dtype: str = "float32",
-    top_k: int = 5,
-    preprocessor=None,
-    sequence_length: int = 128,
-    tolerance: float = DEFAULT_TOLERANCE,
+    options: ExportOptions | None = None,
     published_as: str | None = None,
-    tta: str = "dihedral",
-    verbose: int | str = 0,
 ):
     """Writes the SavedModel into `directory` (not atomic) and checks parity.
 
-    `published_as` names the final path in the parity report; `verbose`
+    `published_as` names the final path in the parity report; `options.verbose`
     shows its two steps (writing, parity) as `kerastl._progress.Progress`.
 
     Returns:
@@ -144,11 +131,13 @@ def write_saved_model(
     Raises:
         ParityError: the export disagrees with Keras.
     """
+    options = options or ExportOptions(verbose=0)
     names = check_signatures(model, signatures)
     samples = model_samples(model, samples)  # bad samples fail before the slow export
     model = float32_copy(model)
     served = merged_for_export(model)  # LoRA adapters folded in; parity against the unmerged
-    preprocessor = text_preprocessor(model, names, preprocessor, sequence_length)
+    preprocessor = text_preprocessor(model, names, options.preprocessor, options.sequence_length)
+    tolerance, tta = options.tolerance, options.tta
     if TEXT in names and TEXT not in samples:  # the `text` signature is checked on strings too
         samples = {**samples, TEXT: detokenized(preprocessor, samples)}
     archive = keras.export.ExportArchive()
@@ -161,15 +150,15 @@ def write_saved_model(
         function = serving_function(
             served,
             name,
-            image_dtype=image_dtype,
-            top_k=top_k,
+            image_dtype=options.image_dtype,
+            top_k=options.top_k,
             preprocessor=tokenizer,
             tta=tta,
             forward=forward,
         )
         archive.add_endpoint(name, function)
     what = f"SavedModel ({', '.join(names)}): writing, then checking it against Keras"
-    progress = Progress(what, 2, verbose, unit="step", interval=0.0)
+    progress = Progress(what, 2, options.verbose, unit="step", interval=0.0)
     archive.write_out(directory, verbose=False)
     progress.update(1)
     os.makedirs(os.path.join(directory, EXTRA_DIR), exist_ok=True)
