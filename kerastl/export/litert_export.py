@@ -72,8 +72,9 @@ def litert(
             accuracy); None: random images (float32 only).
         quantize: None, `"float16"` or `"int8"`.
         tolerance: float32's largest absolute difference of probabilities.
-        max_accuracy_drop / min_agreement / calibration_size: the gate, as in
-            `kerastl.export.onnx`.
+        max_accuracy_drop: the gate's largest accuracy drop, as in `kerastl.export.onnx`.
+        min_agreement: the gate's smallest top-1 agreement with the float model.
+        calibration_size: most samples the quantizer calibrates on.
         overwrite: replace an existing file.
         verbose: progress, as in `saved_model`.
 
