@@ -32,6 +32,19 @@ STAGES = [kerastl.Stage(1, lr=1e-2), kerastl.Stage(2, train="block6", rank=2, lr
 
 
 @pytest.mark.slow
+def test_a_lora_stage_cut_where_an_earlier_stage_was_reads_its_cache(capsys):
+    """`block6` and the LoRA stage's first adapted group `block6a` cut the same
+    tensors: planned once, they share one cache (it was extracted twice)."""
+    stages = [kerastl.Stage(1, train="block6", lr=1e-2), kerastl.Stage(1, train="block6", rank=2)]
+    tuner = kerastl.FineTuner(_lite0(), verbose=2)
+    tuner.fit(_images(), _images(8, seed=1), stages=stages, backup_dir=False)
+    out = capsys.readouterr().out.splitlines()
+    extracted = [line for line in out if line.startswith("kerastl: caching") and "(once)" in line]
+    assert extracted == ["kerastl: caching block6 (once) ..."]
+    assert [summary["cached"] for summary in tuner.stage_summaries] == ["block6", "block6"]
+
+
+@pytest.mark.slow
 def test_a_lora_stage_on_cached_features_equals_it_end_to_end_and_moves_only_adapters():
     weights = []
     for cache in (True, False):

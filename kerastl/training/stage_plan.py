@@ -203,7 +203,7 @@ def plan_stages(
     check_lora_stages(
         model, [(p.number, p.stage, p.target.adapted) for p in planned if p.stage.rank]
     )
-    planned = [_with_cut(model, p, caching, cache_required) for p in planned]
+    planned = _shared_cuts([_with_cut(model, p, caching, cache_required) for p in planned])
     planned = [
         dataclasses.replace(p, source=_lowest_later_cut(p.split, planned[p.number :]))
         if p.split is not None
@@ -330,6 +330,19 @@ def _with_cut(model, planned: PlannedStage, caching: bool, required: bool) -> Pl
         else:
             return dataclasses.replace(planned, split=split)
     return dataclasses.replace(planned, end_to_end=reason)
+
+
+def _shared_cuts(planned: list[PlannedStage]) -> list[PlannedStage]:
+    """Stages cut at the same place share the first one's `Split`: one cache, one
+    name (`block6` and a LoRA stage's `block6a` cut the same tensors)."""
+    first_of: dict[frozenset, Split] = {}
+    shared = []
+    for stage in planned:
+        if stage.split is not None:
+            kept = first_of.setdefault(stage.split.upper, stage.split)
+            stage = dataclasses.replace(stage, split=kept)
+        shared.append(stage)
+    return shared
 
 
 def _lowest_later_cut(split: Split, following: Sequence[PlannedStage]) -> Split | None:
