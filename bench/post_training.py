@@ -6,10 +6,14 @@ on the same images (defects issue, item 5).
 Loads a finished run's `model.keras` and the run's data (its `config.yaml`),
 then times, in one process: the test split evaluated plain and over the 8
 dihedral views (`kerastl.evaluate`), the validation confusion matrix, the
-run report (plots, `model.keras`, samples), the SavedModel export; and
+temperature fitted on validation (`kerastl.calibrate`), the run report
+without and with its look at the mistakes (top losses, Grad-CAM,
+calibration: `insight`), the SavedModel export; and
 `model.predict` over exactly the images each of them runs (the test split's 8
 views, the validation split). The ratio column is each part over its
-`predict` time; the last row is the whole phase.
+`predict` time; the last row is the whole phase. Last, what calibrating and
+the report's look at the mistakes add, as a share of the run's training time
+(the `seconds` of its `report.md`).
 """
 
 from __future__ import annotations
@@ -74,8 +78,14 @@ def main(argv=None) -> None:
         recorder.rows = [{"epoch": 1, "stage": "1:head", "loss": 1.0, "val_loss": 1.0}]
         tuner.recorder = recorder
         tuner.stage_starts, tuner.stage_summaries = [0], [{"stage": "1:head", "epochs": 1}]
-        seconds, _ = _timed(lambda: tuner.write_report(data.validation))
-        rows.append(("report (plots, matrix, model.keras, samples)", seconds, reference))
+        calibrated, _ = _timed(lambda: kerastl.calibrate(model, data.validation))
+        rows.append(("temperature fitted on validation (calibrate)", calibrated, reference))
+        plain, _ = _timed(lambda: tuner.write_report(data.validation, insight=False))
+        rows.append(("report (plots, matrix, model.keras, samples)", plain, reference))
+        insightful, _ = _timed(lambda: tuner.write_report(data.validation))
+        rows.append(
+            ("report with insight (+ top losses, Grad-CAM, calibration)", insightful, reference)
+        )
         seconds, _ = _timed(
             lambda: kerastl.export.saved_model(
                 model, os.path.join(scratch, "sm"), samples=data.validation
@@ -90,9 +100,25 @@ def main(argv=None) -> None:
         ratio = f"{seconds / reference:.2f}" if reference else "-"
         shown = f"{reference:.1f}" if reference else "-"
         print(f"| {name} | {seconds:.1f} | {shown} | {ratio} |")
-    total = sum(row[1] for row in rows)
+    total = sum(row[1] for row in rows if "insight" not in row[0])
     predicted = rows[0][2] + rows[1][2]
     print(f"| whole phase | {total:.1f} | {predicted:.1f} | {total / predicted:.2f} |")
+    training = _training_seconds(args.run_dir)
+    added = calibrated + insightful - plain
+    print(
+        f"\ncalibration + insight add {added:.1f}s to the phase: "
+        f"{100 * added / training:.1f}% of the run's {training:.0f}s of training"
+    )
+
+
+def _training_seconds(run_dir: str) -> float:
+    """The sum of the `seconds` column of the run's stage table (`report.md`)."""
+    with open(os.path.join(run_dir, "report.md")) as file:
+        stages = file.read().split("## Stages")[1].split("\n## ")[0]
+    rows = [line.split("|")[1:-1] for line in stages.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in rows[0]]
+    column = header.index("seconds")
+    return sum(float(row[column]) for row in rows[1:] if row[column].strip()[:1].isdigit())
 
 
 if __name__ == "__main__":

@@ -69,6 +69,9 @@ class TransferModel(FixedTraining, keras.Model):
             the registry's vocabulary when `backbone` is a name and `weights`
             is not None; else none (then pass token inputs).
         sequence_length: tokens per example for that default preprocessor.
+        temperature: the softmax's temperature (`kerastl.calibrate` fits it):
+            every probability kerastl computes or exports is
+            `softmax(logits / temperature)`; the logits stay raw.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -92,9 +95,10 @@ class TransferModel(FixedTraining, keras.Model):
         backbone_name: str | None = None,
         preprocessor: keras.layers.Layer | None = None,
         sequence_length: int = 128,
+        temperature: float = 1.0,
         **kwargs: Any,
     ):
-        _validate(num_classes, task, dropout, class_names)
+        _validate(num_classes, task, dropout, class_names, temperature)
         named = isinstance(backbone, str)
         if named:
             backbone_name = backbone
@@ -164,6 +168,7 @@ class TransferModel(FixedTraining, keras.Model):
         self.preprocessing = preprocessing
         self.modality = modality
         self.preprocessor = preprocessor
+        self.temperature = float(temperature)
 
     def _image_logits(self, images, pooling: str):
         features = self.backbone(self.preprocessing_layer(images))
@@ -446,6 +451,7 @@ class TransferModel(FixedTraining, keras.Model):
                 for index, layer in enumerate(sublayers(self, include_self=False))
                 if not layer.trainable
             ],
+            "temperature": self.temperature,
             **self._adapters_config(),
         }
 
@@ -657,8 +663,12 @@ def _from_logits(loss):
     return replacement
 
 
-def _validate(num_classes, task, dropout, class_names):
+def _validate(num_classes, task, dropout, class_names, temperature):
     check_positive_int("num_classes", num_classes)
+    if isinstance(temperature, bool) or not (
+        isinstance(temperature, int | float) and temperature > 0
+    ):
+        raise ValueError(f"`temperature` must be > 0. Received: temperature={temperature!r}.")
     if task not in _TASKS:
         raise ValueError(f"`task` must be one of {_TASKS}. Received: task={task!r}.")
     if not 0.0 <= dropout < 1.0:

@@ -86,6 +86,7 @@ def main(config: RunConfig, verbose: int | str) -> None:
         monitor=config.train.monitor,  # picks the best epoch, restored at the end
         run_dir=run_dir,
         jit_compile=config.train.jit_compile,
+        calibrate=config.train.calibrate,  # the softmax temperature, fitted on validation
         verbose=verbose,
     )
     started = time.perf_counter()
@@ -97,8 +98,11 @@ def main(config: RunConfig, verbose: int | str) -> None:
         else kerastl.evaluate(model, data.test, tta=config.data.tta, verbose=verbose)
     )
     sections = [test.markdown("Test (evaluated once, after training)")] if test else []
-    report = tuner.write_report(
-        data.validation, title=f"{config.name}: {config.model.backbone}", extra_sections=sections
+    report = tuner.write_report(  # with the top losses, Grad-CAM and calibration
+        data.validation,
+        title=f"{config.name}: {config.model.backbone}",
+        extra_sections=sections,
+        insight=config.insight,
     )
     path = None
     if config.export:  # serving signatures, checked against Keras before the rename

@@ -72,6 +72,7 @@ def main(config: RunConfig, verbose: int | str) -> None:
         monitor=config.train.monitor,
         run_dir=run_dir,
         jit_compile=config.train.jit_compile,
+        calibrate=config.train.calibrate,  # the softmax temperature, fitted on validation
         verbose=verbose,
     )
     started = time.perf_counter()
@@ -80,7 +81,9 @@ def main(config: RunConfig, verbose: int | str) -> None:
     # The test split: evaluated once, with the best epoch's weights.
     test = None if data.test is None else kerastl.evaluate(model, data.test, verbose=verbose)
     sections = [test.markdown("Test (evaluated once, after training)")] if test else []
-    report = tuner.write_report(data.validation, title=config.name, extra_sections=sections)
+    report = tuner.write_report(
+        data.validation, title=config.name, extra_sections=sections, insight=config.insight
+    )
     path = None
     if config.export:  # a `text` signature: TF Serving clients send the raw review
         path = kerastl.export.saved_model(

@@ -84,7 +84,15 @@ def test_image_recipe_script_and_kerastl_train_give_the_same_run(
     out = _recipe("image_classification", tmp_path / "recipe", *common, **_io(capsys, monkeypatch))
     recipe = _run_dir(out)
     assert (recipe / "saved_model" / "saved_model.pb").exists()
-    assert "| functional | defective |" in (recipe / "report.md").read_text()
+    report = (recipe / "report.md").read_text()
+    assert "| functional | defective |" in report
+    # The look at the mistakes: the per-class table and the three figures, and a
+    # temperature fitted on validation, saved in the model the export serves.
+    assert "| class | precision | recall | F1 | support |" in report
+    for figure in ("top_losses.png", "gradcam.png", "calibration.png"):
+        assert (recipe / figure).stat().st_size > 10_000, figure
+    saved = keras.models.load_model(recipe / "model.keras")
+    assert f"kerastl: Calibrated: temperature {saved.temperature:.3g}: ECE" in out
     # The README's next step, on the recipe's own run directory.
     assert main(["export", str(recipe)]) == 0
     assert (recipe / "export" / "serving" / "elpv-lite0" / "1" / "saved_model.pb").is_file()
@@ -118,7 +126,12 @@ def test_text_recipe_runs_its_stage_on_tiny_data(tmp_path, tfds_dir, capsys, mon
     run = _run_dir(out)
     rows = (run / "history.csv").read_text().splitlines()[1:]
     assert [row.split(",")[1] for row in rows] == ["1:all"]
-    assert "| rotten | fresh |" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "| rotten | fresh |" in report
+    # A text model's top losses are a table of the reviews themselves, no images.
+    table = report.split("| true | predicted | p | text |")[1].split("\n\n")[0]
+    assert len(table.strip().splitlines()) == 1 + 8  # the separator, then 8 reviews
+    assert (run / "calibration.png").is_file() and not (run / "gradcam.png").exists()
 
 
 @pytest.mark.slow

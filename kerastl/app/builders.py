@@ -86,5 +86,6 @@ def build_tuner(
         monitor=config.train.monitor,
         run_dir=run_dir,
         jit_compile=config.train.jit_compile,
+        calibrate=config.train.calibrate,
         verbose=verbose,
     )

@@ -1,4 +1,5 @@
-"""The `kerastl` command: `train`, `lr-find`, `export`, `list-backbones`, `describe`."""
+"""The `kerastl` command: `train`, `lr-find`, `export`, `explain`, `list-backbones`,
+`describe`, `config`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_backbone_commands(commands)
     _add_run_commands(commands)
     _add_export_command(commands)
+    explain = commands.add_parser(
+        "explain", help="classify images with a run's model and show where it looked (Grad-CAM)"
+    )
+    explain.add_argument("run_dir", help="a run directory written by `kerastl train`")
+    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    explain.add_argument("--output", help="where the overlays go (default: RUN_DIR/explain/)")
+    explain.add_argument("--group", help="the layer group explained (default: the last spatial)")
+    explain.add_argument("--top", type=int, default=3, help="classes listed per image")
     return parser
 
 
@@ -148,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args) if args.command == "train" else _lr_find(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "explain":
+            return _explain(args)
         if args.command == "config":
             return _config(args)
         if args.command == "list-backbones":
@@ -176,6 +187,19 @@ def _start_tensorflow() -> None:
         import kerastl
 
         kerastl._import_all()
+
+
+def _explain(args) -> int:
+    from kerastl._quiet import native_stderr_silenced
+    from kerastl.app.explain import explain
+
+    with native_stderr_silenced():  # TF's C++ lines (device start-up, kernel notices)
+        lines = explain(
+            args.run_dir, args.images, output=args.output, group=args.group, top=args.top
+        )
+    for line in lines:
+        print(line)
+    return 0
 
 
 def _config(args) -> int:

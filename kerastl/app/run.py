@@ -169,7 +169,10 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
             test_results.markdown("Test (evaluated once, after training, best epoch's model)")
         )
     report = tuner.write_report(
-        data.validation, title=f"{config.name}: {config.model.backbone}", extra_sections=sections
+        data.validation,
+        title=f"{config.name}: {config.model.backbone}",
+        extra_sections=sections,
+        insight=config.insight,
     )
     saved_model = None
     if config.export:

@@ -140,6 +140,9 @@ class TrainConfig:
         metrics: logged metrics (`accuracy`, `balanced_accuracy`, ...).
         monitor: the value that picks the best epoch, restored at the end.
         jit_compile: XLA-compile the training step (`auto`: Keras decides).
+        calibrate: fit the softmax temperature on the validation data after
+            training (`kerastl.calibrate`): probabilities, the test scores and
+            the exports are calibrated.
     """
 
     strategy: str = "auto"
@@ -152,6 +155,7 @@ class TrainConfig:
     metrics: tuple[str, ...] = ("accuracy", "balanced_accuracy")
     monitor: str = "val_balanced_accuracy"
     jit_compile: bool | str = "auto"
+    calibrate: bool = True
 
 
 def _default_stages() -> tuple[Stage, ...]:
@@ -175,6 +179,9 @@ class RunConfig:
         transfer_report: also train a linear probe and a from-scratch
             network with the same epochs, and compare.
         export: write a SavedModel of the final model.
+        insight: the report looks at the validation mistakes: per-class
+            table, most-confused pairs, `top_losses.png`, `gradcam.png`,
+            `calibration.png` (false: only the confusion matrix).
     """
 
     name: str = "run"
@@ -185,3 +192,4 @@ class RunConfig:
     stages: tuple[Stage, ...] = dataclasses.field(default_factory=_default_stages)
     transfer_report: bool = False
     export: bool = True
+    insight: bool = True

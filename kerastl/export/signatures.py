@@ -255,8 +255,9 @@ def serving_function(
         stacked = tf.concat([dihedral_view(inputs, v) for v in views], axis=0)
         logits = forward(stacked)
         per_view = tf.reshape(logits, [len(views), tf.shape(inputs)[0], -1])
-        probabilities = tf.reduce_mean(tf.nn.softmax(per_view), axis=0)
-        return outputs(tf.math.log(probabilities))
+        probabilities = tf.reduce_mean(probabilities_of(model, per_view), axis=0)
+        # `outputs` divides by the temperature again: log(p) * T gives back p.
+        return outputs(tf.math.log(probabilities) * getattr(model, "temperature", 1.0))
 
     return tf.function(serve, input_signature=list(specs.values()), autograph=False)
 
@@ -277,10 +278,11 @@ def _tta_views(model: keras.Model, tta: str) -> tuple[int, ...]:
 
 
 def probabilities_of(model: keras.Model, logits):
-    """Softmax (single-label) or sigmoid (multi-label) of the head's logits."""
+    """Softmax (single-label, at the model's `temperature`) or sigmoid
+    (multi-label) of the head's logits."""
     if getattr(model, "task", "classification") == "multilabel":
         return tf.sigmoid(logits)
-    return tf.nn.softmax(logits)
+    return tf.nn.softmax(logits / getattr(model, "temperature", 1.0))
 
 
 def class_names(model: keras.Model, num_classes: int) -> list[str]:

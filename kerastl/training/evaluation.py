@@ -16,6 +16,7 @@ import numpy as np
 
 from kerastl._progress import Progress
 from kerastl.data.augment import dihedral_view, tta_views
+from kerastl.training.calibration import expected_calibration_error, softmax
 from kerastl.training.inference import traced_inference
 from kerastl.training.run_directory import accuracy, balanced_accuracy, matrix_table
 
@@ -27,10 +28,14 @@ class Scores:
     Args:
         matrix: `[classes, classes]` counts, rows the true class.
         class_names: the classes in label order.
+        ece: expected calibration error of the probabilities (15 bins), or None.
+        raw_ece: the same of the raw softmax, where the model has a temperature.
     """
 
     matrix: np.ndarray
     class_names: list[str]
+    ece: float | None = None
+    raw_ece: float | None = None
 
     @property
     def examples(self) -> int:
@@ -55,8 +60,11 @@ class Scores:
 
     def one_line(self) -> str:
         recall = ", ".join(f"{name} {value:.3f}" for name, value in self.recall.items())
+        ece = "" if self.ece is None else f", ECE {self.ece:.4f}"
+        if self.raw_ece is not None:
+            ece += f" (raw softmax {self.raw_ece:.4f})"
         return (
-            f"accuracy {self.accuracy:.4f}, balanced accuracy {self.balanced_accuracy:.4f} "
+            f"accuracy {self.accuracy:.4f}, balanced accuracy {self.balanced_accuracy:.4f}{ece} "
             f"(recall: {recall}; {self.examples} examples)"
         )
 
@@ -92,6 +100,14 @@ class Evaluation:
             lines.append(
                 f"| {name} | {scores.accuracy:.4f} | {scores.balanced_accuracy:.4f} | {recall} |"
             )
+        if self.plain.ece is not None:
+            raw = self.plain.raw_ece
+            lines += [
+                "",
+                f"Expected calibration error of the plain probabilities (15 bins): "
+                f"{self.plain.ece:.4f}"
+                + ("." if raw is None else f"; of the raw softmax: {raw:.4f}."),
+            ]
         for name, scores in runs:
             lines += ["", f"Confusion matrix, {name} (rows: true, columns: predicted):", ""]
             lines += matrix_table(scores.matrix, scores.class_names)
@@ -113,7 +129,11 @@ def predict_probabilities(model: keras.Model, inputs, *, tta: str = "none") -> n
     Example:
         >>> probabilities = kerastl.predict_probabilities(model, images, tta="dihedral")
     """
-    views = _view_probabilities(lambda x: model(x, training=False), inputs, tta_views(tta))
+
+    def run(images):
+        return model(images, training=False)
+
+    views = _view_probabilities(run, inputs, tta_views(tta), _temperature(model))
     return views.mean(axis=0)
 
 
@@ -156,13 +176,14 @@ def evaluate(
     names = list(class_names or getattr(model, "class_names", None) or [])
     classes = None
     plain = averaged = None
+    confident, truth = [], []  # the plain probabilities and labels, for the ECE
     # Direct calls, not `predict`: under a multi-worker strategy `predict`
     # returns the global batch's outputs, which do not line up with these labels.
     run = traced_inference(model, dataset.element_spec[0])  # traced once, any batch size
     what = "evaluating" + (f" over {len(views)} test-time views" if len(views) > 1 else "")
     progress = Progress(what, int(dataset.cardinality()), verbose)
     for step, batch in enumerate(dataset.prefetch(tf.data.AUTOTUNE), start=1):
-        probabilities = _view_probabilities(run, batch[0], views)
+        probabilities = _view_probabilities(run, batch[0], views, _temperature(model))
         labels = np.asarray(batch[1]).reshape(-1)
         if classes is None:
             classes = probabilities.shape[-1]
@@ -170,21 +191,34 @@ def evaluate(
             averaged = np.zeros_like(plain)
         np.add.at(plain, (labels, probabilities[0].argmax(-1)), 1)
         np.add.at(averaged, (labels, probabilities.mean(axis=0).argmax(-1)), 1)
+        confident.append(probabilities[0])
+        truth.append(labels)
         progress.update(step)
     progress.finish()
     if classes is None:
         raise ValueError("Cannot evaluate on an empty dataset.")
     names = names if len(names) == classes else [str(i) for i in range(classes)]
     tta_scores = Scores(averaged, names) if len(views) > 1 else None
-    return Evaluation(Scores(plain, names), tta_scores, tta)
+    confident, truth = np.concatenate(confident), np.concatenate(truth)
+    ece = expected_calibration_error(confident, truth)
+    raw_ece = None
+    if _temperature(model) != 1.0:  # softmax(T log p) is the raw softmax again
+        raw = softmax(np.log(np.maximum(confident, 1e-300)) * _temperature(model))
+        raw_ece = expected_calibration_error(raw, truth)
+    return Evaluation(Scores(plain, names, ece, raw_ece), tta_scores, tta)
 
 
-def _view_probabilities(run, inputs, views) -> np.ndarray:
-    """`[views, batch, classes]` softmax probabilities (`run`: inputs -> logits),
-    view 0 the identity."""
+def _view_probabilities(run, inputs, views, temperature: float = 1.0) -> np.ndarray:
+    """`[views, batch, classes]` softmax probabilities of `logits / temperature`
+    (`run`: inputs -> logits), view 0 the identity."""
     outputs = []
     for view in views:
         viewed = inputs if view == 0 else dihedral_view(inputs, view)
-        logits = keras.tree.flatten(run(viewed))[0]
+        logits = keras.tree.flatten(run(viewed))[0] / temperature
         outputs.append(keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1)))
     return np.stack(outputs)
+
+
+def _temperature(model) -> float:
+    """The model's softmax temperature (`kerastl.calibrate`), 1 for other models."""
+    return float(getattr(model, "temperature", 1.0))

@@ -38,6 +38,8 @@ from kerastl.distribute.resume import restore_seed_states, seed_states
 from kerastl.distribute.strategies import is_chief
 from kerastl.models import TransferModel
 from kerastl.training import run_directory
+from kerastl.training.calibration import Calibration
+from kerastl.training.calibration import calibrate as calibrate_model
 from kerastl.training.data_passes import DataPasses
 from kerastl.training.evaluation import Evaluation
 from kerastl.training.evaluation import evaluate as evaluate_model
@@ -106,6 +108,10 @@ class FineTuner:
             the most of the training time epoch-end backups may take (0.03):
             short epochs are backed up every few epochs; stage ends and stops
             always are. None: every epoch.
+        calibrate: after `fit`, fit the softmax temperature of a single-label
+            model on the validation data (`kerastl.calibrate`): probabilities,
+            evaluations and exports are then calibrated; `tuner.calibration`
+            holds what it changed.
         verbose: `0` (silent, caching too), `1` (progress bars), `2` (a line
             per epoch, and every few seconds while caching) or `"auto"`: `1`
             on a terminal, `2` when the output is a file or a CI log.
@@ -136,6 +142,7 @@ class FineTuner:
         callbacks: tuple = (),
         jit_compile: bool | str = "auto",
         backup_share: float | None = 0.03,
+        calibrate: bool = True,
         verbose: str | int = "auto",
     ):
         if not isinstance(model, TransferModel):
@@ -183,6 +190,8 @@ class FineTuner:
                 f"Received: backup_share={backup_share!r}."
             )
         self.backup_share = backup_share
+        self.calibrate = calibrate
+        self.calibration: Calibration | None = None
         self.verbose = resolve_verbose(verbose)  # "auto": a bar on a terminal, else lines
         self._evaluated: list = []
         self.stage_starts: list[int] = []
@@ -278,7 +287,7 @@ class FineTuner:
                 point = None
                 epoch = self._run_stage(planned, epoch, resume, data, history)
         history.stage_starts = list(self.stage_starts)
-        self._finish(monitor, history, epoch)
+        self._finish(monitor, history, epoch, validation)
         return history
 
     def _run_stage(self, planned: PlannedStage, epoch: int, resume, data, history) -> int:
@@ -307,8 +316,9 @@ class FineTuner:
         self._save_backup(self._resume_point(index, first_epoch, epoch, 0, stage_done=True))
         return epoch
 
-    def _finish(self, monitor: str, history, epoch: int) -> None:
-        """Warns without a best epoch, restores the best one, marks the backup finished."""
+    def _finish(self, monitor: str, history, epoch: int, validation) -> None:
+        """Warns without a best epoch, restores the best one, calibrates, marks the
+        backup finished."""
         if self.recorder.best is None:
             warnings.warn(
                 f"`monitor={monitor!r}` never appeared in the logs, so no best epoch was "
@@ -321,6 +331,9 @@ class FineTuner:
                 f"kerastl: restored epoch {self.recorder.best_epoch} "
                 f"({monitor} = {self.recorder.best:.4f})."
             )
+        self.calibration = None
+        if self.calibrate and validation is not None and self.model.task == "classification":
+            self.calibration = calibrate_model(self.model, validation)
         if self._backup is not None and is_chief(self.strategy):
             last = len(self.plan) - 1
             self._backup.finish(
@@ -508,8 +521,8 @@ class FineTuner:
         saved_model: str | None = None,
     ) -> list[str]:
         """The run's closing lines, as `kerastl train` prints them: the best epoch,
-        each stage's best, the backups' share, where the report and plots are,
-        the test scores and the export.
+        each stage's best, the temperature fitted, the backups' share, where the
+        report and plots are, the test scores and the export.
 
         Args:
             seconds: the training time (for the lines' shares).
@@ -533,6 +546,8 @@ class FineTuner:
             f"({seconds:.0f}s training)",
             f"Best {recorder.monitor} per stage: {recorder.stage_gains()}",
         ]
+        if self.calibration is not None:
+            lines.append(f"Calibrated: {self.calibration.one_line()}")
         if self.backup_seconds:
             share = 100 * self.backup_seconds / max(seconds, 1e-9)
             lines.append(f"Backups: {self.backup_seconds:.1f}s ({share:.1f}% of training)")
@@ -554,6 +569,7 @@ class FineTuner:
         title: str = "Fine-tuning run",
         extra_sections: tuple[str, ...] = (),
         save_model: bool = True,
+        insight: bool = True,
     ) -> str:
         """Writes the plots, the final model and `report.md` into `run_dir`
         (`run_directory.write_run_report` on this run; same arguments).
@@ -576,6 +592,7 @@ class FineTuner:
             title=title,
             extra_sections=extra_sections,
             save_model=save_model,
+            insight=insight,
             verbose=self.verbose,
         )
 

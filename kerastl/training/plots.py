@@ -31,6 +31,10 @@ def plot_learning_curves(
     stage_starts: Sequence[int],
     stage_names: Sequence[str],
     path: str | os.PathLike,
+    *,
+    monitor: str | None = None,
+    best_epoch: int | None = None,
+    stage_bests: Sequence[tuple[str, float, int]] = (),
 ) -> str:
     """Loss and each metric per epoch (train and validation), stages marked.
 
@@ -39,6 +43,11 @@ def plot_learning_curves(
         stage_starts: the first epoch of each stage.
         stage_names: a label per stage.
         path: the PNG to write.
+        monitor: the logged value that picked the best epoch: its panel marks
+            each stage's best epoch (open circles) and the run's (a star: the
+            model that was restored and exported).
+        best_epoch: the run's best epoch (from 1).
+        stage_bests: `(stage, value, epoch)` per stage (`RunRecorder.best_per_stage`).
 
     Returns:
         `path` as a string.
@@ -64,12 +73,24 @@ def plot_learning_curves(
                 fontsize=8,
                 color="grey",
             )
+        if monitor in (name, f"val_{name}"):
+            _mark_bests(axis, history[monitor], best_epoch, stage_bests)
         axis.set_xlabel("epoch")
         axis.set_title(name)
         axis.legend(loc="best", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return os.fspath(path)
+
+
+def _mark_bests(axis, values, best_epoch, stage_bests) -> None:
+    for _, value, epoch in stage_bests:
+        axis.plot(epoch, value, "o", markersize=10, markerfacecolor="none", color="black")
+    if best_epoch is not None and 1 <= best_epoch <= len(values):
+        axis.plot(
+            best_epoch, values[best_epoch - 1], "*", markersize=14, color="gold",
+            markeredgecolor="black", label=f"best epoch {best_epoch} (kept)",
+        )  # fmt: skip
 
 
 def plot_confusion_matrix(

@@ -272,7 +272,7 @@ def write_report(
     lines += ["", "## Files", ""]
     for name, what in (
         (HISTORY, "every epoch's logs, with its stage"),
-        (CURVES, "loss and metrics per epoch, stage boundaries dashed"),
+        (CURVES, "loss and metrics per epoch, stage boundaries dashed, best epochs marked"),
         (CONFUSION, "validation confusion matrix"),
         (BEST_WEIGHTS, "weights of the best epoch"),
         (MODEL, "the final model (best epoch), `keras.models.load_model`"),
@@ -315,6 +315,7 @@ def write_run_report(
     title: str = "Fine-tuning run",
     extra_sections: Sequence[str] = (),
     save_model: bool = True,
+    insight: bool = True,
     verbose: int | str = 0,
 ) -> str:
     """Writes a finished run's plots, final model and `report.md` into its directory.
@@ -330,7 +331,10 @@ def write_run_report(
         save_model: also save the model as `model.keras`, and the first
             validation inputs as `samples.npz` (what `kerastl export` checks
             exports on).
-        verbose: progress of the confusion matrix (`kerastl._progress`).
+        insight: look at what the model gets wrong on `validation`: per-class
+            table, most-confused pairs, top losses, Grad-CAM (image models) and
+            calibration (`kerastl.training.insight_report`).
+        verbose: progress of the validation pass (`kerastl._progress`).
 
     Returns:
         The path of `report.md`.
@@ -352,12 +356,21 @@ def write_run_report(
             list(stage_starts),
             [summary["stage"] for summary in stages],
             os.path.join(directory, CURVES),
+            monitor=recorder.monitor,
+            best_epoch=recorder.best_epoch,
+            stage_bests=recorder.best_per_stage(),
         )
     matrix = None
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     if validation is not None and model.task == "classification":
         prepared = model.prepare_data(validation)  # a text model's raw strings -> tokens
-        matrix = confusion_matrix(model, prepared, model.num_classes, verbose=verbose)
+        if insight:
+            from kerastl.training.insight_report import write_insight
+
+            matrix, section = write_insight(model, prepared, directory, verbose=verbose)
+            extra_sections = [section, *extra_sections]
+        else:
+            matrix = confusion_matrix(model, prepared, model.num_classes, verbose=verbose)
         plot_confusion_matrix(matrix, names, os.path.join(directory, CONFUSION))
     if save_model:
         model.save(os.path.join(directory, MODEL))
