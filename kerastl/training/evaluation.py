@@ -18,6 +18,7 @@ from kerastl._progress import Progress
 from kerastl.data.augment import dihedral_view, tta_views
 from kerastl.training.calibration import expected_calibration_error, softmax
 from kerastl.training.inference import traced_inference
+from kerastl.training.insight import class_table, most_confused
 from kerastl.training.run_directory import accuracy, balanced_accuracy, matrix_table
 
 
@@ -84,7 +85,8 @@ class Evaluation:
     tta_name: str = "none"
 
     def markdown(self, title: str = "Test") -> str:
-        """A report section: both scores, per-class recall, the confusion matrices."""
+        """A report section: both scores, the calibration error, per-class
+        precision/recall/F1, the most-confused pairs, the confusion matrices."""
         lines = [f"## {title}", ""]
         runs = [("plain", self.plain)]
         if self.tta is not None:
@@ -108,6 +110,12 @@ class Evaluation:
                 f"{self.plain.ece:.4f}"
                 + ("." if raw is None else f"; of the raw softmax: {raw:.4f}."),
             ]
+        names = self.plain.class_names
+        lines += ["", "Per class, plain:", "", *class_table(self.plain.matrix, names)]
+        confused = most_confused(self.plain.matrix, names)
+        if confused:
+            lines += ["", "Most confused, plain (true -> predicted: examples):", ""]
+            lines += [f"- {true} -> {predicted}: {count}" for true, predicted, count in confused]
         for name, scores in runs:
             lines += ["", f"Confusion matrix, {name} (rows: true, columns: predicted):", ""]
             lines += matrix_table(scores.matrix, scores.class_names)
