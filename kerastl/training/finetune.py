@@ -194,6 +194,7 @@ class FineTuner:
         self.calibration: Calibration | None = None
         self.verbose = resolve_verbose(verbose)  # "auto": a bar on a terminal, else lines
         self._evaluated: list = []
+        self.plan: StagePlan | None = None  # the last `fit`'s stages, resolved
         self.stage_starts: list[int] = []
         self.backup_seconds = 0.0  # time spent writing backups in the last `fit`
         self.stage_summaries: list[dict] = []
@@ -256,16 +257,15 @@ class FineTuner:
             BackupError: backups exist and none of them is whole.
         """
         monitor = self.monitor or ("val_loss" if validation is not None else "loss")
+        check_monitor(monitor, self.metrics, validation=validation is not None)
         with self.strategy.scope():  # the cuts for the feature caches are models too
-            plan = plan_stages(
+            self.plan = plan = plan_stages(
                 self.model,
                 stages,
                 validation,
                 caching=self.cache_features,
                 cache_required=self._cache_required,
             )
-        check_monitor(monitor, self.metrics, validation=validation is not None)
-        self.plan = plan
         self._backup, point = self._open_backup(backup_dir, plan.settings, monitor)
         self.backup_seconds = 0.0
         if self.run_dir:
