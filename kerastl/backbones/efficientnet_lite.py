@@ -80,7 +80,6 @@ LITE_VARIANTS = {
         LiteVariant("lite2", 1.1, 1.2, 260, 0.3),
     )
 }
-STAGE_REPEATS = LITE_VARIANTS["lite0"].repeats
 
 
 def timm_config(variant: str) -> dict:
@@ -98,9 +97,6 @@ def timm_config(variant: str) -> dict:
             "crop_pct": 0.875,
         },
     }
-
-
-TIMM_CONFIG = timm_config("lite0")
 
 
 def backbone_config(variant: str) -> dict:
@@ -132,7 +128,7 @@ def backbone_config(variant: str) -> dict:
 _BN = ("weight", "bias", "running_mean", "running_var")
 
 
-def _key_map(repeats: tuple[int, ...] = STAGE_REPEATS) -> dict[str, str]:
+def _key_map(repeats: tuple[int, ...]) -> dict[str, str]:
     """efficientnet_pytorch key -> timm key, for every tensor of a Lite with `repeats`."""
     mapping = {"_conv_stem.weight": "conv_stem.weight", "_conv_head.weight": "conv_head.weight"}
     mapping.update({f"_bn0.{p}": f"bn1.{p}" for p in _BN})
