@@ -65,6 +65,7 @@ _EXPORTS = {
     "merge_lora": "kerastl.peft",
     "one_cycle": "kerastl.training.schedules",
     "predict_probabilities": "kerastl.training.evaluation",
+    "rank_backbones": "kerastl.training.ranking",
     "read_state_dict": "kerastl.backbones",
     "save_lora": "kerastl.peft",
     "scale_learning_rate": "kerastl.distribute",
