@@ -1,5 +1,6 @@
 """Ranking candidate backbones by their frozen features (`kerastl.rank_backbones`)."""
 
+import csv
 import importlib.util
 import os
 
@@ -8,6 +9,8 @@ import pytest
 import tensorflow as tf
 
 import kerastl
+from kerastl.app.cli import main
+from kerastl.app.rank import parse_candidates
 from kerastl.training.ranking import logme
 
 
@@ -59,3 +62,78 @@ def test_a_random_weight_backbone_ranks_last_on_real_data(capsys):
     assert "kerastl: efficientnet-lite0 (default): LogME" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"method.*Received: method='knn'"):
         kerastl.rank_backbones(train, validation, ["efficientnet-lite0"], method="knn")
+
+    # The augmentation's 8 dihedral views: LogME reads 8x the training features
+    # (a different number), the order is kept, and a reshuffled training set
+    # (a new order each pass) gives the same rows: labels are read with the features.
+    views = kerastl.data.views_of(kerastl.data.augmentation("dihedral"), 8)
+    shuffled = train.unbatch().shuffle(96, seed=1, reshuffle_each_iteration=True).batch(16)
+    viewed = kerastl.rank_backbones(
+        shuffled, validation, ["efficientnet-lite0", ("efficientnet-lite0", None)],
+        image_size=64, views=views, verbose=0,
+    )  # fmt: skip
+    assert [row["weights"] for row in viewed] == ["default", None]
+    assert abs(viewed[0]["score"] - rows[0]["score"]) > 1e-3
+    assert viewed[0]["score"] > viewed[1]["score"]
+    with pytest.raises(ValueError, match=r"all image or all text.*all-minilm-l6-v2': 'text'"):
+        kerastl.rank_backbones(train, validation, ["efficientnet-lite0", "all-minilm-l6-v2"])
+
+
+@pytest.mark.slow
+def test_text_candidates_rank_on_raw_strings(tfds_dir):
+    """MiniLM's sentence features beat its random initialisation on real
+    reviews, each candidate tokenizing the raw strings itself."""
+    reviews = kerastl.data.load_tfds("rotten_tomatoes", "train", data_dir=tfds_dir)
+    train = reviews.take(256).shuffle(256, seed=0, reshuffle_each_iteration=True).batch(32)
+    validation = reviews.skip(256).take(128).batch(32)
+    rows = kerastl.rank_backbones(
+        train,
+        validation,
+        ["all-minilm-l6-v2", ("all-minilm-l6-v2", None)],
+        sequence_length=48,
+        pooling="mean",
+        verbose=0,
+    )
+    assert [row["weights"] for row in rows] == ["default", None]
+    assert rows[0]["probe_accuracy"] > 0.6  # 128 reviews: chance is ~0.5 +- 0.045
+
+
+def test_candidates_parse_names_and_weights():
+    assert parse_candidates("efficientnet-lite0, efficientnet-lite2@none,vgg16@imagenet") == [
+        ("efficientnet-lite0", "default"), ("efficientnet-lite2", None), ("vgg16", "imagenet"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"Received: 'efficientnet-lite0,,vgg16'"):
+        parse_candidates("efficientnet-lite0,,vgg16")
+
+
+@pytest.mark.slow
+def test_rank_command_prints_the_table_and_writes_it_to_a_run_directory(tmp_path, capsys):
+    """`kerastl rank` on a folder of images a user made: the table on stdout,
+    the same rows in RUN_DIR/ranking.csv."""
+    from checks import image_folder_of
+
+    image_folder_of(tmp_path / "images", ["dark", "light"], 24)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"name: shapes\noutput_dir: {tmp_path / 'runs'}\n"
+        f"model: {{backbone: efficientnet-lite0, image_size: 32}}\n"
+        f"data: {{source: 'folder:{tmp_path / 'images'}', batch_size: 8, augment: [dihedral]}}\n"
+        "train: {cache_views: 2}\n"
+    )
+    candidates = "efficientnet-lite0@none,efficientnet-lite0"
+    assert main(["rank", str(config), "--candidates", candidates, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "runs" / "shapes-rank" / "ranking.csv"
+    assert f"Ranking: {path}" in out
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["rank", "backbone", "LogME"]
+    with open(path) as file:
+        table = list(csv.DictReader(file))
+    assert [(row["rank"], row["name"], row["weights"]) for row in table] == [
+        ("1", "efficientnet-lite0", "default"), ("2", "efficientnet-lite0", "none"),
+    ]  # fmt: skip
+    assert lines[1].split()[:2] == ["1", "efficientnet-lite0"]
+    assert lines[2].split()[:2] == ["2", "efficientnet-lite0@none"]
+    assert float(table[0]["score"]) == pytest.approx(float(lines[1].split()[2]), abs=1e-4)
+    assert main(["rank", str(config), "--candidates", "efficientnet-lite9"]) == 2
+    assert "Unknown backbone 'efficientnet-lite9'" in capsys.readouterr().err

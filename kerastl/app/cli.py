@@ -1,5 +1,5 @@
-"""The `kerastl` command: `train`, `lr-find`, `export`, `explain`, `list-backbones`,
-`describe`, `config`."""
+"""The `kerastl` command: `train`, `lr-find`, `rank`, `export`, `explain`,
+`list-backbones`, `describe`, `config`."""
 
 from __future__ import annotations
 
@@ -84,6 +84,21 @@ def _add_run_commands(commands) -> None:
                 "--set given too must match it)",
             )
 
+    rank = commands.add_parser(
+        "rank",
+        help="rank candidate backbones on a config's data by their frozen features (LogME)",
+        epilog="Writes RUN_DIR/ranking.csv under the config's output_dir, named NAME-rank.",
+    )
+    rank.add_argument("config", nargs="?", help="a YAML config (its data, sizes, augmentation)")
+    rank.add_argument(
+        "--candidates",
+        required=True,
+        help="comma-separated registry names, NAME@WEIGHTS for other weights "
+        "(e.g. efficientnet-lite0,efficientnet-lite2,efficientnet-lite0@none)",
+    )
+    rank.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    rank.add_argument("--quiet", action="store_true", help="no line per candidate")
+
     config = commands.add_parser(
         "config", help="print the configuration (defaults, or a file with overrides) as YAML"
     )
@@ -159,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "explain":
             return _explain(args)
+        if args.command == "rank":
+            return _rank(args)
         if args.command == "config":
             return _config(args)
         if args.command == "list-backbones":
@@ -199,6 +216,20 @@ def _explain(args) -> int:
         )
     for line in lines:
         print(line)
+    return 0
+
+
+def _rank(args) -> int:
+    from kerastl._quiet import native_stderr_silenced
+    from kerastl.app.config import load_config
+    from kerastl.app.rank import format_table, parse_candidates, rank
+
+    candidates = parse_candidates(args.candidates)
+    config = load_config(args.config, args.set)
+    with native_stderr_silenced():  # TF's C++ lines (device start-up, kernel notices)
+        rows, path = rank(config, candidates, verbose=0 if args.quiet else 1)
+    print(format_table(rows))
+    print(f"Ranking: {path}")
     return 0
 
 

@@ -37,7 +37,9 @@ class Data:
     test: object = None
 
 
-def load_data(config: RunConfig, spec: BackboneSpec | None = None) -> Data:
+def load_data(
+    config: RunConfig, spec: BackboneSpec | None = None, *, tokenize: bool = True
+) -> Data:
     """The configured sources, prepared and batched for the configured backbone.
 
     Training data comes from `data.source`; validation from
@@ -49,6 +51,8 @@ def load_data(config: RunConfig, spec: BackboneSpec | None = None) -> Data:
     Args:
         config: the run configuration.
         spec: the backbone's spec when the caller has it (`resolve(config).spec`).
+        tokenize: False: text stays raw strings (batched in order), for a
+            caller that tokenizes per backbone (`kerastl rank`).
 
     Returns:
         A `Data` with batched train/validation(/test) datasets and the class names.
@@ -75,7 +79,9 @@ def load_data(config: RunConfig, spec: BackboneSpec | None = None) -> Data:
     elif kind == "tfds" and data.test_split:
         test_raw = _read(data.source, config, class_names, data.test_split)[0]
     spec = spec or get_spec(config.model.backbone)
-    train, validation, test = _batches(config, spec, train_raw, validation_raw, test_raw)
+    train, validation, test = _batches(
+        config, spec, train_raw, validation_raw, test_raw, tokenize=tokenize
+    )
     return Data(train, validation, list(class_names), reports, test)
 
 
@@ -133,9 +139,14 @@ def _held_out(raw, config: RunConfig):
     return select(raw, held_out, keep=False), select(raw, held_out)
 
 
-def _batches(config: RunConfig, spec: BackboneSpec, train_raw, validation_raw, test_raw=None):
+def _batches(config: RunConfig, spec, train_raw, validation_raw, test_raw=None, tokenize=True):
     data = config.data
-    if spec.modality == TEXT:
+    if spec.modality == TEXT and not tokenize:
+
+        def make(raw, **options):
+            return batched(raw, data.batch_size, seed=data.shuffle_seed, **options)
+
+    elif spec.modality == TEXT:
         weights = config.model.weights
         vocabulary = weights or "default"  # random weights still need a vocabulary
         preprocessor = create_text_preprocessor(spec.name, vocabulary, config.model.sequence_length)

@@ -82,6 +82,9 @@ def rank_backbones(
     candidates: Sequence,
     *,
     image_size: int | None = None,
+    sequence_length: int = 128,
+    pooling: str | None = None,
+    views=None,
     method: str = "logme",
     verbose: int = 1,
 ) -> list[dict]:
@@ -89,12 +92,22 @@ def rank_backbones(
 
     Args:
         train: batches of `(inputs, integer labels)`: raw pixels `[b, H, W, 3]`
-            (resized to each candidate's size) or raw strings for text.
+            (resized to each candidate's size) or raw strings for text
+            (tokenized by each candidate's own preprocessor). Any order: the
+            labels are read in the same pass as the features.
         validation: the same, for the linear probe's accuracy.
         candidates: registry names, or `(name, weights)` pairs (`weights=None`:
-            random initialisation, a floor every real candidate should beat).
+            random initialisation, a floor every real candidate should beat),
+            all of one modality.
         image_size: the side images are resized to (default: each
             candidate's own input size).
+        sequence_length: the most tokens per text.
+        pooling: the features' pooling, as `TransferModel` takes it (default:
+            the backbone's own).
+        views: the training data's augmentation as fixed views
+            (`kerastl.data.views_of`): LogME scores the features of every view
+            of every training example (what the head trains on), the probe
+            their mean per example. `None`: the inputs as they are.
         method: `"logme"`.
         verbose: `1` a line per candidate, `0` silent.
 
@@ -106,7 +119,8 @@ def rank_backbones(
         backbone's) and `latency_ms` (the frozen model on one input).
 
     Raises:
-        ValueError: an unknown method or candidate, or no candidates.
+        ValueError: an unknown method or candidate, no candidates, or
+            candidates of two modalities.
 
     Example:
         >>> rows = kerastl.rank_backbones(train_ds, val_ds,
@@ -115,19 +129,25 @@ def rank_backbones(
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}.")
+    candidates = [_candidate(candidate) for candidate in candidates]
     if not candidates:
         raise ValueError("`candidates` must name at least one backbone. Received: [].")
-    labels = _labels(train)
-    classes = int(max(labels.max(), _labels(validation).max())) + 1
-    rows = []
-    for candidate in candidates:
-        name, weights = (candidate, "default") if isinstance(candidate, str) else candidate
+    _check_one_modality(candidates)
+    rows, classes = [], None
+    for name, weights in candidates:
         started = time.perf_counter()
-        model, resize = _frozen_model(name, weights, classes, image_size)
-        train_features = _features(model, train, resize)
-        validation_features = _features(model, validation, resize)
-        score = logme(train_features, labels)
-        accuracy = _probe(train_features, labels, validation_features, _labels(validation))
+        if classes is None:  # the first candidate's pass gives the labels' range
+            classes = int(max(_labels(train).max(), _labels(validation).max())) + 1
+        model, resize = _frozen_model(name, weights, classes, image_size, sequence_length, pooling)
+        train_features, train_labels = _features(model, train, resize, views)
+        validation_features, validation_labels = _features(model, validation, resize)
+        score = logme(train_features.reshape(-1, train_features.shape[-1]), train_labels)
+        accuracy = _probe(
+            train_features.mean(axis=0),
+            train_labels[: train_features.shape[1]],
+            validation_features[0],
+            validation_labels,
+        )
         row = {
             "name": name,
             "weights": weights,
@@ -140,36 +160,74 @@ def rank_backbones(
         rows.append(row)
         if verbose:
             print(
-                f"kerastl: {name} ({weights}): LogME {score:.4f}, probe accuracy {accuracy:.4f} "
+                f"kerastl: {name} ({weights or 'none'}): LogME {score:.4f}, "
+                f"probe accuracy {accuracy:.4f} "
                 f"({row['seconds']}s)",
                 flush=True,
             )
     return sorted(rows, key=lambda row: -row["score"])
 
 
-def _frozen_model(name: str, weights, classes: int, image_size: int | None):
+def _candidate(candidate) -> tuple[str, object]:
+    if isinstance(candidate, str):
+        return candidate, "default"
+    if isinstance(candidate, tuple | list) and len(candidate) == 2:
+        return candidate[0], candidate[1]
+    raise ValueError(
+        f"A candidate must be a registry name or a `(name, weights)` pair. Received: {candidate!r}."
+    )
+
+
+def _check_one_modality(candidates) -> None:
     from kerastl.backbones.registry import get_spec
+
+    modalities = {name: get_spec(name).modality for name, _ in candidates}
+    if len(set(modalities.values())) > 1:
+        raise ValueError(
+            "The candidates must all take the same inputs (all image or all text "
+            f"backbones). Received: {modalities}."
+        )
+
+
+def _frozen_model(name: str, weights, classes: int, image_size, sequence_length: int, pooling):
+    from kerastl.backbones.registry import get_spec
+    from kerastl.backbones.tokenizers import create_text_preprocessor
     from kerastl.models import TransferModel
 
     spec = get_spec(name)
     if spec.modality != "image":
-        return TransferModel(name, classes, weights=weights), None
+        vocabulary = weights or "default"  # random weights still read the default vocabulary
+        preprocessor = create_text_preprocessor(name, vocabulary, sequence_length)
+        model = TransferModel(
+            name, classes, weights=weights, pooling=pooling, preprocessor=preprocessor
+        )
+        return model, None
     size = image_size or spec.input_size[0]
-    model = TransferModel(name, classes, weights=weights, input_shape=(size, size, 3))
-    return model, size
+    shape = (size, size, 3)
+    return TransferModel(name, classes, weights=weights, input_shape=shape, pooling=pooling), size
 
 
-def _features(model, dataset, size: int | None) -> np.ndarray:
-    """The pooled features of every example (the cut before the head)."""
+def _features(model, dataset, size: int | None, views=None) -> tuple[np.ndarray, np.ndarray]:
+    """`([views, n, d] pooled features (the cut before the head), [views * n]
+    labels)`, read in one pass over `dataset` (a shuffled one stays aligned)."""
     from kerastl.training.feature_cache import split_model
     from kerastl.training.inference import traced_inference
 
-    dataset = model.prepare_data(_resized(dataset, size))
+    count = 1 if views is None else views.count
     extractor = split_model(model, "head").extractor
-    run = traced_inference(extractor, dataset.element_spec[0])
-    return np.concatenate(
-        [keras.ops.convert_to_numpy(keras.tree.flatten(run(x))[0]) for x, *_ in dataset]
-    )
+    run = None
+    per_view, labels = [[] for _ in range(count)], []
+    for inputs, label, *_ in _resized(dataset, size):
+        for index in range(count):
+            viewed = inputs if views is None else views(inputs, index)
+            tokens = model.prepare_data(viewed)  # a text model's strings tokenized
+            if run is None:
+                run = traced_inference(extractor, tokens)
+            features = keras.tree.flatten(run(tokens))[0]
+            per_view[index].append(keras.ops.convert_to_numpy(features))
+        labels.append(np.asarray(label).reshape(-1))
+    labels = np.concatenate(labels)
+    return np.stack([np.concatenate(view) for view in per_view]), np.tile(labels, count)
 
 
 def _probe(train_x, train_y, validation_x, validation_y) -> float:
