@@ -56,8 +56,10 @@ def test_a_random_weight_backbone_ranks_last_on_real_data(capsys):
     assert rows[0]["score"] > rows[1]["score"]
     for row in rows:
         assert set(row) == {
-            "name", "weights", "score", "probe_accuracy", "seconds", "parameters", "latency_ms"
+            "name", "weights", "score", "probe_accuracy", "seconds", "parameters", "latency_ms",
+            "image_size",
         }  # fmt: skip
+        assert row["image_size"] == 64
         assert 0 <= row["probe_accuracy"] <= 1 and row["seconds"] > 0 and row["latency_ms"] > 0
     assert "kerastl: efficientnet-lite0 (default): LogME" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"method.*Received: method='knn'"):
@@ -96,6 +98,7 @@ def test_text_candidates_rank_on_raw_strings(tfds_dir):
     )
     assert [row["weights"] for row in rows] == ["default", None]
     assert rows[0]["probe_accuracy"] > 0.6  # 128 reviews: chance is ~0.5 +- 0.045
+    assert rows[0]["image_size"] is None
 
 
 def test_candidates_parse_names_and_weights():
@@ -135,5 +138,9 @@ def test_rank_command_prints_the_table_and_writes_it_to_a_run_directory(tmp_path
     assert lines[1].split()[:2] == ["1", "efficientnet-lite0"]
     assert lines[2].split()[:2] == ["2", "efficientnet-lite0@none"]
     assert float(table[0]["score"]) == pytest.approx(float(lines[1].split()[2]), abs=1e-4)
+    assert {row["image_size"] for row in table} == {"32"}  # model.image_size
+    assert main(["rank", str(config), "--candidates", "efficientnet-lite0", "--own-sizes"]) == 0
+    with open(tmp_path / "runs" / "shapes-rank-2" / "ranking.csv") as file:
+        assert [row["image_size"] for row in csv.DictReader(file)] == ["224"]  # Lite0's own
     assert main(["rank", str(config), "--candidates", "efficientnet-lite9"]) == 2
     assert "Unknown backbone 'efficientnet-lite9'" in capsys.readouterr().err

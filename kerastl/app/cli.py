@@ -97,6 +97,11 @@ def _add_run_commands(commands) -> None:
         "(e.g. efficientnet-lite0,efficientnet-lite2,efficientnet-lite0@none)",
     )
     rank.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    rank.add_argument(
+        "--own-sizes",
+        action="store_true",
+        help="each image candidate at its own input size (images read at model.image_size)",
+    )
     rank.add_argument("--quiet", action="store_true", help="no line per candidate")
 
     config = commands.add_parser(
@@ -227,7 +232,9 @@ def _rank(args) -> int:
     candidates = parse_candidates(args.candidates)
     config = load_config(args.config, args.set)
     with native_stderr_silenced():  # TF's C++ lines (device start-up, kernel notices)
-        rows, path = rank(config, candidates, verbose=0 if args.quiet else 1)
+        rows, path = rank(
+            config, candidates, verbose=0 if args.quiet else 1, own_sizes=args.own_sizes
+        )
     print(format_table(rows))
     print(f"Ranking: {path}")
     return 0

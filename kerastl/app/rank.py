@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from kerastl.app.schema import RunConfig
 
 COLUMNS = ("rank", "name", "weights", "score", "probe_accuracy", "seconds", "parameters",
-           "latency_ms")  # fmt: skip
+           "latency_ms", "image_size")  # fmt: skip
 TABLE = "ranking.csv"
 
 
@@ -46,7 +46,11 @@ def parse_candidates(text: str) -> list[tuple[str, str | None]]:
 
 
 def rank(
-    config: RunConfig, candidates: Sequence[tuple[str, str | None]], verbose: int = 1
+    config: RunConfig,
+    candidates: Sequence[tuple[str, str | None]],
+    verbose: int = 1,
+    *,
+    own_sizes: bool = False,
 ) -> tuple[list[dict], str]:
     """Ranks `candidates` on the config's training and validation data.
 
@@ -59,6 +63,8 @@ def rank(
         config: the run configuration (its data, sizes, augmentation and seed).
         candidates: `(name, weights)` pairs (`parse_candidates`).
         verbose: `1` a line per candidate.
+        own_sizes: rank each image candidate at its own input size (the
+            images read at `model.image_size`, then resized).
 
     Returns:
         `(rows best first, path of the written ranking.csv)`.
@@ -81,7 +87,7 @@ def rank(
         data.train,
         data.validation,
         candidates,
-        image_size=config.model.image_size,
+        image_size=None if own_sizes else config.model.image_size,
         sequence_length=config.model.sequence_length,
         pooling=config.model.pooling,
         views=views,

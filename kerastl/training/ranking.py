@@ -116,7 +116,8 @@ def rank_backbones(
         `score`, `probe_accuracy` (a ridge probe on the training features,
         its penalty chosen by leave-one-out, scored on validation),
         `seconds` (features, score and probe), `parameters` (the
-        backbone's) and `latency_ms` (the frozen model on one input).
+        backbone's), `latency_ms` (the frozen model on one input) and
+        `image_size` (the side it saw; None for text).
 
     Raises:
         ValueError: an unknown method or candidate, no candidates, or
@@ -156,6 +157,7 @@ def rank_backbones(
             "seconds": round(time.perf_counter() - started, 1),
             "parameters": int(model.backbone.count_params()),
             "latency_ms": _latency_ms(model, validation, resize),
+            "image_size": resize,
         }
         rows.append(row)
         if verbose:
