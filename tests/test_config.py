@@ -58,3 +58,15 @@ def test_unknown_key_in_a_yaml_file_names_the_nearest(tmp_path):
     path.write_text("model:\n  backbon: resnet50\n")
     with pytest.raises(ConfigError, match=r"'model\.backbon'\. Did you mean 'backbone'"):
         load_config(path)
+
+
+def test_a_recipe_reads_its_own_yaml_or_the_one_given_with_config(tmp_path):
+    from kerastl.app.config import recipe_command_line
+
+    own, other = tmp_path / "recipe.yaml", tmp_path / "recipe_full.yaml"
+    own.write_text("name: short\n")
+    other.write_text("name: full\nmodel: {image_size: 260}\n")
+    assert recipe_command_line(own, ["--quiet"]) == (load_config(own), 0)
+    config, verbose = recipe_command_line(own, ["--config", str(other), "--set", "data.limit=8"])
+    assert (config.name, config.model.image_size, config.data.limit) == ("full", 260, 8)
+    assert verbose == "auto"

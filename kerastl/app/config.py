@@ -210,9 +210,10 @@ def recipe_command_line(
     """A recipe script's command line: its YAML with `--set KEY=VALUE` overrides.
 
     Args:
-        path: the recipe's YAML file.
-        argv: the arguments (default: `sys.argv[1:]`): `--set KEY=VALUE`
-            (repeatable) and `--quiet` (no per-epoch progress).
+        path: the recipe's YAML file, unless `--config FILE` names another
+            (e.g. the recipe's longer `*_full.yaml`).
+        argv: the arguments (default: `sys.argv[1:]`): `--config FILE`,
+            `--set KEY=VALUE` (repeatable) and `--quiet` (no per-epoch progress).
 
     Returns:
         `(config, verbose)`: the resolved `RunConfig` and the verbosity: 0
@@ -225,7 +226,8 @@ def recipe_command_line(
     import argparse
 
     parser = argparse.ArgumentParser(description=f"The recipe configured by {path}.")
+    parser.add_argument("--config", default=os.fspath(path), help=f"default: {path}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     args = parser.parse_args(argv)
-    return load_config(path, args.set), 0 if args.quiet else "auto"
+    return load_config(args.config, args.set), 0 if args.quiet else "auto"
