@@ -134,11 +134,10 @@ def rank_backbones(
     if not candidates:
         raise ValueError("`candidates` must name at least one backbone. Received: [].")
     _check_one_modality(candidates)
-    rows, classes = [], None
+    classes = int(max(_labels(train).max(), _labels(validation).max())) + 1
+    rows = []
     for name, weights in candidates:
         started = time.perf_counter()
-        if classes is None:  # the first candidate's pass gives the labels' range
-            classes = int(max(_labels(train).max(), _labels(validation).max())) + 1
         model, resize = _frozen_model(name, weights, classes, image_size, sequence_length, pooling)
         train_features, train_labels = _features(model, train, resize, views)
         validation_features, validation_labels = _features(model, validation, resize)
