@@ -144,3 +144,8 @@ def test_rank_command_prints_the_table_and_writes_it_to_a_run_directory(tmp_path
         assert [row["image_size"] for row in csv.DictReader(file)] == ["224"]  # Lite0's own
     assert main(["rank", str(config), "--candidates", "efficientnet-lite9"]) == 2
     assert "Unknown backbone 'efficientnet-lite9'" in capsys.readouterr().err
+    # Candidates are checked before any data is read: the missing folder is never reached.
+    missing = f"--set=data.source=folder:{tmp_path / 'missing'}"
+    mixed = "efficientnet-lite0,all-minilm-l6-v2"
+    assert main(["rank", str(config), missing, "--candidates", mixed]) == 2
+    assert "all image or all text backbones" in capsys.readouterr().err

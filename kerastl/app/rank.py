@@ -75,9 +75,10 @@ def rank(
     """
     from kerastl.app.data import load_data
     from kerastl.data.augment import augmentation, views_of
-    from kerastl.training.ranking import rank_backbones
+    from kerastl.training.ranking import checked_candidates, rank_backbones
     from kerastl.training.run_directory import new_run_directory
 
+    candidates = checked_candidates(candidates)  # a bad name fails before the data is read
     data = load_data(config, tokenize=False)
     views = None
     if config.data.augment and config.train.cache_views:

@@ -130,10 +130,7 @@ def rank_backbones(
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}.")
-    candidates = [_candidate(candidate) for candidate in candidates]
-    if not candidates:
-        raise ValueError("`candidates` must name at least one backbone. Received: [].")
-    _check_one_modality(candidates)
+    candidates = checked_candidates(candidates)
     classes = int(max(_labels(train).max(), _labels(validation).max())) + 1
     rows = []
     for name, weights in candidates:
@@ -167,6 +164,31 @@ def rank_backbones(
                 flush=True,
             )
     return sorted(rows, key=lambda row: -row["score"])
+
+
+def checked_candidates(candidates: Sequence) -> list[tuple[str, object]]:
+    """`rank_backbones`'s candidates as `(name, weights)` pairs, checked before
+    any data is read: registered names, at least one, all of one modality.
+
+    Args:
+        candidates: registry names or `(name, weights)` pairs.
+
+    Returns:
+        `(name, weights)` pairs (`"default"` weights for a bare name).
+
+    Raises:
+        ValueError: no candidates, an unknown name, a malformed candidate, or
+            candidates of two modalities.
+
+    Example:
+        >>> checked_candidates(["efficientnet-lite0", ("efficientnet-lite0", None)])
+        [('efficientnet-lite0', 'default'), ('efficientnet-lite0', None)]
+    """
+    pairs = [_candidate(candidate) for candidate in candidates]
+    if not pairs:
+        raise ValueError("`candidates` must name at least one backbone. Received: [].")
+    _check_one_modality(pairs)
+    return pairs
 
 
 def _candidate(candidate) -> tuple[str, object]:
