@@ -17,7 +17,8 @@ def traced_inference(model: keras.Model, element_spec):
     Args:
         model: any Keras model.
         element_spec: the inputs' `tf.TensorSpec` structure (a dataset's
-            `element_spec[0]`); the batch dimension is relaxed to None.
+            `element_spec[0]`), or one batch of inputs, whose shapes and
+            dtypes are read; the batch dimension is relaxed to None.
 
     Returns:
         A callable `inputs -> outputs`.
