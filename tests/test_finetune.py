@@ -472,6 +472,7 @@ def test_a_cache_is_recomputed_when_an_earlier_stage_trained_its_frozen_layers()
         np.testing.assert_allclose(cached, uncached, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("memory_limit_mb", [1024, 0])
 def test_pooled_features_computed_from_a_lower_cache_equal_those_from_the_images(
     memory_limit_mb, tmp_path

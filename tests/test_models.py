@@ -319,6 +319,7 @@ def test_a_pooler_the_pooling_skips_never_trains_and_one_it_uses_does():
     assert [v.path for v in pooled.trainable_weights if "pooled_dense" in v.path]
 
 
+@pytest.mark.slow
 def test_a_text_run_reports_and_evaluates_on_raw_string_validation(tmp_path):
     import tensorflow as tf
 

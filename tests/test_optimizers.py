@@ -30,6 +30,7 @@ def _routing(optimizer, model):
     return {v.path: optimizer._optimizer_map(v) for v in model.trainable_variables}
 
 
+@pytest.mark.slow
 def test_one_fit_step_equals_two_plain_adams_applied_by_hand():
     model, reference = _vgg(), _vgg()
     reference.set_weights(model.get_weights())
