@@ -148,8 +148,8 @@ def test_on_elpv_fine_tuning_beats_the_same_network_from_scratch(tmp_path, tfds_
     margins 3.9 and 4.3 standard errors of the difference. Caching all 8 views (the
     recipe's `cache_views`) doubled the fine-tuned run's time (15 s against 7 s) for
     no better value (0.766 against 0.772, outside the suite). At 96 px (2.2x the
-    time): 0.636, 0.753, 0.765. The margin asserted, 0.03, is 0.9 standard errors of
-    the difference.
+    time, 8 views, an earlier commit): 0.636, 0.753, 0.765. The margin asserted,
+    0.03, is 0.9 standard errors of the difference.
     """
     from kerastl.app.config import load_config
     from kerastl.app.run import train

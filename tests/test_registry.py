@@ -99,7 +99,7 @@ def test_backbone_builds_groups_and_freezes(name):
         side = backbone.input_shape[1]
         out = keras.ops.convert_to_numpy(model(np.zeros((2, side, side, 3), "float32")))
         assert out.shape == (2, 3) and np.all(np.isfinite(out))
-    keras.backend.clear_session(free_memory=name in LARGE)  # gc.collect: ~0.4 s a call
+    keras.backend.clear_session(free_memory=name in LARGE)  # gc.collect: 0.1-0.4 s a call
 
 
 def test_input_smaller_than_the_family_allows_is_rejected():
