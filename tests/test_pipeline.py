@@ -10,6 +10,7 @@ from kerastl.data.pipeline import (
     prepare_images,
     text_batches,
 )
+from kerastl.data.sampling import labels_of
 
 
 def test_from_arrays_checks_lengths_types_and_label_range():
@@ -31,6 +32,21 @@ def test_prepare_images_makes_rgb_float_of_the_asked_size():
         image, _ = next(iter(prepare_images(data, (8, 8))))
         assert image.shape == (8, 8, 3) and image.dtype == tf.float32
         np.testing.assert_allclose(image, value, atol=1e-3)
+
+
+def test_labels_are_read_in_order_without_running_the_maps_on_the_inputs():
+    """`labels_of` (the pass behind `data.limit` and the held-out split) fuses its
+    label map with the maps before it: bytes that are no PNG are never decoded
+    (unfused, the pass raises on the first), and the labels keep their order
+    through parallel maps."""
+    labels = np.random.default_rng(0).integers(0, 5, 300)
+    data = tf.data.Dataset.from_tensor_slices((np.full(300, b"not a png"), labels))
+    decode = lambda png, y: (tf.io.decode_png(png), y)  # noqa: E731
+    decoded = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    prepared = prepare_images(decoded, (224, 224))
+    np.testing.assert_array_equal(labels_of(prepared), labels)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="PNG"):
+        next(iter(prepared))
 
 
 def test_batched_shuffles_reproducibly_and_differently_each_epoch():
