@@ -382,7 +382,7 @@ def test_the_saved_model_reloads_with_the_optimizer_that_trained_it(tmp_path, ca
     tuner.fit(_images(16), _images(8, seed=1), stages=stages)
     assert tuner.stage_summaries[-1]["cached"] != "no"
     assert int(model.optimizer.iterations) == 2  # the last stage's steps
-    tuner.write_report(_images(8, seed=1))
+    tuner.write_report(_images(8, seed=1), insight=False)  # the figures: test_insight
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loaded = keras.models.load_model(tmp_path / "model.keras")

@@ -139,13 +139,15 @@ def test_text_recipe_runs_its_stage_on_tiny_data(tmp_path, tfds_dir, capsys, mon
 
 @pytest.mark.slow
 def test_on_elpv_fine_tuning_beats_the_same_network_from_scratch(tmp_path, tfds_dir):
-    """The image recipe, shrunk (64 px, 512 training images, 3 + 1 epochs, one cached
+    """The image recipe, shrunk (64 px, 512 training images, 2 + 1 epochs, one cached
     view per image), with its transfer report, on the full validation split (394
     images: 123 defective, 271 functional), where one model's balanced accuracy has a
     standard error of ~0.025 (sqrt((p(1-p)/123 + p(1-p)/271) / 4) at p = 0.7), and a
     difference of two ~0.035. Measured here on the 2-core EPYC (family 26): scratch
-    0.641 (everything trains, BatchNorm statistics too), probe 0.793, fine-tuned 0.777;
-    margins 3.9 and 4.3 standard errors of the difference. Caching all 8 views (the
+    0.625 (everything trains, BatchNorm statistics too), probe 0.774, fine-tuned 0.777;
+    margins 4.3 and 4.3 standard errors of the difference. Outside the suite (another
+    global seed before the data) 0.664, 0.773, 0.767; with 3 + 1 epochs (5 s more)
+    0.641, 0.793, 0.777 here and 0.680, 0.783, 0.772 outside. Caching all 8 views (the
     recipe's `cache_views`) doubled the fine-tuned run's time (15 s against 7 s) for
     no better value (0.766 against 0.772, outside the suite). At 96 px (2.2x the
     time, 8 views, an earlier commit): 0.636, 0.753, 0.765. The margin asserted,
@@ -167,7 +169,7 @@ def test_on_elpv_fine_tuning_beats_the_same_network_from_scratch(tmp_path, tfds_
             "model.image_size=64",
             "data.limit=512",
             "data.test_limit=64",
-            "stages.0.epochs=3",
+            "stages.0.epochs=2",
             "stages.1.epochs=1",
         ],
     )

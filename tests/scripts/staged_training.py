@@ -1,5 +1,5 @@
 """A two-stage `FineTuner` run with a backup (`_workload.staged_run`); the
-tests kill it and run it again.
+tests kill it (SIGKILL, SIGTERM) and resume it in their own process.
 
 Usage: staged_training.py BACKUP_DIR OUT [SECONDS_PER_BATCH]
 Writes OUT.npy (the final weights) and OUT.json (history, best epoch), and
