@@ -41,7 +41,7 @@ def tfds_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("tfds"))
 
 
-# The suite runs on two pytest-xdist workers, a file at a time (`-n 2 --dist
+# The suite runs on three pytest-xdist workers, a file at a time (`-n 3 --dist
 # loadfile`, pyproject.toml); files are handed out in collection order, so the
 # longest ones (measured on a 2-core machine) go first and the short ones fill
 # in at the end, instead of one long file running alone on one core.
