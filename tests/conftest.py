@@ -26,12 +26,10 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture
 def deterministic_ops():
     """`enable_op_determinism` for one test (the child scripts enable it for good)."""
-    import tensorflow as tf
-    from tensorflow.python.framework import config  # disable_op_determinism is not public
+    from _workload import op_determinism
 
-    tf.config.experimental.enable_op_determinism()
-    yield
-    config.disable_op_determinism()
+    with op_determinism():
+        yield
 
 
 @pytest.fixture(scope="session")

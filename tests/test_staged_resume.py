@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from _workload import CrashAfter, Crashed, staged_run
+from _workload import CrashAfter, Crashed, op_determinism, staged_run
 from processes import SCRIPTS, script_env, wait_for
 
 import kerastl
@@ -38,16 +38,9 @@ def _run_to_end(backup):
     """`staged_training.py`'s run, in this process: from the start, or resumed
     from what a killed child left in `backup`. Under op determinism, as the
     child runs, so an uninterrupted run and a resumed one compare bit for bit."""
-    from tensorflow.python.framework import config  # disable_op_determinism is not public
-
     keras.backend.clear_session()
-    enabled = config.is_op_determinism_enabled()
-    tf.config.experimental.enable_op_determinism()
-    try:
+    with op_determinism():
         return staged_run(backup)
-    finally:
-        if not enabled:
-            config.disable_op_determinism()
 
 
 def _start(backup, out, *extra, **env):

@@ -1,6 +1,7 @@
 """The small training jobs the distribution and resume tests share (in child
 scripts and, where no process boundary is needed, in the test process)."""
 
+import contextlib
 import os
 import time
 
@@ -96,6 +97,21 @@ class CrashAfter(keras.callbacks.Callback):
         self.left -= 1
         if self.left == 0:
             raise Crashed
+
+
+@contextlib.contextmanager
+def op_determinism():
+    """`enable_op_determinism` for a block, then the state before it (the child
+    scripts enable it for good)."""
+    from tensorflow.python.framework import config  # disable_op_determinism is not public
+
+    enabled = config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not enabled:
+            config.disable_op_determinism()
 
 
 def flat_weights(model) -> np.ndarray:
