@@ -2,25 +2,15 @@
 tests kill it (SIGKILL, SIGTERM) and resume it in their own process.
 
 Usage: staged_training.py BACKUP_DIR OUT [SECONDS_PER_BATCH]
-Writes OUT.npy (the final weights) and OUT.json (history, best epoch), and
-while it trains OUT.progress (the epoch and batch that last ended).
+While it trains, writes OUT.progress (the epoch and batch that last ended).
 """
 
-import json
 import sys
 
-import numpy as np
 import tensorflow as tf
 from _workload import Pause, staged_run
 
 tf.config.experimental.enable_op_determinism()
 backup_dir, out = sys.argv[1], sys.argv[2]
 pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
-weights, result = staged_run(
-    backup_dir,
-    callbacks=(Pause(pause, progress=out + ".progress"),),
-)
-np.save(out + ".npy", weights)
-with open(out + ".json", "w") as file:
-    json.dump(result, file)
-print(f"epochs={len(result['history']['loss'])} best={result['best_epoch']}")
+staged_run(backup_dir, callbacks=(Pause(pause, progress=out + ".progress"),))
