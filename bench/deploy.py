@@ -166,13 +166,14 @@ def _torch_reference(test_inputs, text: bool, directory: str) -> dict[str, tuple
 def _keras_int8_saved_model(run_dir: str, directory: str) -> str:
     """Keras's own `model.quantize("int8")` (its Dense and EinsumDense layers), as a
     SavedModel's `token_ids` signature: measured, not offered by kerastl."""
+    from kerastl.export.keras_export_fixes import track_model
     from kerastl.export.signatures import TOKEN_IDS, serving_function
 
     quantized = keras.models.load_model(os.path.join(run_dir, "model.keras"), compile=False)
     quantized.preprocessor(tf.constant([""]))  # quantize() walks every layer: built ones only
     quantized.quantize("int8")
     archive = keras.export.ExportArchive()
-    archive.track(quantized)
+    track_model(archive, quantized)  # each weight once, as kerastl's own SavedModels
     archive.add_endpoint(TOKEN_IDS, serving_function(quantized, TOKEN_IDS, numeric_only=True))
     path = os.path.join(directory, "keras_int8")
     archive.write_out(path, verbose=False)

@@ -118,6 +118,49 @@ def test_every_image_signature_reloads_and_matches_keras(lite0, bundle):
     np.testing.assert_array_equal(out["class_id"], expected.argmax(-1))
     names = np.array(CLASSES)[np.argsort(-expected, axis=-1)]
     np.testing.assert_array_equal(out["class_name"].astype(str), names)
+    # Each weight stored once (keras_export_fixes), in the collections `track` makes.
+    assert _stored_values(version) < 1.001 * lite0.count_params()
+    assert len(loaded.variables) == len(lite0.variables)
+    assert len(loaded.trainable_variables) == len(lite0.trainable_variables)
+
+
+def _stored_values(directory) -> int:
+    """How many numbers a SavedModel's checkpoint holds for its variables."""
+    shapes = tf.train.list_variables(os.path.join(directory, "variables", "variables"))
+    return sum(int(np.prod(shape)) for key, shape in shapes if key.endswith("VARIABLE_VALUE"))
+
+
+class _Lookup(keras.layers.Layer):
+    """Adds a value read from a lookup table: a resource the SavedModel must track."""
+
+    def __init__(self):
+        super().__init__()
+        keys, values = tf.constant([0, 1], tf.int64), tf.constant([5.0, 7.0])
+        initializer = tf.lookup.KeyValueTensorInitializer(keys, values)
+        self.table = tf.lookup.StaticHashTable(initializer, 0.0)
+
+    def call(self, x):
+        return x + self.table.lookup(tf.ones_like(x[:, :1], tf.int64))
+
+
+def test_keras_track_stores_every_weight_twice_and_the_fix_once(tmp_path):
+    from kerastl.export.keras_export_fixes import track_model
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(_Lookup()(inputs)))
+    serve = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec((None, 3))])
+    x = np.array([[1.0, 2.0, 3.0]], np.float32)
+    stored = {}
+    for name in ("keras", "fix"):
+        archive = keras.export.ExportArchive()
+        archive.track(model) if name == "keras" else track_model(archive, model)
+        archive.add_endpoint("serve", serve)
+        archive.write_out(tmp_path / name, verbose=False)
+        loaded = tf.saved_model.load(tmp_path / name)
+        np.testing.assert_allclose(loaded.serve(x), model(x), atol=1e-6)  # the table came along
+        assert len(loaded.variables) == len(loaded.trainable_variables) == 2
+        stored[name] = _stored_values(tmp_path / name)
+    assert stored == {"keras": 2 * model.count_params(), "fix": model.count_params()}
 
 
 def test_image_bytes_decodes_jpeg_and_png_of_different_sizes_like_outside_the_graph(lite0, bundle):

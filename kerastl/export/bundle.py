@@ -10,7 +10,6 @@ import warnings
 from collections.abc import Sequence
 
 import keras
-import tensorflow as tf
 
 from kerastl import _atomic
 from kerastl._validation import check_positive_int
@@ -124,10 +123,9 @@ def serving_bundle(
     if TEXT in names and TEXT not in samples:
         samples = {**samples, TEXT: detokenized(preprocessor, samples)}
     with _atomic.publishing(final) as temporary:
-        write_saved_model(
+        loaded = write_saved_model(
             model, temporary, names, samples=samples, options=options, published_as=final
         )
-        loaded = tf.saved_model.load(temporary)
         _check_ops(loaded, final, on_unsupported_ops)
         _write_requests(loaded, temporary, name, names, samples, warmup_requests, image_dtype)
     write_models_config(base_dir, name, num_versions)

@@ -12,6 +12,7 @@ from kerastl import _atomic
 from kerastl._progress import Progress
 from kerastl._quiet import native_stderr_silenced
 from kerastl.export.float32 import float32_copy
+from kerastl.export.keras_export_fixes import track_model
 from kerastl.export.litert_runtime import LiteRTRunner
 from kerastl.export.parity import DEFAULT_TOLERANCE, ParityError, check_parity
 from kerastl.export.quantization import (
@@ -195,7 +196,7 @@ def _interpreter_probabilities():
 def _saved_model(model: keras.Model, directory: str) -> str:
     """The model's `image_tensor` signature, as the one signature of a SavedModel."""
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    track_model(archive, model)  # each weight once (keras_export_fixes)
     archive.add_endpoint(
         "serving_default", serving_function(model, IMAGE_TENSOR, numeric_only=True)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -139,19 +140,70 @@ def check_parity(
     targets = [exported] if isinstance(exported, str | os.PathLike) else list(exported)
     if not targets:
         raise ValueError("`exported` names no export to compare.")
+    paths = [os.fspath(target) for target in targets]
+    runs = [(path, functools.partial(_run_export, path)) for path in paths]
+    report = _tensor_parity(model, runs, samples, tolerance)
+    if report_path is not None:
+        report.write(report_path)
+    return report
+
+
+def saved_model_parity(
+    model: keras.Model,
+    loaded,
+    path: str,
+    samples,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    text: tuple | None = None,
+    tta: str | None = None,
+) -> ParityReport:
+    """Every check of a SavedModel kerastl wrote, on the one load its caller holds.
+
+    `check_parity` on the tensor signature, then `check_text_parity` and
+    `check_tta_parity` where asked, each of which would load it again.
+
+    Args:
+        model: the Keras model.
+        loaded: the SavedModel, as `tf.saved_model.load(path)` gives it.
+        path: its directory (the name in the report).
+        samples: model inputs (see `check_parity`).
+        tolerance: largest absolute difference allowed.
+        text: `(preprocessor, texts)` to check the `text` signature on.
+        tta: the views of the `image_tensor_tta` signature to check (on the
+            first 8 samples: 8 views each).
+
+    Returns:
+        The `ParityReport`: the tensor signature, then `#text`, then `#image_tensor_tta`.
+
+    Example:
+        >>> loaded = tf.saved_model.load("out/1")
+        >>> print(saved_model_parity(model, loaded, "out/1", images).passed)
+    """
+    runs = [(path, functools.partial(_saved_model_outputs, loaded, path))]
+    report = _tensor_parity(model, runs, samples, tolerance)
+    if text is not None:
+        preprocessor, texts = text
+        report = report.including(_text_result(model, loaded, path, preprocessor, texts, tolerance))
+    if tta is not None:
+        images = model_samples(model, samples)
+        images = images if len(images) <= 8 else images[:8]
+        report = report.including(_tta_result(model, loaded, path, images, tta, tolerance))
+    return report
+
+
+def _tensor_parity(model, runs, samples, tolerance: float) -> ParityReport:
+    """Keras against each `(target, run)`, `run` mapping inputs to an export's outputs."""
     samples = model_samples(model, samples)
     inputs = model_inputs(samples)
     if not isinstance(inputs, dict):  # whole pixels: exact for uint8 `image_tensor` too
         inputs = whole_pixels(inputs).astype(np.float32)
     output, expected, regression = _keras_outputs(model, inputs)
-    results = []
-    for target in targets:
-        actual = _run_export(os.fspath(target), inputs)[output]
-        results.append(_compared(os.fspath(target), actual, expected, tolerance, regression))
-    report = ParityReport(output, float(tolerance), sample_count(samples), tuple(results))
-    if report_path is not None:
-        report.write(report_path)
-    return report
+    results = tuple(
+        _compared(target, run(inputs)[output], expected, tolerance, regression)
+        for target, run in runs
+    )
+    return ParityReport(output, float(tolerance), sample_count(samples), results)
 
 
 def check_tta_parity(
@@ -174,11 +226,17 @@ def check_tta_parity(
     """
     import tensorflow as tf
 
+    return _tta_result(model, tf.saved_model.load(path), path, samples, tta, tolerance)
+
+
+def _tta_result(model, loaded, path, samples, tta, tolerance) -> ParityResult:
+    import tensorflow as tf
+
     from kerastl.training.evaluation import predict_probabilities
 
     images = whole_pixels(model_inputs(model_samples(model, samples))).astype(np.float32)
     expected = predict_probabilities(model, images, tta=tta)
-    function = tf.saved_model.load(path).signatures[IMAGE_TENSOR_TTA]
+    function = loaded.signatures[IMAGE_TENSOR_TTA]
     dtype = function.structured_input_signature[1]["images"].dtype
     actual = function(images=tf.cast(images, dtype))["probabilities"].numpy()
     return _compared(f"{path}#{IMAGE_TENSOR_TTA}", actual, expected, tolerance)
@@ -213,12 +271,18 @@ def check_text_parity(
     """
     import tensorflow as tf
 
+    return _text_result(model, tf.saved_model.load(path), path, preprocessor, texts, tolerance)
+
+
+def _text_result(model, loaded, path, preprocessor, texts, tolerance) -> ParityResult:
+    import tensorflow as tf
+
     from kerastl.backbones.tokenizers import tokenize
 
     texts = tf.constant([str(text) for text in texts], tf.string)
     tokens = tokenize(preprocessor, texts)
     output, expected, regression = _keras_outputs(model, {n: tokens[n] for n in model.input})
-    actual = tf.saved_model.load(path).signatures["text"](text=texts)[output].numpy()
+    actual = loaded.signatures["text"](text=texts)[output].numpy()
     return _compared(f"{path}#text", actual, expected, tolerance, regression)
 
 
@@ -259,7 +323,12 @@ def _run_export(target: str, inputs) -> dict[str, np.ndarray]:
 def _run_saved_model(path: str, inputs) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(path)
+    return _saved_model_outputs(tf.saved_model.load(path), path, inputs)
+
+
+def _saved_model_outputs(loaded, path: str, inputs) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
     names = [name for name in TENSOR_SIGNATURES if name in loaded.signatures]
     if not names:
         raise ValueError(

@@ -7,19 +7,19 @@ import warnings
 from collections.abc import Sequence
 
 import keras
+import tensorflow as tf
 
 from kerastl import _atomic
 from kerastl._progress import Progress
 from kerastl.export.core_tokenizer import CoreWordPiece, unsupported_reason
 from kerastl.export.float32 import float32_copy
+from kerastl.export.keras_export_fixes import track_model
 from kerastl.export.options import ExportOptions
 from kerastl.export.parity import (
     DEFAULT_TOLERANCE,
     PARITY_FILE,
     ParityError,
-    check_parity,
-    check_text_parity,
-    check_tta_parity,
+    saved_model_parity,
 )
 from kerastl.export.samples import detokenized, model_samples
 from kerastl.export.signatures import (
@@ -126,7 +126,9 @@ def write_saved_model(
     shows its two steps (writing, parity) as `kerastl._progress.Progress`.
 
     Returns:
-        The `ParityReport` (also in `assets.extra/parity.json`).
+        The SavedModel as `tf.saved_model.load` gives it: the one load its
+        parity checks ran on, for the caller's own (the bundle's op scan and
+        warmup requests). The parity report is in `assets.extra/parity.json`.
 
     Raises:
         ParityError: the export disagrees with Keras.
@@ -141,7 +143,7 @@ def write_saved_model(
     if TEXT in names and TEXT not in samples:  # the `text` signature is checked on strings too
         samples = {**samples, TEXT: detokenized(preprocessor, samples)}
     archive = keras.export.ExportArchive()
-    archive.track(served)
+    track_model(archive, served)  # each weight once (keras_export_fixes)
     tokenizer = text_tokenizer(preprocessor) if TEXT in names else None
     if tokenizer is not None:
         archive.track(tokenizer)
@@ -162,16 +164,12 @@ def write_saved_model(
     archive.write_out(directory, verbose=False)
     progress.update(1)
     os.makedirs(os.path.join(directory, EXTRA_DIR), exist_ok=True)
-    report = check_parity(model, directory, samples, tolerance=tolerance)
-    if TEXT in names and TEXT in samples:
-        report = report.including(
-            check_text_parity(model, directory, preprocessor, samples[TEXT], tolerance=tolerance)
-        )
-    if IMAGE_TENSOR_TTA in names:
-        tta_samples = samples if len(samples) <= 8 else samples[:8]  # 8 views each: keep it short
-        report = report.including(
-            check_tta_parity(model, directory, tta_samples, tta=tta, tolerance=tolerance)
-        )
+    loaded = tf.saved_model.load(directory)  # once, for every check and the caller's
+    report = saved_model_parity(
+        model, loaded, directory, samples, tolerance=tolerance,
+        text=(preprocessor, samples[TEXT]) if TEXT in names and TEXT in samples else None,
+        tta=tta if IMAGE_TENSOR_TTA in names else None,
+    )  # fmt: skip
     progress.update(2)
     progress.finish()
     if published_as is not None:
@@ -179,7 +177,7 @@ def write_saved_model(
     report.write(os.path.join(directory, EXTRA_DIR, PARITY_FILE))
     if not report.passed:
         raise ParityError(report)
-    return report
+    return loaded
 
 
 def text_tokenizer(preprocessor):
