@@ -43,7 +43,9 @@ WAYS = {FIXED: track_model, KERAS: _keras_track}
 
 def models() -> dict:
     """The two recipes' backbones with their offline weights, and samples to check parity on."""
-    lite0 = kerastl.TransferModel("efficientnet-lite0", 2, class_names=["functional", "defective"])
+    lite0 = kerastl.TransferModel(
+        "efficientnet-lite0", 2, input_shape=(224, 224, 3), class_names=["functional", "defective"]
+    )
     images = np.random.default_rng(0).uniform(0, 255, (8, 224, 224, 3)).astype("float32")
     minilm = kerastl.TransferModel("all-minilm-l6-v2", 2, pooling="mean")
     texts = ["a gripping, beautifully shot film", "dull and far too long", "fine"] * 2
@@ -68,13 +70,13 @@ def measure(model, samples, rounds: int, directory: str) -> dict:
     """Per way: median export and load seconds, variables and graph megabytes."""
     times = {way: {"export": [], "load": []} for way in WAYS}
     sizes = {}
-    for round_ in range(rounds):
+    for _ in range(rounds):
         for way, track in WAYS.items():
-            path = os.path.join(directory, f"{len(sizes)}-{round_}-{list(WAYS).index(way)}")
+            path = os.path.join(tempfile.mkdtemp(dir=directory), "saved_model")
             saved_model_export.track_model = track
             try:
                 started = time.perf_counter()
-                kx.saved_model(model, path, samples=samples)
+                kx.saved_model(model, path, samples=samples, verbose=0)
                 times[way]["export"].append(time.perf_counter() - started)
             finally:
                 saved_model_export.track_model = track_model
