@@ -96,10 +96,16 @@ def bundle(lite0, tmp_path_factory):
     return base, version
 
 
+@pytest.fixture(scope="module")
+def loaded_bundle(bundle):
+    """The bundle's SavedModel, loaded once for the tests that only call it."""
+    return tf.saved_model.load(bundle[1])
+
+
 @pytest.mark.slow
-def test_every_image_signature_reloads_and_matches_keras(lite0, bundle):
+def test_every_image_signature_reloads_and_matches_keras(lite0, bundle, loaded_bundle):
     _, version = bundle
-    loaded = tf.saved_model.load(version)
+    loaded = loaded_bundle
     assert set(loaded.signatures) == {
         "serving_default",
         "image_bytes",
@@ -163,9 +169,10 @@ def test_keras_track_stores_every_weight_twice_and_the_fix_once(tmp_path):
     assert stored == {"keras": 2 * model.count_params(), "fix": model.count_params()}
 
 
-def test_image_bytes_decodes_jpeg_and_png_of_different_sizes_like_outside_the_graph(lite0, bundle):
-    _, version = bundle
-    loaded = tf.saved_model.load(version)
+def test_image_bytes_decodes_jpeg_and_png_of_different_sizes_like_outside_the_graph(
+    lite0, loaded_bundle
+):
+    loaded = loaded_bundle
     encoded = [
         encode_images(_images(1, seed=2, size=80), "jpeg")[0],
         encode_images(_images(1, seed=3, size=50), "png")[0],
@@ -204,10 +211,10 @@ def test_bundle_layout_models_config_and_parity_report(bundle):
     assert parity["samples"] == 6 and parity["results"][0]["target"] == version
 
 
-def test_requests_match_the_signature_defs_and_the_recorded_responses(bundle):
+def test_requests_match_the_signature_defs_and_the_recorded_responses(bundle, loaded_bundle):
     _, version = bundle
     signature_defs = loader_impl.parse_saved_model(version).meta_graphs[0].signature_def
-    loaded = tf.saved_model.load(version)
+    loaded = loaded_bundle
     requests = os.path.join(version, "assets.extra", "requests")
     for name in ("image_bytes", "image_tensor", "tf_example"):
         with open(os.path.join(requests, f"{name}.json")) as file:
@@ -242,7 +249,7 @@ def _decode_rest_instances(body):
     return decoded
 
 
-def test_warmup_file_parses_and_every_request_runs(bundle):
+def test_warmup_file_parses_and_every_request_runs(bundle, loaded_bundle):
     _, version = bundle
     requests = read_warmup(os.path.join(version, "assets.extra", "tf_serving_warmup_requests"))
     assert Counter(r.model_spec.signature_name for r in requests) == {
@@ -250,7 +257,7 @@ def test_warmup_file_parses_and_every_request_runs(bundle):
         "image_tensor": 3,
         "tf_example": 3,
     }
-    loaded = tf.saved_model.load(version)
+    loaded = loaded_bundle
     for request in requests:
         assert request.model_spec.name == "elpv"
         out = run_signature(
