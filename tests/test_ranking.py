@@ -101,6 +101,17 @@ def test_text_candidates_rank_on_raw_strings(tfds_dir):
     assert rows[0]["image_size"] is None
 
 
+def test_an_extractor_is_reused_only_for_inputs_that_fit_its_signature():
+    from kerastl.training.ranking import _fits
+
+    run = tf.function(lambda x: x, input_signature=[tf.TensorSpec((None, 8, 8, 3), tf.float32)])
+    assert _fits(run, tf.zeros((1, 8, 8, 3))) and _fits(run, tf.zeros((5, 8, 8, 3)))
+    assert not _fits(run, tf.zeros((1, 8, 8, 3), tf.uint8))  # views may change the dtype
+    assert not _fits(run, tf.zeros((1, 9, 9, 3)))
+    assert not _fits(run, {"token_ids": tf.zeros((1, 8), tf.int32)})
+    assert not _fits(None, tf.zeros((1, 8, 8, 3)))
+
+
 def test_candidates_parse_names_and_weights():
     assert parse_candidates("efficientnet-lite0, efficientnet-lite2@none,vgg16@imagenet") == [
         ("efficientnet-lite0", "default"), ("efficientnet-lite2", None), ("vgg16", "imagenet"),

@@ -137,8 +137,10 @@ def rank_backbones(
     for name, weights in candidates:
         started = time.perf_counter()
         model, resize = _frozen_model(name, weights, classes, image_size, sequence_length, pooling)
-        train_features, train_labels, _ = _features(model, train, resize, views)
-        validation_features, validation_labels, extract = _features(model, validation, resize)
+        train_features, train_labels, extract = _features(model, train, resize, views)
+        validation_features, validation_labels, extract = _features(
+            model, validation, resize, extract=extract
+        )
         score = logme(train_features.reshape(-1, train_features.shape[-1]), train_labels)
         accuracy = _probe(
             train_features.mean(axis=0),
@@ -231,15 +233,12 @@ def _frozen_model(name: str, weights, classes: int, image_size, sequence_length:
     return TransferModel(name, classes, weights=weights, input_shape=shape, pooling=pooling), size
 
 
-def _features(model, dataset, size: int | None, views=None):
+def _features(model, dataset, size: int | None, views=None, extract=None):
     """`([views, n, d] pooled features (the cut before the head), [views * n]
     labels, the traced extractor)`, read in one pass over `dataset` (a
-    shuffled one stays aligned)."""
-    from kerastl.training.feature_cache import split_model
-    from kerastl.training.inference import traced_inference
-
+    shuffled one stays aligned). `extract`: a traced extractor of the same
+    model to reuse where the inputs fit its signature (else one is traced)."""
     count = 1 if views is None else views.count
-    extractor = split_model(model, "head").extractor
     run = None
     per_view, labels = [[] for _ in range(count)], []
     for inputs, label, *_ in _resized(dataset, size):
@@ -247,12 +246,35 @@ def _features(model, dataset, size: int | None, views=None):
             viewed = inputs if views is None else views(inputs, index)
             tokens = model.prepare_data(viewed)  # a text model's strings tokenized
             if run is None:
-                run = traced_inference(extractor, tokens)
+                run = extract if _fits(extract, tokens) else _traced_extractor(model, tokens)
             features = keras.tree.flatten(run(tokens))[0]
             per_view[index].append(keras.ops.convert_to_numpy(features))
         labels.append(np.asarray(label).reshape(-1))
     labels = np.concatenate(labels)
     return np.stack([np.concatenate(view) for view in per_view]), np.tile(labels, count), run
+
+
+def _traced_extractor(model, inputs):
+    """The model up to the pooled features the head reads, traced for `inputs`' shapes."""
+    from kerastl.training.feature_cache import split_model
+    from kerastl.training.inference import traced_inference
+
+    return traced_inference(split_model(model, "head").extractor, inputs)
+
+
+def _fits(run, inputs) -> bool:
+    """Whether `inputs` fit the input signature `run` (or None) was traced with."""
+    import tensorflow as tf
+
+    if run is None:
+        return False
+    specs = run.input_signature[0]
+    try:
+        tf.nest.assert_same_structure(specs, inputs)
+    except (ValueError, TypeError):
+        return False
+    pairs = zip(tf.nest.flatten(specs), tf.nest.flatten(inputs), strict=True)
+    return all(spec.is_compatible_with(value) for spec, value in pairs)
 
 
 def _probe(train_x, train_y, validation_x, validation_y) -> float:
