@@ -8,7 +8,7 @@ checkpoint cannot tell are one, so every weight is written twice and loaded
 twice, by TF Serving too (keras-team/keras#23553; Lite0: 27.4 MB of
 variables for 13.7 MB of weights). `write_out` also walks every tracked
 model in SavedModel mode to find its lookup tables, which lists the concrete
-functions of every layer (1.1 s of an export of Lite0's 3.7).
+functions of every layer (1.1 s for Lite0, whose bundle export took 7 s).
 
 `track_model` registers the same three collections with the `tf.Variable`s
 themselves, which the checkpoint then stores once, and tracks the model's

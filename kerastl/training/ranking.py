@@ -116,9 +116,9 @@ def rank_backbones(
         `score`, `probe_accuracy` (a ridge probe on the training features,
         its penalty chosen by leave-one-out, scored on validation),
         `seconds` (features, score and probe), `parameters` (the
-        backbone's), `latency_ms` (the frozen model on one input, up to the pooled features the
-        head reads: one matrix product short of the whole) and
-        `image_size` (the side it saw; None for text).
+        backbone's), `latency_ms` (the frozen model on one input, up to
+        the pooled features the head reads: one matrix product short of
+        the whole) and `image_size` (the side it saw; None for text).
 
     Raises:
         ValueError: an unknown method or candidate, no candidates, or
