@@ -37,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import tensorflow as tf
+from _files import size_mb
 from _timing import interleaved_times, machine
 
 import kerastl
@@ -97,7 +98,7 @@ def bench_run(run_dir: str, rounds: int) -> None:
         print("| --- | ---: | ---: | ---: | ---: | --- |")
         for name, (path, verdict) in files.items():
             print(
-                f"| {name} | {_size_mb(path):.1f} | {latency[1][name]:.2f} | "
+                f"| {name} | {size_mb(path):.1f} | {latency[1][name]:.2f} | "
                 f"{latency[32][name]:.1f} | {accuracies[name]:.4f} | {verdict} |"
             )
         for name, (one, many) in _torch_reference(test_inputs, text, directory).items():
@@ -257,19 +258,6 @@ def _slice(inputs, start: int, stop: int):
 
 def _count(inputs) -> int:
     return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
-
-
-def _size_mb(path: str) -> float:
-    if os.path.isfile(path):
-        return os.path.getsize(path) / 1e6
-    return (
-        sum(
-            os.path.getsize(os.path.join(root, name))
-            for root, _, names in os.walk(path)
-            for name in names
-        )
-        / 1e6
-    )
 
 
 def _tokenizer_throughput(model, rounds: int) -> None:

@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 import tensorflow as tf
+from _files import size_mb
 
 import kerastl
 import kerastl.export as kx
@@ -55,17 +56,6 @@ def models() -> dict:
     }
 
 
-def _size_mb(path: str) -> float:
-    return (
-        sum(
-            os.path.getsize(os.path.join(root, name))
-            for root, _, names in os.walk(path)
-            for name in names
-        )
-        / 1e6
-    )
-
-
 def measure(model, samples, rounds: int, directory: str) -> dict:
     """Per way: median export and load seconds, variables and graph megabytes."""
     times = {way: {"export": [], "load": []} for way in WAYS}
@@ -84,7 +74,7 @@ def measure(model, samples, rounds: int, directory: str) -> dict:
             tf.saved_model.load(path)
             times[way]["load"].append(time.perf_counter() - started)
             sizes[way] = (
-                _size_mb(os.path.join(path, "variables")),
+                size_mb(os.path.join(path, "variables")),
                 os.path.getsize(os.path.join(path, "saved_model.pb")) / 1e6,
             )
     return {
