@@ -79,3 +79,10 @@ def test_a_second_mirrored_strategy_in_one_process_trains(checks):
     # Without kerastl: two MirroredStrategy objects share collective keys.
     (raw,) = checks["raw_repeated"]
     assert raw["error"] and "Shape mismatch in the collective instance" in raw["error"]
+
+
+@pytest.mark.slow
+def test_a_model_built_under_the_strategy_exports_each_weight_once(checks):
+    (export,) = checks["export"]
+    assert export["stored"] == export["parameters"]  # Keras's `track`: twice
+    assert export["collection"] == export["variables"]

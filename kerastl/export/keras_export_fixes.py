@@ -51,5 +51,12 @@ def track_model(archive: keras.export.ExportArchive, model: keras.Model) -> None
 
 
 def _tf_variable(variable):
-    """The `tf.Variable` a Keras variable holds: the object the endpoints capture."""
-    return variable.value if isinstance(variable, keras.Variable) else variable
+    """The `tf.Variable` the endpoints capture: the one a Keras variable holds, and of
+    a `tf.distribute` variable (a model built under `MirroredStrategy`) its first
+    component, which a function traced outside the strategy reads."""
+    import tensorflow as tf
+
+    value = variable.value if isinstance(variable, keras.Variable) else variable
+    if isinstance(value, tf.distribute.DistributedValues):
+        return value.values[0]
+    return value

@@ -12,6 +12,9 @@ once. Prints one line `CHECK {json}` per check, in this order:
 - `fused_adam`: `FusedAdamW` against Keras's `AdamW`, mirrored.
 - `mixed_precision` (fixes on, then `KERASTL_KERAS_FIXES=0`): 40 steps of
   mixed_float16 in which replica 1's gradients overflow for 3 steps.
+- `export`: a SavedModel of a model built under the strategy: the numbers its
+  checkpoint holds, against the model's parameters (each weight once: the
+  signatures capture each variable's first component).
 - `repeated`: `get_strategy("mirrored")` twice (a notebook cell run twice).
 - `raw_repeated`: `tf.distribute.MirroredStrategy()` twice, which TF 2.21
   refuses ("Shape mismatch in the collective instance"); last, as it may
@@ -185,6 +188,24 @@ def fit_dense(strategy, width: int) -> float:
     return history.history["loss"][0]
 
 
+def export(mirrored) -> None:
+    import tempfile
+
+    import kerastl.export as kx
+
+    with mirrored.scope():
+        model = conv_net()
+    path = os.path.join(tempfile.mkdtemp(), "saved_model")
+    kx.saved_model(model, path, samples=images(4)[0], verbose=0)
+    shapes = tf.train.list_variables(os.path.join(path, "variables", "variables"))
+    stored = sum(int(np.prod(shape)) for key, shape in shapes if key.endswith("VARIABLE_VALUE"))
+    loaded = tf.saved_model.load(path)
+    report(
+        "export", stored=stored, parameters=model.count_params(),
+        collection=len(loaded.variables), variables=len(model.variables),
+    )  # fmt: skip
+
+
 def repeated(first) -> None:
     fit_dense(first, 300)
     second = kerastl.get_strategy("mirrored")
@@ -209,5 +230,6 @@ equivalence(mirrored)
 fused_adam(mirrored)
 mixed_precision(mirrored, "1")
 mixed_precision(mirrored, "0")
+export(mirrored)
 repeated(mirrored)
 raw_repeated()
