@@ -134,3 +134,7 @@ def test_native_log_lines_are_dropped_and_everything_else_is_kept(capfd):
         os.write(2, native)
         raise RuntimeError("crash")
     assert "oneDNN" in capfd.readouterr().err  # a failure keeps the native diagnostics
+    with pytest.raises(FileExistsError), native_stderr_silenced(expected=(FileExistsError,)):
+        os.write(2, native)
+        raise FileExistsError("an outcome the caller reports")
+    assert "oneDNN" not in capfd.readouterr().err

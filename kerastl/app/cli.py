@@ -158,20 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _start_tensorflow()
     from kerastl.backbones import CheckpointError, HubUnavailableError
-    from kerastl.export import (
-        ParityError,
-        QuantizationError,
-        UnsupportedOpsError,
-        UnsupportedServingOpsError,
-    )
 
-    export_errors = (
-        ParityError,
-        QuantizationError,
-        UnsupportedOpsError,
-        UnsupportedServingOpsError,
-        FileExistsError,
-    )
     try:
         if args.command in ("train", "lr-find"):
             return _train(args) if args.command == "train" else _lr_find(args)
@@ -191,10 +178,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         FileNotFoundError,
         HubUnavailableError,
         CheckpointError,
-        *export_errors,
+        *_export_errors(),
     ) as error:
         print(f"kerastl: error: {error}", file=sys.stderr)
         return 2
+
+
+def _export_errors() -> tuple[type[Exception], ...]:
+    """What an export refuses with: reported as one `kerastl: error:` line, exit 2."""
+    from kerastl.export import (
+        ParityError,
+        QuantizationError,
+        UnsupportedOpsError,
+        UnsupportedServingOpsError,
+    )
+
+    return (
+        ParityError,
+        QuantizationError,
+        UnsupportedOpsError,
+        UnsupportedServingOpsError,
+        FileExistsError,
+    )
 
 
 def _start_tensorflow() -> None:
@@ -288,7 +293,8 @@ def _export(args) -> int:
     from kerastl.export.quantization import QuantizationReport, report_path
 
     signatures = tuple(args.signatures.split(",")) if args.signatures else None
-    with native_stderr_silenced():  # TF's C++ lines (device start-up, kernel notices)
+    # TF's C++ lines (device start-up, kernel notices); a refusal is an outcome, not a crash.
+    with native_stderr_silenced(expected=_export_errors()):
         path = export_run(
             args.run_dir,
             args.format,
