@@ -14,6 +14,7 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
+from _workload import stored_values
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import loader_impl
@@ -125,15 +126,9 @@ def test_every_image_signature_reloads_and_matches_keras(lite0, bundle, loaded_b
     names = np.array(CLASSES)[np.argsort(-expected, axis=-1)]
     np.testing.assert_array_equal(out["class_name"].astype(str), names)
     # Each weight stored once (keras_export_fixes), in the collections `track` makes.
-    assert _stored_values(version) < 1.001 * lite0.count_params()
+    assert stored_values(version) < 1.001 * lite0.count_params()
     assert len(loaded.variables) == len(lite0.variables)
     assert len(loaded.trainable_variables) == len(lite0.trainable_variables)
-
-
-def _stored_values(directory) -> int:
-    """How many numbers a SavedModel's checkpoint holds for its variables."""
-    shapes = tf.train.list_variables(os.path.join(directory, "variables", "variables"))
-    return sum(int(np.prod(shape)) for key, shape in shapes if key.endswith("VARIABLE_VALUE"))
 
 
 class _Lookup(keras.layers.Layer):
@@ -166,7 +161,7 @@ def test_keras_track_stores_every_weight_twice_and_the_fix_once(tmp_path):
         # The table came along (its 7 added to every input): outputs ~10, a few ulps apart.
         np.testing.assert_allclose(loaded.serve(x), model(x), rtol=1e-5, atol=1e-5)
         assert len(loaded.variables) == len(loaded.trainable_variables) == 2
-        stored[name] = _stored_values(tmp_path / name)
+        stored[name] = stored_values(tmp_path / name)
     assert stored == {"keras": 2 * model.count_params(), "fix": model.count_params()}
 
 

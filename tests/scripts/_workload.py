@@ -1,5 +1,6 @@
 """The small training jobs the distribution and resume tests share (in child
-scripts and, where no process boundary is needed, in the test process)."""
+scripts and, where no process boundary is needed, in the test process), and
+what they read back from the files those jobs write."""
 
 import contextlib
 import os
@@ -112,6 +113,12 @@ def op_determinism():
     finally:
         if not enabled:
             config.disable_op_determinism()
+
+
+def stored_values(saved_model_dir) -> int:
+    """How many numbers a SavedModel's checkpoint holds for its variables."""
+    shapes = tf.train.list_variables(os.path.join(saved_model_dir, "variables", "variables"))
+    return sum(int(np.prod(shape)) for key, shape in shapes if key.endswith("VARIABLE_VALUE"))
 
 
 def flat_weights(model) -> np.ndarray:

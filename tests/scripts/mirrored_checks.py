@@ -33,7 +33,7 @@ import kerastl
 
 DEVICES = kerastl.split_cpu(2)
 import keras  # noqa: E402
-from _workload import images, transfer_model  # noqa: E402
+from _workload import images, stored_values, transfer_model  # noqa: E402
 
 from kerastl.distribute import keras_fixes  # noqa: E402
 from kerastl.fused_adam import FusedAdamW  # noqa: E402
@@ -197,11 +197,9 @@ def export(mirrored) -> None:
         model = conv_net()
     path = os.path.join(tempfile.mkdtemp(), "saved_model")
     kx.saved_model(model, path, samples=images(4)[0], verbose=0)
-    shapes = tf.train.list_variables(os.path.join(path, "variables", "variables"))
-    stored = sum(int(np.prod(shape)) for key, shape in shapes if key.endswith("VARIABLE_VALUE"))
     loaded = tf.saved_model.load(path)
     report(
-        "export", stored=stored, parameters=model.count_params(),
+        "export", stored=stored_values(path), parameters=model.count_params(),
         collection=len(loaded.variables), variables=len(model.variables),
     )  # fmt: skip
 
