@@ -261,14 +261,13 @@ def test_an_adapter_file_refuses_another_base_naming_it(tmp_path):
         kerastl.load_lora(kerastl.TransferModel("mobilenetv3small", 2, weights=None), path)
     with pytest.raises(ValueError, match="another number of classes"):
         kerastl.load_lora(_lite0(num_classes=3), path)
-    adapted = _lite0()
-    kerastl.lora(adapted, rank=2, groups=["block7"])
+    kerastl.lora(model, rank=2, groups=["block7"])  # adapters beside the file's too
     with pytest.raises(ValueError, match="already has LoRA adapters"):
-        kerastl.load_lora(adapted, path)
+        kerastl.load_lora(model, path)
     (tmp_path / "other.npz").write_bytes(b"")
     np.savez(tmp_path / "other.npz", x=np.zeros(2))
     with pytest.raises(ValueError, match="not an adapter file"):
-        kerastl.load_lora(_lite0(), tmp_path / "other.npz")
+        kerastl.load_lora(other, tmp_path / "other.npz")
 
 
 # --- exports ---
@@ -297,6 +296,12 @@ def test_exports_of_a_lora_model_are_merged_and_pass_the_parity_gate(tmp_path):
 # --- errors ---
 
 
+@pytest.fixture(scope="module")
+def unadapted_lite0():
+    """One Lite0 for the refusals: each leaves it without adapters, and asserts so."""
+    return _lite0()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -313,11 +318,10 @@ def test_exports_of_a_lora_model_are_merged_and_pass_the_parity_gate(tmp_path):
         ({"targets": "query_value", "groups": ["block6"]}, "No layer of groups \\['block6'\\]"),
     ],
 )
-def test_lora_refuses_bad_arguments_naming_them(kwargs, message):
-    model = _lite0()
+def test_lora_refuses_bad_arguments_naming_them(kwargs, message, unadapted_lite0):
     with pytest.raises(ValueError, match=message):
-        kerastl.lora(model, **kwargs)
-    assert not adapted_layers(model)
+        kerastl.lora(unadapted_lite0, **kwargs)
+    assert not adapted_layers(unadapted_lite0)
 
 
 def test_lora_twice_on_a_layer_is_refused():
