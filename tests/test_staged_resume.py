@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -210,10 +211,12 @@ def test_resuming_with_other_stages_is_refused_naming_the_keys(tmp_path):
 
 
 def test_a_finished_run_says_so_and_keeps_no_weights_in_its_backup(tmp_path):
-    tuner = kerastl.FineTuner(_model(), verbose=0)
+    tuner = kerastl.FineTuner(_model(), backup_share=None, verbose=0)
     tuner.fit(_data(), _data(8, seed=1), stages=STAGES, backup_dir=tmp_path)
     (only,) = os.listdir(tmp_path)  # the state file: no weights, no older backups
-    assert only.startswith("state-") and json.loads((tmp_path / only).read_text())["finished"]
+    # Backups after epochs 1 and 3, each stage's at its end (epochs 2 and 4: not
+    # also their epochs' own), then the finish: the fifth state file.
+    assert only == "state-000005.json" and json.loads((tmp_path / only).read_text())["finished"]
     with pytest.raises(RunFinished, match=r"finished \(4 epochs, best epoch \d\): nothing"):
         kerastl.FineTuner(_model(), verbose=0).fit(
             _data(), _data(8, seed=1), stages=STAGES, backup_dir=tmp_path
@@ -285,7 +288,8 @@ def test_keras_fit_creates_a_spare_iterator_at_each_epochs_end():
 
 
 def test_epoch_backups_keep_within_their_share_of_training_time():
-    """A 1 s backup with share 0.1 waits for 10 s of training; stops always back up."""
+    """A 1 s backup with share 0.1 waits for 10 s of training; stops always back up;
+    a stage's last epoch is backed up by the stage."""
     from kerastl.training.staged_backup import BackupCallback, InterruptSignals
 
     now, saved = [0.0], []
@@ -306,6 +310,18 @@ def test_epoch_backups_keep_within_their_share_of_training_time():
     every.on_epoch_end(8)
     every.on_epoch_end(9)
     assert saved[-2:] == [(9, 0), (10, 0)]
+    # A stage's last epoch, and one after which training stops, are left to the
+    # stage's own backup, written as `fit` returns.
+    ending = BackupCallback(
+        save, InterruptSignals(False), None, end_to_end=False, stage_end=12, share=None
+    )
+    ending.set_model(types.SimpleNamespace(stop_training=False))
+    ending.on_epoch_end(10)
+    ending.on_epoch_end(11)
+    assert saved[-1] == (11, 0) and len(saved) == 6
+    ending.model.stop_training = True  # early stopping, before the last epoch
+    ending.on_epoch_end(10)
+    assert len(saved) == 6
 
 
 def test_a_resumed_run_says_where_it_resumes_and_continues_the_history(tmp_path, capsys):

@@ -107,7 +107,8 @@ class FineTuner:
         backup_share: with a backup (`fit(backup_dir=...)`, or a `run_dir`),
             the most of the training time epoch-end backups may take (0.03):
             short epochs are backed up every few epochs; stage ends and stops
-            always are. None: every epoch.
+            always are. None: every epoch (a stage's last one by its stage's
+            backup, written as `fit` returns).
         calibrate: after `fit`, fit the softmax temperature of a single-label
             model on the validation data (`kerastl.calibrate`): probabilities,
             evaluations and exports are then calibrated; `tuner.calibration`

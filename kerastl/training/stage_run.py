@@ -159,6 +159,7 @@ class StageRun:
                     tuner._passes,
                     end_to_end=self.planned.split is None,
                     step_offset=0 if self.resume is None else self.resume.step,
+                    stage_end=self.first_epoch + self.stage.epochs,
                     share=tuner.backup_share,
                 )
             )

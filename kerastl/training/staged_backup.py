@@ -2,8 +2,9 @@
 
 `FineTuner.fit(..., backup_dir=...)` writes a backup at the end of epochs
 (as often as `FineTuner(backup_share=...)` of the training time allows;
-`BackupCallback`), at the end of every stage, and before the next batch
-after SIGTERM or Ctrl-C. A backup is a generation of files, each written aside, fsynced and
+`BackupCallback`), at the end of every stage (in place of its last epoch's:
+the two would follow each other), and before the next batch after SIGTERM
+or Ctrl-C. A backup is a generation of files, each written aside, fsynced and
 renamed (`kerastl._atomic`), the state file last:
 
 - `state-NNNNNN.json`: the stage in progress, epochs (and batches) done,
@@ -213,7 +214,8 @@ class RunInterrupted(RuntimeError):
 
 
 class BackupCallback(keras.callbacks.Callback):
-    """Backs the run up at every epoch's end, and before the next batch after a signal.
+    """Backs the run up at every epoch's end but the stage's last, and before the
+    next batch after a signal.
 
     Put it last (after `EmaWeights`, which puts the raw weights back at the
     epoch's end). `save(epoch, step)` writes the backup; `signals` is the
@@ -226,6 +228,10 @@ class BackupCallback(keras.callbacks.Callback):
         passes: the run's `DataPasses`, told of each end-to-end epoch.
         end_to_end: whether this stage iterates the augmented training data.
         step_offset: batches of the first epoch skipped (a mid-epoch resume).
+        stage_end: the epochs done over the run when the stage ends: that
+            epoch's end, and one after which training stops (early
+            stopping), are not backed up here, since the end-of-stage backup
+            (`FineTuner`) follows as soon as `fit` returns. None: no such end.
         share: the most of the training time backups may take: an epoch's
             end is skipped while the training since the last backup is
             shorter than that backup's time / `share` (short epochs, such as
@@ -242,6 +248,7 @@ class BackupCallback(keras.callbacks.Callback):
         *,
         end_to_end: bool,
         step_offset: int = 0,
+        stage_end: int | None = None,
         share: float | None = 0.03,
         clock=time.perf_counter,
     ):
@@ -251,6 +258,7 @@ class BackupCallback(keras.callbacks.Callback):
         self._passes = passes
         self._end_to_end = end_to_end
         self._offset = step_offset
+        self._stage_end = stage_end
         self._share = share
         self._clock = clock
         self._epoch = 0
@@ -274,6 +282,8 @@ class BackupCallback(keras.callbacks.Callback):
         self._offset = 0
         if self._end_to_end:
             self._passes.epoch_ended()
+        if epoch + 1 == self._stage_end or (self.model is not None and self.model.stop_training):
+            return  # the stage ends: its own backup follows
         trained = self._clock() - self._last_end
         if self._share is not None and trained * self._share < self._last_took:
             return
