@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -20,6 +21,7 @@ from kerastl.training.data_passes import KERAS_SPARE_ITERATORS
 from kerastl.training.staged_backup import (
     BackupError,
     RunFinished,
+    RunInterrupted,
     StagedBackup,
     signature_differences,
 )
@@ -170,6 +172,68 @@ def test_sigterm_backs_up_at_the_next_batch_and_the_run_resumes(tmp_path, refere
         assert history["history"][key] == reference[1]["history"][key]
     loss, expected = history["history"]["loss"], reference[1]["history"]["loss"]
     assert loss[:4] == expected[:4] and loss[4] != expected[4] and loss[5] == expected[5]
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    """A user's callback that ends training at the end of epoch `epoch` (0-based)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.stop_training = True
+
+
+class _SigtermAfter(keras.callbacks.Callback):
+    """Sends this process SIGTERM after the run's `batches`-th training batch, as
+    `test_sigterm_backs_up_at_the_next_batch_and_the_run_resumes` does from outside."""
+
+    def __init__(self, batches: int):
+        super().__init__()
+        self.left = batches
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.left -= 1
+        if self.left == 0:
+            signal.raise_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({"patience": 1}, id="early stopping"),
+        pytest.param({"callbacks": (_StopAfterEpoch(3),)}, id="a callback"),
+    ],
+)
+def test_a_stop_in_the_epoch_a_run_resumed_mid_way_ends_the_stage_as_it_would_have(
+    tmp_path, deterministic_ops, settings
+):
+    """SIGTERM in the epoch at whose end the stage stops (stage 2's second with
+    these numbers): the resumed run's first `fit` (the rest of that epoch) must
+    end the stage as the uninterrupted run's one `fit` did, not go on to the
+    stage's last epoch, and end it the same way (early stopping's best weights,
+    the EMA averages)."""
+    # Outside the main thread the run installs no handler and SIGTERM would end pytest.
+    assert threading.current_thread() is threading.main_thread()
+    reference = staged_run(tmp_path / "reference", **settings)
+    epochs = len(reference[1]["history"]["loss"])
+    assert epochs < 6, "the stage must stop before its last epoch"  # 4 here
+    keras.backend.clear_session()
+    stopping = (*settings.get("callbacks", ()), _SigtermAfter((epochs - 1) * BATCHES + 2))
+    with pytest.raises(RunInterrupted, match=f"SIGTERM at epoch {epochs}, batch 2"):
+        staged_run(tmp_path / "backup", **{**settings, "callbacks": stopping})
+    assert _newest_state(tmp_path / "backup")["epoch"] == epochs - 1
+    keras.backend.clear_session()
+    weights, history = staged_run(tmp_path / "backup", **settings)
+    np.testing.assert_array_equal(weights, reference[0])
+    assert history["best_epoch"] == reference[1]["best_epoch"]
+    for key in ("val_loss", "val_accuracy"):
+        assert history["history"][key] == reference[1]["history"][key]
+    # The resumed epoch's training metrics average the batches after the stop (see above).
+    assert history["history"]["loss"][:-1] == reference[1]["history"]["loss"][:-1]
+    assert len(history["history"]["loss"]) == epochs
 
 
 def _model():

@@ -175,15 +175,19 @@ class StageRun:
 
     def _fit(self, data, validation, callbacks, class_weight) -> keras.callbacks.History:
         """The stage's epochs (what is left of them): one `fit`, or two after a
-        mid-epoch stop (the rest of that epoch, then the others)."""
+        mid-epoch stop (the rest of that epoch, then the others).
+
+        A callback that stops the first of two (early stopping, or a user's
+        `TerminateOnNaN`) ends the stage there, as it ends the one `fit` of an
+        uninterrupted run: the second is not run, and that first `fit` ends as
+        a stage's last does (best weights restored, EMA averages written in).
+        """
         step = 0 if self.resume is None else self.resume.step
         fits = remaining_fits(
             self.first_epoch + self.done, self.first_epoch + self.stage.epochs, step
         )
         result = None
         for number, (skip, initial, last) in enumerate(fits, start=1):
-            if self.stopping is not None and self.stopping.stopped_epoch:
-                break
             final = number == len(fits)
             if self.stopping is not None:
                 self.stopping.final = final
@@ -198,9 +202,13 @@ class StageRun:
                 shuffle=False,  # the pipeline shuffles (Keras ignores it, and warns)
                 verbose=self.tuner.verbose,
             )
-            for kept in keep_raw:
-                kept.put_back()
+            stopped = self.fit_model.stop_training  # Keras clears it as `fit` begins
+            if not stopped:
+                for kept in keep_raw:
+                    kept.put_back()
             result = part if result is None else extend_history(result, part.history, part.epoch)
+            if stopped:
+                break
         return result or empty_history()
 
 
@@ -225,7 +233,8 @@ def _resized(dataset, size: int):
 class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """Early stopping whose count and best weights carry across the `fit` calls
     of a resumed stage (Keras resets them in `on_train_begin`); it restores the
-    best weights only at the end of the stage's last `fit` (`final`)."""
+    best weights only at the end of the stage's last `fit` (`final`, or a `fit`
+    that a callback stopped: the stage ends with it)."""
 
     def __init__(self, *, resume: ResumePoint | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -247,7 +256,7 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_end(self, logs=None):
         self._carry = (self.resumable_state(), self.best_weights)
-        if self.final:
+        if self.final or self.model.stop_training:
             super().on_train_end(logs)
 
     def resumable_state(self) -> dict:

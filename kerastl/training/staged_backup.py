@@ -229,9 +229,10 @@ class BackupCallback(keras.callbacks.Callback):
         end_to_end: whether this stage iterates the augmented training data.
         step_offset: batches of the first epoch skipped (a mid-epoch resume).
         stage_end: the epochs done over the run when the stage ends: that
-            epoch's end, and one after which training stops (early
-            stopping), are not backed up here, since the end-of-stage backup
-            (`FineTuner`) follows as soon as `fit` returns. None: no such end.
+            epoch's end, and one after which a callback stops training (early
+            stopping, `TerminateOnNaN`: the stage ends there), are not backed
+            up here, since the end-of-stage backup (`FineTuner`) follows as
+            soon as `fit` returns. None: no such end.
         share: the most of the training time backups may take: an epoch's
             end is skipped while the training since the last backup is
             shorter than that backup's time / `share` (short epochs, such as

@@ -154,6 +154,7 @@ def staged_run(
     data_hook=None,
     verbose: int = 0,
     callbacks=(),
+    patience: int = 3,
 ) -> tuple[np.ndarray, dict]:
     """A two-stage `FineTuner` run backed up to `backup_dir` after every epoch.
 
@@ -168,6 +169,7 @@ def staged_run(
             for every training batch drawn (caching passes included).
         verbose: `FineTuner`'s verbosity.
         callbacks: more callbacks for every stage (after the others).
+        patience: stage 2's early-stopping patience (3: never before its last epoch).
 
     Returns:
         The final weights (flat) and `{"history", "best_epoch"}`.
@@ -202,7 +204,7 @@ def staged_run(
         backup_share=None,  # every epoch: the tests wait for given epochs' backups
         verbose=verbose,
     )
-    extra = {"ema": 0.9, "patience": 3}
+    extra = {"ema": 0.9, "patience": patience}
     if lora:
         extra.update(train="block6", rank=2)
     stages = [
