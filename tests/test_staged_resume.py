@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from _workload import CrashAfter, Crashed, op_determinism, staged_run
+from _workload import CrashAfter, Crashed, StopAfterEpoch, op_determinism, staged_run
 from processes import SCRIPTS, script_env, wait_for
 
 import kerastl
@@ -174,18 +174,6 @@ def test_sigterm_backs_up_at_the_next_batch_and_the_run_resumes(tmp_path, refere
     assert loss[:4] == expected[:4] and loss[4] != expected[4] and loss[5] == expected[5]
 
 
-class _StopAfterEpoch(keras.callbacks.Callback):
-    """A user's callback that ends training at the end of epoch `epoch` (0-based)."""
-
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            self.model.stop_training = True
-
-
 class _SigtermAfter(keras.callbacks.Callback):
     """Sends this process SIGTERM after the run's `batches`-th training batch, as
     `test_sigterm_backs_up_at_the_next_batch_and_the_run_resumes` does from outside."""
@@ -204,7 +192,7 @@ class _SigtermAfter(keras.callbacks.Callback):
     "settings",
     [
         pytest.param({"patience": 1}, id="early stopping"),
-        pytest.param({"callbacks": (_StopAfterEpoch(3),)}, id="a callback"),
+        pytest.param({"callbacks": (StopAfterEpoch(3),)}, id="a callback"),
     ],
 )
 def test_a_stop_in_the_epoch_a_run_resumed_mid_way_ends_the_stage_as_it_would_have(

@@ -196,7 +196,10 @@ def fit_resumable(
         steps_per_epoch: batches per epoch; needed when the dataset's length
             is unknown and a mid-epoch backup is resumed.
         validation_data: passed to `fit`.
-        callbacks: further Keras callbacks.
+        callbacks: further Keras callbacks. One that stops training (early
+            stopping) at the end of the resumed epoch ends the run there, as it
+            would have ended the uninterrupted one; Keras resets a callback's
+            own state at each `fit`, so its count starts again on resuming.
         verbose: passed to `fit`.
         keep_backup: keep the backup after training completes.
 
@@ -251,6 +254,8 @@ def fit_resumable(
             backup.step_offset = skip
             if skip < total:
                 run(dataset.skip(skip), first, last, total - skip)
+                if model.stop_training:  # a callback ended training with this epoch, as it
+                    break  # would have ended an uninterrupted run's one `fit` (early stopping)
         elif not backup.diverged:
             if callable(data):
                 stream = epoch_data(first)

@@ -100,6 +100,18 @@ class CrashAfter(keras.callbacks.Callback):
             raise Crashed
 
 
+class StopAfterEpoch(keras.callbacks.Callback):
+    """A user's callback that ends training at the end of epoch `epoch` (0-based)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.stop_training = True
+
+
 @contextlib.contextmanager
 def op_determinism():
     """`enable_op_determinism` for a block, then the state before it (the child
