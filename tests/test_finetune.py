@@ -102,6 +102,9 @@ def test_stage_arguments_are_validated():
         kerastl.Stage(1, mixup=0)
     with pytest.raises(ValueError, match="not both"):
         kerastl.Stage(1, mixup=0.2, cutmix=1.0)
+    # It would change what trains under a stage's plan (and fail on a cached stage's trainer).
+    with pytest.raises(ValueError, match=r"`GradualUnfreezing` cannot run inside a FineTuner"):
+        kerastl.FineTuner(_model(), callbacks=(kerastl.GradualUnfreezing(),))
 
 
 def test_sparse_label_smoothing_matches_the_one_hot_formula():

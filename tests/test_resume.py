@@ -2,9 +2,20 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
-from _workload import CrashAfter, Crashed, StopAfterEpoch, resumable_run
+from _workload import (
+    CrashAfter,
+    Crashed,
+    StopAfterEpoch,
+    epoch_dataset,
+    flat_weights,
+    images,
+    resumable_run,
+)
+
+import kerastl
 
 
 @pytest.mark.slow
@@ -41,3 +52,54 @@ def test_a_callback_that_stops_the_resumed_epoch_ends_the_run_there(tmp_path, de
     assert int(model.optimizer.iterations) == 16
     np.testing.assert_array_equal(weights, reference)
     assert not backup.exists()  # the run ended: its backup removed, as an uninterrupted one's
+
+
+def _unfreezing_run(backup, crash_after=None):
+    """Three `vgg16`-named blocks (three groups and the head), frozen, then one
+    more group every epoch (`GradualUnfreezing`) under `fit_resumable`."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = inputs
+    for block, filters in enumerate((4, 8, 8), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"block{block}_conv1")(x)
+        x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
+    model = kerastl.TransferModel(keras.Model(inputs, x), 3, backbone_name="vgg16")
+    kerastl.freeze(model, recompile=False)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(True))
+    unfreezing = kerastl.GradualUnfreezing(every=1, verbose=False)
+    callbacks = [unfreezing] + ([CrashAfter(crash_after)] if crash_after else [])
+    x, y = images(64)
+    kerastl.fit_resumable(
+        model,
+        lambda epoch: epoch_dataset(x, y, 8, epoch),
+        epochs=4,
+        backup_dir=str(backup),
+        save_freq=3,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    return flat_weights(model), unfreezing, model
+
+
+def test_gradual_unfreezing_resumes_with_the_groups_it_had_unfrozen(tmp_path, deterministic_ops):
+    """Crashed in epoch 3 (block2 unfrozen at its start) after its batch-3 backup,
+    and again in it before that backup (resumed from epoch 2's end): each rerun
+    trains what the interrupted run trained, with its optimizer state (before:
+    Keras skipped loading the optimizer, whose variables no longer matched, and
+    the rerun trained one group where the run trained two)."""
+    reference, unfreezing, model = _unfreezing_run(tmp_path / "uninterrupted")
+    assert [epoch for epoch, _ in unfreezing.history] == [1, 2, 3]
+    assert int(model.optimizer.iterations) == 32
+    for crash_after, resumed_from in ((2 * 8 + 5, (2, 3)), (2 * 8 + 2, (2, 0))):
+        backup = tmp_path / f"backup-{crash_after}"
+        with pytest.raises(Crashed):
+            _unfreezing_run(backup, crash_after)
+        state = json.loads((backup / "state.json").read_text())
+        assert (state["epoch"], state["step"]) == resumed_from
+        weights, resumed, model = _unfreezing_run(backup)
+        assert [trained for _, trained in resumed.history] == [
+            trained for _, trained in unfreezing.history
+        ]
+        assert int(model.optimizer.iterations) == 32
+        np.testing.assert_array_equal(weights, reference)

@@ -90,8 +90,15 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             )
         return state
 
-    def restore(self, model: keras.Model) -> tuple[int, int]:
+    def restore(self, model: keras.Model, callbacks: Sequence = ()) -> tuple[int, int]:
         """Loads the backup into `model` (weights, optimizer, seed generators).
+
+        Args:
+            model: the model, built as the interrupted run's was.
+            callbacks: the run's callbacks; those that change what trains as
+                training goes (`GradualUnfreezing`) define `resume_at(model,
+                epoch, step)`, called first, so that the optimizer is built
+                for the variables that trained when the backup was written.
 
         Returns:
             `(epoch, step)`: the epoch to continue and the batches of it already
@@ -101,6 +108,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         if state is None:
             return 0, 0
         with model.distribute_strategy.scope():
+            for callback in callbacks:
+                if hasattr(callback, "resume_at"):
+                    callback.resume_at(model, state["epoch"], state["step"])
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
             model.load_weights(Path(self.backup_dir) / state["weights"])
@@ -200,6 +210,8 @@ def fit_resumable(
             stopping) at the end of the resumed epoch ends the run there, as it
             would have ended the uninterrupted one; Keras resets a callback's
             own state at each `fit`, so its count starts again on resuming.
+            `GradualUnfreezing` resumes with the groups it had unfrozen
+            (`ResumableBackup.restore`).
         verbose: passed to `fit`.
         keep_backup: keep the backup after training completes.
 
@@ -217,7 +229,7 @@ def fit_resumable(
     check_model_in_scope(model, model.distribute_strategy)
     epoch_data: Callable[[int], object] = data if callable(data) else (lambda _: data)
     backup = ResumableBackup(backup_dir, save_freq=save_freq)
-    epoch, step = backup.restore(model)
+    epoch, step = backup.restore(model, callbacks)
     history = empty_history()
     history.resumed_from = (epoch, step)
     if epoch >= epochs:

@@ -60,6 +60,7 @@ from kerastl.training.staged_backup import (
     run_signature,
     signature_differences,
 )
+from kerastl.training.unfreezing import GradualUnfreezing
 
 __all__ = ["FineTuner", "Stage", "fine_tune"]
 
@@ -102,7 +103,8 @@ class FineTuner:
             (when the monitored value is a validation one).
         run_dir: write history, best checkpoint, TensorBoard logs, plots and
             `report.md` there (see `kerastl.training.run_directory`); None: nothing.
-        callbacks: further Keras callbacks for every stage.
+        callbacks: further Keras callbacks for every stage (not `GradualUnfreezing`:
+            the stages say what trains).
         jit_compile: compile the training step with XLA (`compile(jit_compile=...)`).
         backup_share: with a backup (`fit(backup_dir=...)`, or a `run_dir`),
             the most of the training time epoch-end backups may take (0.03):
@@ -166,6 +168,14 @@ class FineTuner:
         views = None
         if cache_views is not None:
             views = views_of(augmentation, cache_views, seed=cache_shuffle_seed or 0)
+        if any(isinstance(callback, GradualUnfreezing) for callback in callbacks):
+            raise ValueError(
+                "`GradualUnfreezing` cannot run inside a FineTuner: its stages decide what "
+                "trains (and cache what stays frozen). Unfreeze step by step with stages: "
+                "`Stage(2, train='head')`, then a stage per group down "
+                "(`kerastl.layer_groups(model)` lists them); `GradualUnfreezing` is for "
+                f"`model.fit` and `kerastl.fit_resumable`. Received: callbacks={callbacks!r}."
+            )
         if not (class_weight in (None, "balanced") or isinstance(class_weight, dict)):
             raise ValueError(
                 "`class_weight` must be None, 'balanced' or a dict. "

@@ -25,6 +25,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
         granularity: the groups stepped through.
         verbose: print each step.
 
+    Under `fit_resumable` a resumed run takes the steps the interrupted one took
+    before its backup (`resume_at`) before the backup's optimizer state loads.
+
     Example:
         >>> kerastl.freeze(model)
         >>> model.fit(ds, epochs=6, callbacks=[kerastl.GradualUnfreezing(every=2)])
@@ -48,8 +51,35 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self.granularity = granularity
         self.verbose = verbose
         self.history: list[tuple[int, list[str]]] = []
+        self._resumed_in: int | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self._resumed_in:  # its step came before the backup resumed from
+            self._resumed_in = None
+            return
+        self._step(epoch, announce=self.verbose)
+
+    def resume_at(self, model: keras.Model, epoch: int, step: int) -> None:
+        """Takes the steps a run took before its backup at `step` batches into
+        `epoch` (0-based), so that what trains is what trained when the backup
+        was written; that epoch's own step, if it had one, is not taken again.
+
+        Args:
+            model: the model, built and frozen as the interrupted run began.
+            epoch: the epoch the backup is in.
+            step: batches of it trained (0: the epoch had not begun).
+
+        Example:
+            >>> unfreezing.resume_at(model, epoch=3, step=40)  # fit_resumable does this
+        """
+        self.set_model(model)
+        for earlier in range(1, epoch + (1 if step else 0)):
+            self._step(earlier, announce=False)
+        self._resumed_in = epoch if step else None
+        if self.verbose and self.history:
+            print(f"GradualUnfreezing: resumed in epoch {epoch + 1}; {self.history[-1][1]} train")
+
+    def _step(self, epoch: int, announce: bool) -> None:
         if epoch == 0 or epoch % self.every:
             return
         states = list(trainable_groups(self.model, self.granularity).items())
@@ -62,5 +92,5 @@ class GradualUnfreezing(keras.callbacks.Callback):
         )
         self.model.make_train_function(force=True)
         self.history.append((epoch, trained))
-        if self.verbose:
+        if announce:
             print(f"\nGradualUnfreezing: epoch {epoch + 1} trains {trained}")
