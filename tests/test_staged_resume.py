@@ -13,7 +13,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from _workload import CrashAfter, Crashed, StopAfterEpoch, op_determinism, staged_run
+from _workload import (
+    CrashAfter,
+    Crashed,
+    SigtermAfter,
+    StopAfterEpoch,
+    op_determinism,
+    staged_run,
+)
 from processes import SCRIPTS, script_env, wait_for
 
 import kerastl
@@ -174,20 +181,6 @@ def test_sigterm_backs_up_at_the_next_batch_and_the_run_resumes(tmp_path, refere
     assert loss[:4] == expected[:4] and loss[4] != expected[4] and loss[5] == expected[5]
 
 
-class _SigtermAfter(keras.callbacks.Callback):
-    """Sends this process SIGTERM after the run's `batches`-th training batch, as
-    `test_sigterm_backs_up_at_the_next_batch_and_the_run_resumes` does from outside."""
-
-    def __init__(self, batches: int):
-        super().__init__()
-        self.left = batches
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.left -= 1
-        if self.left == 0:
-            signal.raise_signal(signal.SIGTERM)
-
-
 @pytest.mark.parametrize(
     "settings",
     [
@@ -209,7 +202,7 @@ def test_a_stop_in_the_epoch_a_run_resumed_mid_way_ends_the_stage_as_it_would_ha
     epochs = len(reference[1]["history"]["loss"])
     assert epochs < 6, "the stage must stop before its last epoch"  # 4 here
     keras.backend.clear_session()
-    stopping = (*settings.get("callbacks", ()), _SigtermAfter((epochs - 1) * BATCHES + 2))
+    stopping = (*settings.get("callbacks", ()), SigtermAfter((epochs - 1) * BATCHES + 2))
     with pytest.raises(RunInterrupted, match=f"SIGTERM at epoch {epochs}, batch 2"):
         staged_run(tmp_path / "backup", **{**settings, "callbacks": stopping})
     assert _newest_state(tmp_path / "backup")["epoch"] == epochs - 1

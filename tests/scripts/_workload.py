@@ -4,6 +4,7 @@ what they read back from the files those jobs write."""
 
 import contextlib
 import os
+import signal
 import time
 
 import keras
@@ -86,9 +87,8 @@ class Crashed(Exception):
     """What `CrashAfter` raises."""
 
 
-class CrashAfter(keras.callbacks.Callback):
-    """Raises after the run's `batches`-th training batch, as a crash would stop
-    it: nothing after that batch runs (a real SIGKILL: test_staged_resume)."""
+class _AfterBatches(keras.callbacks.Callback):
+    """Calls `act()` after the run's `batches`-th training batch."""
 
     def __init__(self, batches: int):
         super().__init__()
@@ -97,7 +97,26 @@ class CrashAfter(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.left -= 1
         if self.left == 0:
-            raise Crashed
+            self.act()
+
+    def act(self) -> None:
+        raise NotImplementedError
+
+
+class CrashAfter(_AfterBatches):
+    """Raises after the run's `batches`-th training batch, as a crash would stop
+    it: nothing after that batch runs (a real SIGKILL: test_staged_resume)."""
+
+    def act(self) -> None:
+        raise Crashed
+
+
+class SigtermAfter(_AfterBatches):
+    """Sends this process SIGTERM after the run's `batches`-th training batch, as
+    a preemption notice would (from outside: test_staged_resume's SIGTERM test)."""
+
+    def act(self) -> None:
+        signal.raise_signal(signal.SIGTERM)
 
 
 class StopAfterEpoch(keras.callbacks.Callback):
