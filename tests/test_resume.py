@@ -13,9 +13,12 @@ from _workload import (
     flat_weights,
     images,
     resumable_run,
+    transfer_model,
 )
 
 import kerastl
+from kerastl._internals import sublayers
+from kerastl.distribute.resume import restore_seed_states, seed_states
 
 
 @pytest.mark.slow
@@ -103,3 +106,21 @@ def test_gradual_unfreezing_resumes_with_the_groups_it_had_unfrozen(tmp_path, de
         ]
         assert int(model.optimizer.iterations) == 18
         np.testing.assert_array_equal(weights, reference)
+
+
+def test_every_dropout_state_is_kept_apart_and_a_backup_that_lacks_them_says_so():
+    """Keras gives a `Dropout` no `layer.path`: keyed by it, the head's dropout and
+    the backbone's drop path shared one key, and a resume restored one of them."""
+    model = transfer_model(drop_path=0.2)
+    model(np.zeros((2, 32, 32, 3), "float32"), training=True)  # both draw
+    states = seed_states(model)
+    assert len(states) == 2 and len({str(value) for value in states.values()}) == 2
+    dropouts = [layer for layer in sublayers(model) if isinstance(layer, keras.layers.Dropout)]
+    for layer in dropouts:
+        layer.seed_generator.next()  # the run draws on
+    assert seed_states(model) != states
+    restore_seed_states(model, states)
+    assert seed_states(model) == states
+    with pytest.warns(UserWarning, match="holds 1 random-number states and the model has 2"):
+        restore_seed_states(model, {"None/seed_generator_0": [0, 0]})
+    assert seed_states(model) == states  # none restored

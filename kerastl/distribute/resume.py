@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -299,22 +300,36 @@ def _finite_weights(model: keras.Model) -> bool:
 
 
 def _seed_generators(model: keras.Model) -> dict:
-    """State variables of every seed generator in the model, by a stable path."""
+    """State variables of every seed generator in the model, in the order of a
+    walk of its layers, keyed `"3:block6d_drop"` (that order, the layer's name).
+    Not by `layer.path`: Keras gives a layer it builds in its constructor
+    (`Dropout`) no path, and every dropout of a model would share one key."""
     states = {}
     for layer in sublayers(model):
-        for index, generator in enumerate(seed_generators(layer)):
-            states[f"{layer.path}/seed_generator_{index}"] = generator.state
+        for generator in seed_generators(layer):
+            states[f"{len(states)}:{layer.name}"] = generator.state
     return states
 
 
 def seed_states(model: keras.Model) -> dict:
-    """Every seed generator's state in `model` (dropout masks), by layer path."""
-    return {path: np.asarray(state).tolist() for path, state in _seed_generators(model).items()}
+    """Every seed generator's state in `model` (dropout masks, drop path), in
+    the order of `_seed_generators`."""
+    return {key: np.asarray(state).tolist() for key, state in _seed_generators(model).items()}
 
 
 def restore_seed_states(model: keras.Model, states: dict) -> None:
-    """Puts `seed_states` values back (unknown paths are ignored)."""
-    generators = _seed_generators(model)
-    for path, value in states.items():
-        if path in generators:
-            generators[path].assign(np.asarray(value, dtype=generators[path].dtype))
+    """Puts `seed_states` values back, generator by generator in walk order (a
+    layer's automatic name may differ in a rerun). Warns, and restores none,
+    when the backup holds another number of generators than the model."""
+    generators = list(_seed_generators(model).values())
+    if len(states) != len(generators):
+        warnings.warn(
+            f"The backup holds {len(states)} random-number states and the model has "
+            f"{len(generators)} seed generators: none restored, so the resumed run's dropout "
+            "masks differ from the interrupted run's (a backup from before kerastl kept "
+            "every generator's state holds one).",
+            stacklevel=2,
+        )
+        return
+    for generator, value in zip(generators, states.values(), strict=True):
+        generator.assign(np.asarray(value, dtype=generator.dtype))

@@ -32,27 +32,33 @@ def epoch_dataset(x, y, batch_size: int, epoch: int) -> tf.data.Dataset:
     )
 
 
-def small_backbone() -> keras.Model:
-    """Two conv/BatchNorm blocks: traces in seconds, where a MobileNet takes ~25 s."""
+def small_backbone(drop_path: float = 0.0) -> keras.Model:
+    """Two conv/BatchNorm blocks: traces in seconds, where a MobileNet takes ~25 s.
+    With `drop_path`, a whole-example dropout between them (as EfficientNet's drop
+    path): a second seed generator beside the head's dropout."""
     inputs = keras.Input((SIDE, SIDE, 3))
     x = inputs
     for filters in (8, 16):
+        if drop_path and filters == 16:
+            x = keras.layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1))(x)
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization()(x)
         x = keras.layers.ReLU()(x)
     return keras.Model(inputs, x, name="small_backbone")
 
 
-def transfer_model(dropout: float = 0.3) -> kerastl.TransferModel:
-    """A TransferModel (groups `backbone`, `head`) on `small_backbone`."""
-    return kerastl.TransferModel(small_backbone(), CLASSES, dropout=dropout, preprocessing="tf")
+def transfer_model(dropout: float = 0.3, drop_path: float = 0.0) -> kerastl.TransferModel:
+    """A TransferModel (groups `backbone`, `head`) on `small_backbone(drop_path)`."""
+    backbone = small_backbone(drop_path)
+    return kerastl.TransferModel(backbone, CLASSES, dropout=dropout, preprocessing="tf")
 
 
-def compiled_transfer_model(**compile_kwargs) -> kerastl.TransferModel:
-    """`transfer_model()` (seed 0) compiled with a group optimizer: Adam 1e-3 on the
-    head, 1e-4 elsewhere. Call it inside the strategy's scope."""
+def compiled_transfer_model(drop_path: float = 0.0, **compile_kwargs) -> kerastl.TransferModel:
+    """`transfer_model(drop_path=drop_path)` (seed 0) compiled with a group
+    optimizer: Adam 1e-3 on the head, 1e-4 elsewhere. Call it inside the
+    strategy's scope."""
     keras.utils.set_random_seed(0)
-    model = transfer_model()
+    model = transfer_model(drop_path=drop_path)
     optimizer = kerastl.group_optimizer(
         model, {"head": keras.optimizers.Adam(1e-3)}, default=keras.optimizers.Adam(1e-4)
     )
@@ -157,14 +163,14 @@ def flat_weights(model) -> np.ndarray:
 
 
 def resumable_run(backup_dir, callbacks=()):
-    """`fit_resumable` on `compiled_transfer_model()`: 3 epochs of 8 batches of 8,
-    backed up every 3 batches to `backup_dir`.
+    """`fit_resumable` on `compiled_transfer_model(drop_path=0.2)`: 3 epochs of 8
+    batches of 8, backed up every 3 batches to `backup_dir`.
 
     Returns:
         The final weights (flat), the history and the model.
     """
     keras.backend.clear_session()
-    model = compiled_transfer_model()
+    model = compiled_transfer_model(drop_path=0.2)
     x, y = images(64)
     history = kerastl.fit_resumable(
         model,
@@ -223,7 +229,7 @@ def staged_run(
             "efficientnet-lite0", CLASSES, weights=None, input_shape=(SIDE, SIDE, 3), dropout=0.3
         )
     else:
-        model = transfer_model()
+        model = transfer_model(drop_path=0.2)  # stage 2 trains it: two dropouts draw
     tuner = kerastl.FineTuner(
         model,
         augmentation="flip",
