@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from _workload import stored_values
+from checks import TINY_TEXT
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import loader_impl
@@ -364,6 +365,21 @@ def test_mixed_precision_model_exports_float32(tmp_path):
     out = signature(images=images)["logits"]
     assert out.dtype == tf.float32
     np.testing.assert_allclose(out, copy.predict(images, verbose=0), atol=1e-5)
+    # A text model's copy keeps the tokenizer it trained with (before: rebuilt
+    # from config without its vocabulary, so the `text` signature failed).
+    preprocessor = kerastl.create_text_preprocessor("all-minilm-l6-v2", sequence_length=8)
+    vocabulary = preprocessor.tokenizer.vocabulary_size()
+    kerastl.set_precision("mixed_float16")
+    try:
+        backbone = kerastl.create_backbone(
+            "bert_base_en_uncased", weights=None, **{**TINY_TEXT, "vocabulary_size": vocabulary}
+        )
+        text = kerastl.TransferModel(backbone, num_classes=2, preprocessor=preprocessor)
+    finally:
+        kerastl.set_precision("float32")
+    strings = tf.constant(["a moving, funny film"])
+    tokens = kx.float32_copy(text).preprocessor(strings)["token_ids"]
+    np.testing.assert_array_equal(tokens, text.preprocessor(strings)["token_ids"])
 
 
 _KILLED_EXPORT = """

@@ -259,6 +259,35 @@ def test_cached_dihedral_views_equal_end_to_end_training_on_the_same_views():
         np.testing.assert_allclose(cached, uncached, atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_cached_random_views_and_label_mixing_train_under_mixed_precision(precision):
+    """Under a mixed policy, augmentation layers compute in float16 or bfloat16.
+    Before: the cached stage's extractor, traced for the float32 batches, refused
+    a float16 view (`TypeError`); Keras's MixUp multiplied float16 images by a
+    float32 draw, and its CutMix asked `tf.range` for float16."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # slower on a CPU
+            kerastl.set_precision(precision)
+        model = _model()
+        head, kernel = _values(model.head_layer.weights)[0], _values(model.backbone.weights)[0]
+        views = kerastl.data.views_of(kerastl.data.augmentation("flip"), 2)
+        assert views(np.zeros((2, 16, 16, 3), "float32"), 1).dtype == "float32"
+        tuner = kerastl.FineTuner(model, augmentation="flip", cache_views=2, verbose=0)
+        stages = [
+            kerastl.Stage(1, lr=1e-2),
+            kerastl.Stage(1, train="all", lr=1e-3, mixup=0.4),
+            kerastl.Stage(1, train="all", lr=1e-3, cutmix=1.0),
+        ]
+        history = tuner.fit(_data(), stages=stages)
+    finally:
+        kerastl.set_precision("float32")
+    assert tuner.stage_summaries[0]["cached"] == "pooled features"
+    assert np.isfinite(history.history["loss"]).all() and len(history.epoch) == 3
+    assert np.abs(_values(model.head_layer.weights)[0] - head).max() > 1e-3
+    assert np.abs(_values(model.backbone.weights)[0] - kernel).max() > 1e-5
+
+
 def test_run_directory_records_every_epoch_and_restores_the_best(tmp_path):
     model = _model()
     tuner = kerastl.FineTuner(

@@ -193,7 +193,10 @@ class Views:
     exact: bool
 
     def __call__(self, inputs, index: int):
-        return self.make(inputs, index)
+        # Under a mixed policy the augmentation layers compute (and return) in
+        # float16 or bfloat16; a view keeps its batch's dtype, which is what
+        # the feature extractor was traced for.
+        return keras.ops.cast(self.make(inputs, index), inputs.dtype)
 
 
 def views_of(augmentation: keras.layers.Layer, count: int, *, seed: int = 0) -> Views:
@@ -276,10 +279,13 @@ def label_mixing(kind: str, strength: float, num_classes: int, *, seed: int = 0)
         raise ValueError(f"`kind` must be one of {MIXINGS}. Received: kind={kind!r}.")
     if isinstance(strength, bool) or not isinstance(strength, int | float) or not strength > 0:
         raise ValueError(f"`{kind}` must be a number > 0. Received: {kind}={strength!r}.")
+    # float32 under any policy: Keras 3.15's MixUp and CutMix fail in a mixed
+    # policy's float16 (a float32 Beta draw times float16 images; `tf.range`
+    # in float16), and the soft labels are the loss's, which is float32.
     layer = (
-        keras.layers.MixUp(alpha=strength, seed=seed)
+        keras.layers.MixUp(alpha=strength, seed=seed, dtype="float32")
         if kind == "mixup"
-        else keras.layers.CutMix(factor=strength, seed=seed)
+        else keras.layers.CutMix(factor=strength, seed=seed, dtype="float32")
     )
 
     def mix(images, labels, *rest):

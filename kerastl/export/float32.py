@@ -47,6 +47,11 @@ def float32_copy(model: keras.Model) -> keras.Model:
     finally:
         keras.config.set_dtype_policy(previous)
     copy.set_weights(model.get_weights())
+    if getattr(model, "preprocessor", None) is not None:
+        # A tokenizer's vocabulary is not in its config (a `.keras` file keeps
+        # it as an asset): the copy rebuilt from config has none, so it serves
+        # the model's own tokenizer.
+        copy.preprocessor = model.preprocessor
     return copy
 
 
