@@ -318,12 +318,13 @@ class TransferModel(FixedTraining, keras.Model):
     @tf.autograph.experimental.do_not_convert  # traced calls: Keras's own __call__ as it is
     def __call__(self, *args, **kwargs):
         """Calls the graph on its inputs; a text model's graph takes token inputs."""
-        if self.modality == TEXT and args and _is_string_tensor(args[0]):
+        if self.modality == TEXT and args and _is_strings(args[0]):
             raise ValueError(
                 "Calling a text TransferModel runs its graph, which takes the token inputs "
                 f"{sorted(self.input)} (KerasHub's convention for calling a model). For raw "
-                "strings use `model.predict(texts)`, or `model(model.preprocessor(texts))`. "
-                f"Received: a string tensor of shape {args[0].shape}."
+                "strings use `model.predict(texts)`, `kerastl.predict_probabilities(model, "
+                "texts)`, or `model(model.preprocessor(texts))`. Received: "
+                f"{_describe_strings(args[0])}."
             )
         return super().__call__(*args, **kwargs)
 
@@ -579,6 +580,17 @@ def _is_string_tensor(data) -> bool:
     if isinstance(data, tf.Tensor | tf.RaggedTensor):
         return data.dtype == tf.string
     return isinstance(data, np.ndarray) and data.dtype.kind in "USO" and data.ndim != 1
+
+
+def _is_strings(data) -> bool:
+    return _is_string_batch(data) or _is_string_tensor(data)
+
+
+def _describe_strings(data) -> str:
+    if isinstance(data, list | tuple):
+        return f"a {type(data).__name__} of {len(data)} strings"
+    kind = "an array" if isinstance(data, np.ndarray) else "a tensor"
+    return f"{kind} of strings of shape {tuple(data.shape)}"
 
 
 def _check_string_batch_shape(data) -> None:

@@ -293,6 +293,16 @@ def test_a_text_model_takes_a_string_tensor_as_iterating_a_dataset_gives_it():
         model.predict(np.array([["a"], ["b"]]), verbose=0)
     with pytest.raises(ValueError, match=r"takes the token inputs.*KerasHub.*model.predict"):
         model(texts)
+    with pytest.raises(ValueError, match=r"predict_probabilities.*Received: a list of 8 strings"):
+        model(list(TEXTS[:8]))  # before: Keras's "expects 3 named input(s)... received 8"
+    # Probabilities from raw strings in each form (before: the same Keras error).
+    logits = model.predict(list(TEXTS[:8]), verbose=0)  # after the fit above
+    softmax = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    for strings in (list(TEXTS[:8]), np.array(TEXTS[:8]), texts):
+        probabilities = kerastl.predict_probabilities(model, strings)
+        np.testing.assert_allclose(probabilities, softmax, atol=1e-6)
+    with pytest.raises(ValueError, match=r"image transforms. Received: tta='flip' for a text"):
+        kerastl.predict_probabilities(model, texts, tta="flip")
 
 
 def test_a_pooler_the_pooling_skips_never_trains_and_one_it_uses_does():

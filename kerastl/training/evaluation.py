@@ -127,21 +127,27 @@ def predict_probabilities(model: keras.Model, inputs, *, tta: str = "none") -> n
 
     Args:
         model: a classifier producing logits (a `TransferModel`).
-        inputs: a batch of images `[batch, size, size, 3]` (or, with `tta="none"`,
-            any inputs the model takes).
-        tta: `none`, `flip` (identity and horizontal mirror) or `dihedral` (all 8).
+        inputs: a batch of images `[batch, size, size, 3]`; for a text model, a
+            batch of raw strings (a list, a 1-D array or string tensor) or its
+            token inputs; with `tta="none"`, any inputs the model takes.
+        tta: `none`, `flip` (identity and horizontal mirror) or `dihedral` (all 8):
+            images only.
 
     Returns:
         `[batch, classes]` probabilities.
 
     Example:
         >>> probabilities = kerastl.predict_probabilities(model, images, tta="dihedral")
+        >>> kerastl.predict_probabilities(text_model, ["a fine film", "dull"])
     """
+    views = _checked_views(model, tta)
+    if hasattr(model, "prepare_data"):  # a text TransferModel's raw strings -> tokens
+        inputs = model.prepare_data(inputs)
 
     def run(images):
         return model(images, training=False)
 
-    views = _view_probabilities(run, inputs, tta_views(tta), _temperature(model))
+    views = _view_probabilities(run, inputs, views, _temperature(model))
     return views.mean(axis=0)
 
 
@@ -173,12 +179,7 @@ def evaluate(
     """
     import tensorflow as tf
 
-    views = tta_views(tta)
-    if len(views) > 1 and getattr(model, "modality", "image") != "image":
-        raise ValueError(
-            f"Test-time views are image transforms. Received: tta={tta!r} for a "
-            f"{model.modality} model."
-        )
+    views = _checked_views(model, tta)
     if hasattr(model, "prepare_data"):  # a text TransferModel's raw strings -> tokens
         dataset = model.prepare_data(dataset)
     names = list(class_names or getattr(model, "class_names", None) or [])
@@ -225,6 +226,17 @@ def _view_probabilities(run, inputs, views, temperature: float = 1.0) -> np.ndar
         logits = keras.tree.flatten(run(viewed))[0] / temperature
         outputs.append(keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1)))
     return np.stack(outputs)
+
+
+def _checked_views(model, tta: str) -> tuple[int, ...]:
+    """`tta`'s view indices; more than the identity only for an image model."""
+    views = tta_views(tta)
+    if len(views) > 1 and getattr(model, "modality", "image") != "image":
+        raise ValueError(
+            f"Test-time views are image transforms. Received: tta={tta!r} for a "
+            f"{model.modality} model."
+        )
+    return views
 
 
 def _temperature(model) -> float:
