@@ -180,3 +180,12 @@ def test_every_test_file_the_package_names_exists():
         (str(path), test) for path, test in sorted(named) if not (PACKAGE.parent / test).is_file()
     ]
     assert not missing, missing
+
+
+def test_dir_lists_each_public_name_once_and_each_resolves():
+    names = dir(kerastl)
+    assert len(names) == len(set(names))  # a name both imported and lazily exported: once
+    public = [name for name in names if not name.startswith("_")]
+    assert {"TransferModel", "FineTuner", "Stage", "export", "set_precision"} <= set(public)
+    for name in public:
+        assert getattr(kerastl, name) is not None, name
