@@ -34,6 +34,7 @@ import numpy as np
 from kerastl import _atomic
 from kerastl._adapter_names import ADAPTER_NAMES, is_adapter
 from kerastl._internals import own_variables, sublayers
+from kerastl._rebuild import rebuilt
 from kerastl.groups import COARSE, FINE, HEAD, LayerGroups
 
 __all__ = [
@@ -268,7 +269,7 @@ def merge_lora(model: keras.Model) -> keras.Model:
         if not is_adapter(variable)
     ]
     config = _without_adapters(keras.saving.serialize_keras_object(model))
-    plain = keras.saving.deserialize_keras_object(config)
+    plain = rebuilt(config, model.dtype_policy)  # a float32 copy stays float32
     plain.set_weights(values)
     if getattr(model, "preprocessor", None) is not None:
         # A config holds no vocabulary (Keras saves it as an asset): the copy

@@ -116,6 +116,25 @@ def test_to_strategy_moves_weights_flags_and_compilation_into_the_scope():
     assert np.abs(np.array(moved.head_layer.kernel) - head).max() > 0
 
 
+def test_to_strategy_keeps_the_precision_of_a_keras_hub_backbone():
+    """A KerasHub backbone's config holds only its arguments: its layers take the
+    global policy when rebuilt, so a float32 model moved while the policy is
+    mixed came back computing partly in float16."""
+    from checks import TINY_TEXT
+
+    model = kerastl.TransferModel(
+        kerastl.create_backbone("bert_base_en_uncased", weights=None, **TINY_TEXT), 2
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # slower on a CPU
+            kerastl.set_precision("mixed_float16")
+        moved = kerastl.to_strategy(model, tf.distribute.get_strategy())
+    finally:
+        kerastl.set_precision("float32")
+    assert {layer.compute_dtype for layer in moved._flatten_layers()} == {"float32"}
+
+
 def test_set_precision_validates_and_warns_on_cpu():
     with pytest.raises(ValueError, match="Received: policy='float8'"):
         kerastl.set_precision("float8")

@@ -378,8 +378,23 @@ def test_mixed_precision_model_exports_float32(tmp_path):
     finally:
         kerastl.set_precision("float32")
     strings = tf.constant(["a moving, funny film"])
-    tokens = kx.float32_copy(text).preprocessor(strings)["token_ids"]
-    np.testing.assert_array_equal(tokens, text.preprocessor(strings)["token_ids"])
+    copy = kx.float32_copy(text)
+    np.testing.assert_array_equal(
+        copy.preprocessor(strings)["token_ids"], text.preprocessor(strings)["token_ids"]
+    )
+    # With LoRA adapters, the merged model an export serves stays float32 (before:
+    # rebuilt under the global mixed policy, the layers a KerasHub backbone builds
+    # from its arguments came back float16, and the parity gate refused the export).
+    kerastl.lora(text, rank=2, groups="layer_1")
+    copy = kx.float32_copy(text)
+    kerastl.set_precision("mixed_float16")
+    try:
+        merged = kerastl.merge_lora(copy)
+    finally:
+        kerastl.set_precision("float32")
+    assert {layer.compute_dtype for layer in merged._flatten_layers()} == {"float32", "int32"}
+    tokens = text.preprocessor(tf.constant(["a moving, funny film", "dull"]))
+    np.testing.assert_allclose(merged(tokens), copy(tokens), atol=1e-5)
 
 
 _KILLED_EXPORT = """

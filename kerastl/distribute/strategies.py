@@ -20,6 +20,7 @@ import warnings
 import keras
 
 from kerastl._internals import sublayers
+from kerastl._rebuild import rebuilt
 from kerastl._validation import check_positive_int
 
 # One MirroredStrategy per device set: two in one process share collective
@@ -241,15 +242,15 @@ def to_strategy(model: keras.Model, strategy) -> keras.Model:
         >>> model = kerastl.to_strategy(model, kerastl.get_strategy("mirrored"))
     """
     with strategy.scope():
-        rebuilt = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-        if not rebuilt.built:
-            rebuilt.build_from_config(model.get_build_config())
-        rebuilt.set_weights(model.get_weights())
-        for source, target in zip(_all_layers(model), _all_layers(rebuilt), strict=True):
+        copy = rebuilt(keras.saving.serialize_keras_object(model), model.dtype_policy)
+        if not copy.built:
+            copy.build_from_config(model.get_build_config())
+        copy.set_weights(model.get_weights())
+        for source, target in zip(_all_layers(model), _all_layers(copy), strict=True):
             target.trainable = source.trainable
         if model.compiled and model.get_compile_config():
-            rebuilt.compile_from_config(model.get_compile_config())
-    return rebuilt
+            copy.compile_from_config(model.get_compile_config())
+    return copy
 
 
 def _all_layers(model):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 
 from kerastl._internals import sublayers
+from kerastl._rebuild import rebuilt
 
 _MIXED = ("mixed_float16", "mixed_bfloat16")
 
@@ -39,13 +40,7 @@ def float32_copy(model: keras.Model) -> keras.Model:
     """
     if not is_mixed_precision(model):
         return model
-    config = _to_float32(keras.saving.serialize_keras_object(model))
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        copy = keras.saving.deserialize_keras_object(config)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    copy = rebuilt(_to_float32(keras.saving.serialize_keras_object(model)), "float32")
     copy.set_weights(model.get_weights())
     if getattr(model, "preprocessor", None) is not None:
         # A tokenizer's vocabulary is not in its config (a `.keras` file keeps
