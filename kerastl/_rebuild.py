@@ -1,34 +1,49 @@
-"""Models rebuilt from their config in the precision asked for."""
+"""Copies of a model rebuilt from its config: same precision, same tokenizer."""
 
 from __future__ import annotations
 
 import keras
 
 
-def rebuilt(config: dict, dtype_policy) -> keras.Model:
-    """Deserializes `config` with `dtype_policy` as the global dtype policy.
+def rebuilt(model: keras.Model, *, config: dict | None = None, dtype_policy=None) -> keras.Model:
+    """A new model deserialized from `config`, computing as `model` computes.
 
-    A Functional model's config holds each layer's policy, but a KerasHub
-    backbone's holds only its constructor arguments, and the layers it builds
-    take the global policy: rebuilt under another global policy than the one
-    it was built under, such a model computes in another precision (the
-    float32 copy of a model trained under `mixed_float16`, merged for export,
-    came back computing in float16).
+    Two things a config does not carry are kept:
+
+    - the precision: a Functional model's config holds each layer's dtype
+      policy, but a KerasHub backbone's holds only its constructor arguments,
+      and the layers it builds take the global policy. So the config is read
+      with `dtype_policy` as the global policy (before: the float32 copy of a
+      model trained under `mixed_float16`, merged for export, came back
+      computing partly in float16);
+    - a text model's tokenizer: its vocabulary is an asset of a `.keras` file,
+      not config, so the copy shares `model.preprocessor` (which holds no
+      weights) instead of building one from config.
 
     Args:
-        config: `keras.saving.serialize_keras_object(model)`.
-        dtype_policy: the policy the copy computes in (a name or a
-            `keras.DTypePolicy`, e.g. the source model's `dtype_policy`).
+        model: the model copied.
+        config: what to deserialize (default: `model`'s own, serialized).
+        dtype_policy: the policy the copy computes in (default: `model`'s).
 
     Returns:
-        The deserialized model; the global policy is restored afterwards.
+        The new model, weights as its initializers left them; the global
+        policy is restored afterwards.
 
     Example:
-        >>> copy = rebuilt(keras.saving.serialize_keras_object(model), model.dtype_policy)
+        >>> copy = rebuilt(model)
+        >>> copy.set_weights(model.get_weights())
     """
+    if config is None:
+        config = keras.saving.serialize_keras_object(model)
+    tokenizer = getattr(model, "preprocessor", None)
+    if tokenizer is not None:  # built from config it would have no vocabulary
+        config = {**config, "config": {**config["config"], "preprocessor": None}}
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(dtype_policy)
+    keras.config.set_dtype_policy(dtype_policy or model.dtype_policy)
     try:
-        return keras.saving.deserialize_keras_object(config)
+        copy = keras.saving.deserialize_keras_object(config)
     finally:
         keras.config.set_dtype_policy(previous)
+    if tokenizer is not None:
+        copy.preprocessor = tokenizer  # the last layer tracked, as in `model`
+    return copy

@@ -269,12 +269,8 @@ def merge_lora(model: keras.Model) -> keras.Model:
         if not is_adapter(variable)
     ]
     config = _without_adapters(keras.saving.serialize_keras_object(model))
-    plain = rebuilt(config, model.dtype_policy)  # a float32 copy stays float32
+    plain = rebuilt(model, config=config)  # its precision, its tokenizer
     plain.set_weights(values)
-    if getattr(model, "preprocessor", None) is not None:
-        # A config holds no vocabulary (Keras saves it as an asset): the copy
-        # shares the model's tokenizer, which has no weights to merge.
-        plain.preprocessor = model.preprocessor
     return plain
 
 

@@ -116,15 +116,19 @@ def test_to_strategy_moves_weights_flags_and_compilation_into_the_scope():
     assert np.abs(np.array(moved.head_layer.kernel) - head).max() > 0
 
 
-def test_to_strategy_keeps_the_precision_of_a_keras_hub_backbone():
-    """A KerasHub backbone's config holds only its arguments: its layers take the
-    global policy when rebuilt, so a float32 model moved while the policy is
-    mixed came back computing partly in float16."""
+def test_to_strategy_keeps_a_text_models_precision_and_tokenizer():
+    """What a config does not carry. A KerasHub backbone's config holds only its
+    arguments and its layers take the global policy: a float32 model moved while
+    the policy is mixed came back computing partly in float16. A tokenizer's
+    vocabulary is an asset: the moved model's, built from config, had none."""
     from checks import TINY_TEXT
 
-    model = kerastl.TransferModel(
-        kerastl.create_backbone("bert_base_en_uncased", weights=None, **TINY_TEXT), 2
+    preprocessor = kerastl.create_text_preprocessor("all-minilm-l6-v2", sequence_length=8)
+    vocabulary = preprocessor.tokenizer.vocabulary_size()
+    backbone = kerastl.create_backbone(
+        "bert_base_en_uncased", weights=None, **{**TINY_TEXT, "vocabulary_size": vocabulary}
     )
+    model = kerastl.TransferModel(backbone, 2, preprocessor=preprocessor)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # slower on a CPU
@@ -132,7 +136,9 @@ def test_to_strategy_keeps_the_precision_of_a_keras_hub_backbone():
         moved = kerastl.to_strategy(model, tf.distribute.get_strategy())
     finally:
         kerastl.set_precision("float32")
-    assert {layer.compute_dtype for layer in moved._flatten_layers()} == {"float32"}
+    assert {layer.compute_dtype for layer in moved._flatten_layers()} == {"float32", "int32"}
+    tokens = moved.preprocessor(tf.constant(["a moving, funny film", "dull"]))
+    np.testing.assert_allclose(moved(tokens), model(tokens), atol=1e-6)
 
 
 def test_set_precision_validates_and_warns_on_cpu():

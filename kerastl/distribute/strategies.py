@@ -229,7 +229,9 @@ def check_model_in_scope(model: keras.Model, strategy=None) -> None:
 def to_strategy(model: keras.Model, strategy) -> keras.Model:
     """Rebuilds `model` under `strategy.scope()` with the same weights and flags.
 
-    Recompiles it with its compile config (a fresh optimizer) when it was compiled.
+    Recompiles it with its compile config (a fresh optimizer) when it was
+    compiled. The copy computes in `model`'s precision and a text model keeps
+    its tokenizer (`kerastl._rebuild.rebuilt`).
 
     Args:
         model: a model created outside the strategy's scope.
@@ -242,7 +244,7 @@ def to_strategy(model: keras.Model, strategy) -> keras.Model:
         >>> model = kerastl.to_strategy(model, kerastl.get_strategy("mirrored"))
     """
     with strategy.scope():
-        copy = rebuilt(keras.saving.serialize_keras_object(model), model.dtype_policy)
+        copy = rebuilt(model)  # its precision, its tokenizer
         if not copy.built:
             copy.build_from_config(model.get_build_config())
         copy.set_weights(model.get_weights())

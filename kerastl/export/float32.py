@@ -40,13 +40,9 @@ def float32_copy(model: keras.Model) -> keras.Model:
     """
     if not is_mixed_precision(model):
         return model
-    copy = rebuilt(_to_float32(keras.saving.serialize_keras_object(model)), "float32")
+    config = _to_float32(keras.saving.serialize_keras_object(model))
+    copy = rebuilt(model, config=config, dtype_policy="float32")
     copy.set_weights(model.get_weights())
-    if getattr(model, "preprocessor", None) is not None:
-        # A tokenizer's vocabulary is not in its config (a `.keras` file keeps
-        # it as an asset): the copy rebuilt from config has none, so it serves
-        # the model's own tokenizer.
-        copy.preprocessor = model.preprocessor
     return copy
 
 
