@@ -88,6 +88,24 @@ def test_csv_table_reports_missing_fields_and_unknown_labels_by_row(tmp_path):
     assert report.counts() == {"missing field": 2, "unknown label": 1}
 
 
+def test_a_table_with_a_byte_order_mark_reads_and_a_missing_column_is_named(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark; before, it joined the
+    first column's name, every row was skipped and the table called empty."""
+    mark = b"\xef\xbb\xbf"
+    table = tmp_path / "excel.csv"
+    table.write_bytes(mark + b'text,label\r\ngreat film,fresh\r\n"dull, long",rotten\r\n')
+    dataset, names, report = kerastl.data.text_table(table)
+    rows = [(t.numpy().decode(), int(y)) for t, y in dataset]
+    assert rows == [("great film", 0), ("dull, long", 1)] and names == ["fresh", "rotten"]
+    assert report.skipped == []
+    lines = tmp_path / "excel.jsonl"
+    lines.write_bytes(mark + json.dumps({"text": "great film", "label": "fresh"}).encode())
+    dataset, _, report = kerastl.data.text_table(lines)
+    assert [t.numpy().decode() for t, _ in dataset] == ["great film"] and report.skipped == []
+    with pytest.raises(ValueError, match=r"no column 'review' in its header; its columns: \['text"):
+        kerastl.data.text_table(table, text="review")
+
+
 def test_jsonl_table_skips_malformed_lines_and_infers_classes(tmp_path):
     table = tmp_path / "reviews.jsonl"
     lines = [

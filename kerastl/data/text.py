@@ -52,7 +52,7 @@ def text_table(
         raise FileNotFoundError(f"Text table not found. Received: path={os.fspath(path)!r}.")
     report = DataReport(source=str(source))
     rows = []
-    for where, record in _records(source, report, strict):
+    for where, record in _records(source, report, strict, (text, label)):
         value, category = (record.get(text), record.get(label))
         if value is None or not str(value).strip():
             report.reject(where, f"missing field: {text!r} is empty or absent", strict)
@@ -91,11 +91,23 @@ def _note_rare_labels(rows, report: DataReport) -> None:
             )
 
 
-def _records(source: Path, report: DataReport, strict: bool):
-    """`(file:row, dict)` for each record; undecodable JSONL lines go to the report."""
-    with source.open(newline="", encoding="utf-8") as handle:
+def _records(source: Path, report: DataReport, strict: bool, columns: tuple[str, str]):
+    """`(file:row, dict)` for each record; undecodable JSONL lines go to the report.
+
+    `utf-8-sig`: the byte-order mark Excel writes at the start of a "CSV UTF-8"
+    file is dropped (read as UTF-8 it became part of the first column's name).
+    """
+    with source.open(newline="", encoding="utf-8-sig") as handle:
         if source.suffix.lower() == ".csv":
-            for number, row in enumerate(csv.DictReader(handle), start=2):
+            reader = csv.DictReader(handle)
+            missing = [name for name in columns if name not in (reader.fieldnames or [])]
+            if missing:  # else every row would be skipped, and the table called empty
+                raise ValueError(
+                    f"{source}: no column {missing[0]!r} in its header; its columns: "
+                    f"{reader.fieldnames or []}. Name the text and label columns "
+                    "(`text=`/`label=`; kerastl train: data.text_key, data.label_key)."
+                )
+            for number, row in enumerate(reader, start=2):
                 yield f"{source}:{number}", row
             return
         for number, line in enumerate(handle, start=1):
