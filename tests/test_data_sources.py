@@ -35,6 +35,8 @@ def folder(tmp_path):
     truncated = tf.io.encode_png(np.ones((40, 40, 3), "uint8")).numpy()
     (root / "dogs" / "truncated.png").write_bytes(truncated[: len(truncated) // 2])
     (root / "dogs" / "notes.txt").write_text("not an image, not counted")
+    (root / "dogs" / "dog.webp").write_bytes(b"RIFF....WEBP")  # a format not read: noted
+    (root / "dogs" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: not even noted
     return root
 
 
@@ -47,6 +49,7 @@ def test_image_folder_skips_and_names_bad_files_and_reads_the_rest(folder):
     assert skipped["two_channel.png"].startswith("wrong channels: 2")
     assert report.counts() == {"corrupt": 3, "wrong channels": 1}
     assert any("'empty' has no usable image" in note for note in report.notes)
+    assert "files of other types, not read: 1 .txt, 1 .webp (read: .jpg," in report.summary()
     assert "skipped 4" in report.summary()
     images, labels = zip(*[(x.numpy(), int(y)) for x, y in dataset], strict=True)
     assert labels == (0, 0, 0, 0, 1)

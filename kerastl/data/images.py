@@ -9,6 +9,7 @@ channel counts are skipped and named in a `DataReport` (or, with
 
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 
@@ -74,10 +75,15 @@ def image_folder(
     if ignored:
         report.notes.append(f"folders that are not classes, not read: {ignored}")
     paths, labels = [], []
+    other_types = collections.Counter()
     for label, name in enumerate(names):
         found = 0
         for path in sorted((root / name).rglob("*")):
-            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            if not path.is_file():
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                if not path.name.startswith("."):  # .DS_Store and the like
+                    other_types[path.suffix.lower() or "(no extension)"] += 1
                 continue
             reason = _check_image(path, tf)
             if reason:
@@ -88,6 +94,11 @@ def image_folder(
             found += 1
         if not found:
             report.notes.append(f"class {name!r} has no usable image in {root / name}")
+    if other_types:
+        kinds = ", ".join(f"{count} {suffix}" for suffix, count in sorted(other_types.items()))
+        report.notes.append(
+            f"files of other types, not read: {kinds} (read: {', '.join(IMAGE_EXTENSIONS)})"
+        )
     report.kept = len(paths)
     height, width = image_size
 
