@@ -85,6 +85,24 @@ def test_a_limit_keeps_every_class_in_proportion_after_a_seeded_shuffle(tmp_path
     assert sorted(_labels(data.validation)) == [0, 1, 2]
 
 
+def test_arrays_take_class_names_as_labels_and_a_missing_array_is_named(tmp_path):
+    """Before: string labels failed inside NumPy (`ufunc 'maximum' did not contain
+    a loop`), and a file without `x` with a bare `KeyError`."""
+    x = np.zeros((12, 8, 8, 3), "float32")
+    np.savez(tmp_path / "named.npz", x=x, y=np.array(["dog", "cat", "owl"] * 4))
+    source = f"data.source=arrays:{tmp_path / 'named.npz'}"
+    data = load_data(_config(tmp_path, source, "data.validation_fraction=0.25"))
+    assert data.class_names == ["cat", "dog", "owl"]  # sorted, as a table's
+    assert sorted(_labels(data.train)) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    ordered = load_data(_config(tmp_path, source, "data.class_names=[owl, dog, cat]"))
+    assert ordered.class_names == ["owl", "dog", "cat"]
+    with pytest.raises(ValueError, match=r"not among data.class_names \['owl', 'dog'\]: \['cat'\]"):
+        load_data(_config(tmp_path, source, "data.class_names=[owl, dog]"))
+    np.savez(tmp_path / "renamed.npz", images=x, labels=np.zeros(12, "int64"))
+    with pytest.raises(ValueError, match=r"needs the arrays 'x' .* no 'x'. Its arrays: \['images'"):
+        load_data(_config(tmp_path, f"data.source=arrays:{tmp_path / 'renamed.npz'}"))
+
+
 def test_config_class_names_make_unknown_table_labels_bad_records(tmp_path):
     rows = ["text,label"] + [f"good {i},fresh" for i in range(30)] + ["typo,frseh"]
     rows += [f"bad {i},rotten" for i in range(30)]

@@ -104,13 +104,37 @@ def _read(source: str, config: RunConfig, class_names, tfds_split: str | None = 
         )
         return raw, found, [report]
     if kind == "arrays":
-        with np.load(where) as arrays:
-            x, y = arrays["x"], arrays["y"]
-        found = names or [str(i) for i in range(int(y.max()) + 1)]
+        x, y, found = _arrays(where, names)
         return from_arrays(x, y, num_classes=len(found)), found, []
     raise ValueError(
         f"A data source must start with tfds:, folder:, table: or arrays:. Received: {source!r}."
     )
+
+
+def _arrays(path: str, names):
+    """`(x, integer y, class names)` of an `.npz` with arrays `x` and `y`: integer
+    labels (classes `0..max` unless named), or the class names themselves
+    (sorted, as a table's, unless named)."""
+    with np.load(path) as arrays:
+        missing = [key for key in ("x", "y") if key not in arrays.files]
+        if missing:
+            raise ValueError(
+                f"arrays:{path} needs the arrays 'x' (inputs) and 'y' (labels); it has no "
+                f"{missing[0]!r}. Its arrays: {sorted(arrays.files)}."
+            )
+        x, y = arrays["x"], arrays["y"]
+    if y.dtype.kind not in "USO":
+        return x, y, names or [str(i) for i in range(int(y.max()) + 1 if y.size else 0)]
+    labels = [str(label) for label in y.reshape(-1)]
+    found = names or sorted(set(labels))
+    unknown = sorted(set(labels) - set(found))
+    if unknown:
+        raise ValueError(
+            f"arrays:{path} has labels that are not among data.class_names {found}: "
+            f"{unknown[:5]}."
+        )
+    index = {name: i for i, name in enumerate(found)}
+    return x, np.array([index[label] for label in labels], "int64"), found
 
 
 def _matching(names, found, source):

@@ -50,7 +50,7 @@ class DataConfig:
     Args:
         source: `tfds:NAME` (e.g. `tfds:elpv`), `folder:PATH` (one sub-folder
             per class), `table:PATH` (`.csv`/`.jsonl` text + label) or
-            `arrays:PATH.npz` (arrays `x`, `y`).
+            `arrays:PATH.npz` (arrays `x`, `y`: integer labels or class names).
         validation_source: validation data from another folder, table or
             arrays file (same forms as `source`), read with the training
             classes; default: the TFDS `validation_split` if given, else a
