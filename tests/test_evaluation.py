@@ -85,6 +85,30 @@ def test_tta_names_are_checked_and_text_models_refuse_image_views():
         kerastl.evaluate(model, [], tta="flip")
 
 
+def test_other_tasks_get_sigmoid_probabilities_or_a_refusal_naming_what_to_use():
+    """Before: a multi-label model's probabilities were a softmax across its
+    independent labels, a regression model's a softmax of one value (always 1);
+    `evaluate` failed with an IndexError and a FineTuner stage inside the loss."""
+    backbone = _model().backbone
+    multilabel = kerastl.TransferModel(backbone, 3, task="multilabel", preprocessing="tf")
+    x, _ = _data(4)
+    logits = np.asarray(multilabel(x, training=False))
+    flipped = np.asarray(multilabel(np.flip(x, axis=2), training=False))
+    np.testing.assert_allclose(
+        kerastl.predict_probabilities(multilabel, x, tta="flip"),
+        (1 / (1 + np.exp(-logits)) + 1 / (1 + np.exp(-flipped))) / 2,
+        atol=1e-6,
+    )
+    regression = kerastl.TransferModel(backbone, 1, task="regression", preprocessing="tf")
+    with pytest.raises(ValueError, match=r"predicts values, not probabilities: use `model.pre"):
+        kerastl.predict_probabilities(regression, x)
+    for model in (multilabel, regression):
+        with pytest.raises(ValueError, match=rf"score a {model.task} model with `model.evaluate`"):
+            kerastl.evaluate(model, [])
+        with pytest.raises(ValueError, match=rf"single-label classifiers .* task='{model.task}'"):
+            kerastl.FineTuner(model)
+
+
 def test_the_tuner_takes_a_policy_name_and_warns_when_the_test_split_is_read_twice():
     model = _model()
     x, y = _data(24)

@@ -130,8 +130,7 @@ def _arrays(path: str, names):
     unknown = sorted(set(labels) - set(found))
     if unknown:
         raise ValueError(
-            f"arrays:{path} has labels that are not among data.class_names {found}: "
-            f"{unknown[:5]}."
+            f"arrays:{path} has labels that are not among data.class_names {found}: {unknown[:5]}."
         )
     index = {name: i for i, name in enumerate(found)}
     return x, np.array([index[label] for label in labels], "int64"), found

@@ -134,21 +134,31 @@ def predict_probabilities(model: keras.Model, inputs, *, tta: str = "none") -> n
             images only.
 
     Returns:
-        `[batch, classes]` probabilities.
+        `[batch, classes]` probabilities: softmax ones at the model's
+        `temperature`, or one sigmoid per label for a multi-label model.
+
+    Raises:
+        ValueError: a regression model, or `tta` views for a text model.
 
     Example:
         >>> probabilities = kerastl.predict_probabilities(model, images, tta="dihedral")
         >>> kerastl.predict_probabilities(text_model, ["a fine film", "dull"])
     """
-    views = _checked_views(model, tta)
+    if getattr(model, "task", "classification") == "regression":
+        raise ValueError(
+            "A regression model predicts values, not probabilities: use "
+            "`model.predict(inputs)`. Received: task='regression'."
+        )
+    indices = _checked_views(model, tta)
     if hasattr(model, "prepare_data"):  # a text TransferModel's raw strings -> tokens
         inputs = model.prepare_data(inputs)
 
     def run(images):
         return model(images, training=False)
 
-    views = _view_probabilities(run, inputs, views, _temperature(model))
-    return views.mean(axis=0)
+    multilabel = getattr(model, "task", "classification") == "multilabel"
+    per_view = _view_probabilities(run, inputs, indices, _temperature(model), multilabel=multilabel)
+    return per_view.mean(axis=0)
 
 
 def evaluate(
@@ -179,6 +189,12 @@ def evaluate(
     """
     import tensorflow as tf
 
+    if getattr(model, "task", "classification") != "classification":
+        raise ValueError(
+            "`evaluate` scores single-label classifiers (accuracy, confusion matrix, "
+            f"calibration); score a {model.task} model with `model.evaluate`. "
+            f"Received: task={model.task!r}."
+        )
     views = _checked_views(model, tta)
     if hasattr(model, "prepare_data"):  # a text TransferModel's raw strings -> tokens
         dataset = model.prepare_data(dataset)
@@ -217,14 +233,18 @@ def evaluate(
     return Evaluation(Scores(plain, names, ece, raw_ece), tta_scores, tta)
 
 
-def _view_probabilities(run, inputs, views, temperature: float = 1.0) -> np.ndarray:
+def _view_probabilities(
+    run, inputs, views, temperature: float = 1.0, *, multilabel: bool = False
+) -> np.ndarray:
     """`[views, batch, classes]` softmax probabilities of `logits / temperature`
-    (`run`: inputs -> logits), view 0 the identity."""
+    (sigmoid ones for a multi-label model; `run`: inputs -> logits), view 0
+    the identity."""
     outputs = []
     for view in views:
         viewed = inputs if view == 0 else dihedral_view(inputs, view)
         logits = keras.tree.flatten(run(viewed))[0] / temperature
-        outputs.append(keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1)))
+        probabilities = keras.ops.sigmoid(logits) if multilabel else keras.ops.softmax(logits)
+        outputs.append(keras.ops.convert_to_numpy(probabilities))
     return np.stack(outputs)
 
 

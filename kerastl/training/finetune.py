@@ -150,6 +150,14 @@ class FineTuner:
     ):
         if not isinstance(model, TransferModel):
             raise TypeError(f"FineTuner needs a kerastl.TransferModel. Received: model={model!r}.")
+        if model.task != "classification":
+            raise ValueError(
+                "FineTuner trains single-label classifiers (its stages' cross-entropy, "
+                "accuracy, class weights, calibration and report). A "
+                f"{model.task} TransferModel trains with Keras: `model.compile()` picks its "
+                "task's loss and metrics, and `kerastl.freeze_to`, `group_optimizer` and "
+                f"`fit_resumable` work on it. Received: task={model.task!r}."
+            )
         if isinstance(augmentation, str | list | tuple):
             augmentation = augment_policy(augmentation)
         if cache_features and augmentation is not None and cache_views is None:
