@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 import kerastl.data
 from kerastl.data import BadRecordError
@@ -35,7 +36,8 @@ def folder(tmp_path):
     truncated = tf.io.encode_png(np.ones((40, 40, 3), "uint8")).numpy()
     (root / "dogs" / "truncated.png").write_bytes(truncated[: len(truncated) // 2])
     (root / "dogs" / "notes.txt").write_text("not an image, not counted")
-    (root / "dogs" / "dog.webp").write_bytes(b"RIFF....WEBP")  # a format not read: noted
+    Image.fromarray(np.full((9, 7, 3), 200, "uint8")).save(root / "dogs" / "dog.webp")
+    (root / "dogs" / "dog.tif").write_bytes(b"II*\0")  # a format not read: noted
     (root / "dogs" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: not even noted
     return root
 
@@ -43,16 +45,17 @@ def folder(tmp_path):
 def test_image_folder_skips_and_names_bad_files_and_reads_the_rest(folder):
     dataset, names, report = kerastl.data.image_folder(folder, (16, 16))
     assert names == ["cats", "dogs", "empty"]
-    assert report.kept == 5
+    assert report.kept == 6
     skipped = {path.split("/")[-1]: reason for path, reason in report.skipped}
     assert set(skipped) == {"corrupt.jpg", "empty.png", "two_channel.png", "truncated.png"}
     assert skipped["two_channel.png"].startswith("wrong channels: 2")
     assert report.counts() == {"corrupt": 3, "wrong channels": 1}
     assert any("'empty' has no usable image" in note for note in report.notes)
-    assert "files of other types, not read: 1 .txt, 1 .webp (read: .jpg," in report.summary()
+    assert "files of other types, not read: 1 .tif, 1 .txt (read: .jpg," in report.summary()
     assert "skipped 4" in report.summary()
     images, labels = zip(*[(x.numpy(), int(y)) for x, y in dataset], strict=True)
-    assert labels == (0, 0, 0, 0, 1)
+    assert labels == (0, 0, 0, 0, 1, 1)  # dogs: dog.png, dog.webp
+    assert abs(images[5].mean() - 200) < 4  # the WebP's grey, lossy-coded
     assert all(x.shape == (16, 16, 3) and x.dtype == np.float32 for x in images)
     grey = images[1]  # cats/grey.png: the same value in the three channels
     np.testing.assert_array_equal(grey[..., 0], grey[..., 2])

@@ -17,7 +17,9 @@ import numpy as np
 
 from kerastl.data.report import DataReport
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# What `tf.io.decode_image` reads (WebP since TF 2.18; Keras's own folder
+# reader still lists only the first five).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 USABLE_CHANNELS = (1, 3, 4)  # grey and RGBA become RGB
 
 
