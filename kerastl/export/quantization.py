@@ -272,7 +272,8 @@ def split_for_calibration(inputs, labels, calibration_size: int):
     if count < 2 * MIN_GATE_SAMPLES:
         raise ValueError(
             f"A quantized export needs at least {2 * MIN_GATE_SAMPLES} `samples` (some to "
-            f"calibrate on, others to score it on). Received: {count}."
+            "calibrate on, others to score it on; `kerastl export` takes the run's "
+            f"validation split). Received: {count}."
         )
     cut = min(calibration_size, count // 2)
 
