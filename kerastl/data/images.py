@@ -49,7 +49,8 @@ def image_folder(
     Returns:
         `(dataset, class_names, report)`: a `tf.data.Dataset` of
         `(float32 [H, W, 3], int32)` pairs in a fixed file order, the class
-        names, and the `DataReport` of what was skipped.
+        names, and the `DataReport` of what was skipped (its notes count the
+        files of other types, not read: `IMAGE_EXTENSIONS` are).
 
     Example:
         >>> ds, names, report = kerastl.data.image_folder("flowers/", (224, 224))

@@ -38,6 +38,11 @@ def text_table(
         `(dataset, class_names, report)`: a `tf.data.Dataset` of
         `(tf.string, int32)` pairs in file order, the class names, the `DataReport`.
 
+    Raises:
+        ValueError: another format, or a CSV whose header lacks `text` or `label`.
+        FileNotFoundError: no file at `path`.
+        BadRecordError: with `strict`, the first bad row.
+
     Example:
         >>> ds, names, report = kerastl.data.text_table("reviews.csv", label="sentiment")
     """

@@ -69,7 +69,8 @@ class FineTuner:
     """Runs `Stage`s on a `TransferModel`, caching frozen layers' outputs.
 
     Args:
-        model: a classification `TransferModel` (built inside `strategy.scope()`).
+        model: a single-label classification `TransferModel` (built inside
+            `strategy.scope()`); a `multilabel` or `regression` one is refused.
         strategy: the tf.distribute strategy (default: the model's).
         cache_features: None (default): cache whenever a stage's lower layers
             are frozen (and, with an augmentation, `cache_views` is set), else
