@@ -149,16 +149,7 @@ class FineTuner:
         calibrate: bool = True,
         verbose: str | int = "auto",
     ):
-        if not isinstance(model, TransferModel):
-            raise TypeError(f"FineTuner needs a kerastl.TransferModel. Received: model={model!r}.")
-        if model.task != "classification":
-            raise ValueError(
-                "FineTuner trains single-label classifiers (its stages' cross-entropy, "
-                "accuracy, class weights, calibration and report). A "
-                f"{model.task} TransferModel trains with Keras: `model.compile()` picks its "
-                "task's loss and metrics, and `kerastl.freeze_to`, `group_optimizer` and "
-                f"`fit_resumable` work on it. Received: task={model.task!r}."
-            )
+        _check_arguments(model, callbacks, class_weight, backup_share)
         if isinstance(augmentation, str | list | tuple):
             augmentation = augment_policy(augmentation)
         if cache_features and augmentation is not None and cache_views is None:
@@ -177,19 +168,6 @@ class FineTuner:
         views = None
         if cache_views is not None:
             views = views_of(augmentation, cache_views, seed=cache_shuffle_seed or 0)
-        if any(isinstance(callback, GradualUnfreezing) for callback in callbacks):
-            raise ValueError(
-                "`GradualUnfreezing` cannot run inside a FineTuner: its stages decide what "
-                "trains (and cache what stays frozen). Unfreeze step by step with stages: "
-                "`Stage(2, train='head')`, then a stage per group down "
-                "(`kerastl.layer_groups(model)` lists them); `GradualUnfreezing` is for "
-                f"`model.fit` and `kerastl.fit_resumable`. Received: callbacks={callbacks!r}."
-            )
-        if not (class_weight in (None, "balanced") or isinstance(class_weight, dict)):
-            raise ValueError(
-                "`class_weight` must be None, 'balanced' or a dict. "
-                f"Received: class_weight={class_weight!r}."
-            )
         self.model = model
         self.strategy = strategy or model.distribute_strategy
         self.cache_features = cache_features is not False and (
@@ -204,11 +182,6 @@ class FineTuner:
         self.run_dir = os.fspath(run_dir) if run_dir is not None else None
         self.callbacks = tuple(callbacks)
         self.jit_compile = jit_compile
-        if backup_share is not None and not 0 < backup_share <= 1:
-            raise ValueError(
-                "`backup_share` must be in (0, 1] or None. "
-                f"Received: backup_share={backup_share!r}."
-            )
         self.backup_share = backup_share
         self.calibrate = calibrate
         self.calibration: Calibration | None = None
@@ -614,6 +587,37 @@ class FineTuner:
             save_model=save_model,
             insight=insight,
             verbose=self.verbose,
+        )
+
+
+def _check_arguments(model, callbacks, class_weight, backup_share) -> None:
+    """`FineTuner`'s refusals of a model, callbacks and settings it cannot run."""
+    if not isinstance(model, TransferModel):
+        raise TypeError(f"FineTuner needs a kerastl.TransferModel. Received: model={model!r}.")
+    if model.task != "classification":
+        raise ValueError(
+            "FineTuner trains single-label classifiers (its stages' cross-entropy, "
+            "accuracy, class weights, calibration and report). A "
+            f"{model.task} TransferModel trains with Keras: `model.compile()` picks its "
+            "task's loss and metrics, and `kerastl.freeze_to`, `group_optimizer` and "
+            f"`fit_resumable` work on it. Received: task={model.task!r}."
+        )
+    if any(isinstance(callback, GradualUnfreezing) for callback in callbacks):
+        raise ValueError(
+            "`GradualUnfreezing` cannot run inside a FineTuner: its stages decide what "
+            "trains (and cache what stays frozen). Unfreeze step by step with stages: "
+            "`Stage(2, train='head')`, then a stage per group down "
+            "(`kerastl.layer_groups(model)` lists them); `GradualUnfreezing` is for "
+            f"`model.fit` and `kerastl.fit_resumable`. Received: callbacks={callbacks!r}."
+        )
+    if not (class_weight in (None, "balanced") or isinstance(class_weight, dict)):
+        raise ValueError(
+            "`class_weight` must be None, 'balanced' or a dict. "
+            f"Received: class_weight={class_weight!r}."
+        )
+    if backup_share is not None and not 0 < backup_share <= 1:
+        raise ValueError(
+            f"`backup_share` must be in (0, 1] or None. Received: backup_share={backup_share!r}."
         )
 
 
