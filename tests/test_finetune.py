@@ -107,6 +107,18 @@ def test_stage_arguments_are_validated():
         kerastl.FineTuner(_model(), callbacks=(kerastl.GradualUnfreezing(),))
 
 
+def test_fit_refuses_arrays_and_unbatched_data_saying_how_to_batch():
+    """Before: "'tuple' object has no attribute 'cardinality'", and Keras's
+    shape error from inside the feature cache's traced inference."""
+    tuner = kerastl.FineTuner(_model(), verbose=0)
+    x, y = next(iter(_data().unbatch().batch(48)))
+    with pytest.raises(TypeError, match=r"`train` must be a batched tf.data.Dataset.*: tuple"):
+        tuner.fit((x, y), stages=[kerastl.Stage(1)])
+    with pytest.raises(ValueError, match=r"`validation` yields single examples .*\(16, 16, 3\)"):
+        tuner.fit(_data(), _data().unbatch(), stages=[kerastl.Stage(1)])
+    assert tuner.plan is None  # refused before anything was planned or trained
+
+
 def test_sparse_label_smoothing_matches_the_one_hot_formula():
     logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]], "float32")
     labels = np.array([0, 2])

@@ -240,6 +240,8 @@ def test_a_text_model_takes_raw_strings_in_fine_tuner_fit_predict_and_after_relo
     data = tf.data.Dataset.from_tensor_slices((TEXTS, LABELS)).batch(4)
     stages = [kerastl.Stage(1, lr=1e-2), kerastl.Stage(1, train="layer_1", lr=1e-3)]
     tuner = kerastl.FineTuner(model, verbose=0)
+    with pytest.raises(ValueError, match=r"`train` yields single examples \(inputs of shape \(\)"):
+        tuner.fit(data.unbatch(), data, stages=stages)  # one string at a time
     history = tuner.fit(data, data, stages=stages)
     assert tuner.stage_summaries[0]["cached"] != "no" and len(history.epoch) == 2
     tokens = model.preprocessor(tf.constant(TEXTS[:2]))

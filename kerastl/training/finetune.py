@@ -44,6 +44,7 @@ from kerastl.training.data_passes import DataPasses
 from kerastl.training.evaluation import Evaluation
 from kerastl.training.evaluation import evaluate as evaluate_model
 from kerastl.training.feature_cache import FeatureStore
+from kerastl.training.fit_data import check_fit_data
 from kerastl.training.lora_stages import add_adapters
 from kerastl.training.metrics import BalancedAccuracy
 from kerastl.training.monitoring import check_monitor
@@ -243,12 +244,15 @@ class FineTuner:
             epoch's weights (`tuner.recorder.best_epoch`).
 
         Raises:
+            TypeError: `train` or `validation` is not a `tf.data.Dataset`.
             RunInterrupted: SIGTERM or Ctrl-C stopped the run, after a backup.
             RunFinished: the backup holds a finished run.
-            ValueError: the backup's run had other stages or settings (the
-                differing keys named).
+            ValueError: unbatched data, or the backup's run had other stages or
+                settings (the differing keys named).
             BackupError: backups exist and none of them is whole.
         """
+        check_fit_data(train, "train", self.model)
+        check_fit_data(validation, "validation", self.model)
         monitor = self.monitor or ("val_loss" if validation is not None else "loss")
         check_monitor(monitor, self.metrics, validation=validation is not None)
         with self.strategy.scope():  # the cuts for the feature caches are models too
