@@ -97,7 +97,8 @@ def _note_rare_labels(rows, report: DataReport) -> None:
 
 
 def _records(source: Path, report: DataReport, strict: bool, columns: tuple[str, str]):
-    """`(file:row, dict)` for each record; undecodable JSONL lines go to the report.
+    """`(file:row, dict)` for each record; undecodable JSONL lines go to the report,
+    and a CSV whose header lacks one of `columns` (text, label) raises.
 
     `utf-8-sig`: the byte-order mark Excel writes at the start of a "CSV UTF-8"
     file is dropped (read as UTF-8 it became part of the first column's name).
