@@ -154,6 +154,18 @@ def test_calibrate_lowers_the_error_and_every_probability_uses_the_temperature(t
         kerastl.TransferModel(backbone, 2, preprocessing="tf", temperature=0)
 
 
+def test_a_temperature_at_the_search_bound_says_why():
+    """A model wrong on most validation examples: its likelihood rises as its
+    probabilities flatten, so the fit ends at T = 1100 (before, without a word)."""
+    inputs = keras.Input((8, 8, 3))
+    backbone = keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    model = kerastl.TransferModel(backbone, 2, preprocessing="tf", input_shape=(8, 8, 3))
+    images = np.random.default_rng(0).uniform(0, 255, (64, 8, 8, 3)).astype("float32")
+    wrong = 1 - np.asarray(model(images)).argmax(-1)  # every prediction wrong
+    result = kerastl.calibrate(model, tf.data.Dataset.from_tensor_slices((images, wrong)).batch(32))
+    assert result.temperature > 1000 and "at the search's bound" in result.one_line()
+
+
 def _explain_from_the_command_line(run, image, capsys):
     from PIL import Image
 

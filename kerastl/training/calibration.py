@@ -85,6 +85,11 @@ def calibrate(model: keras.Model, validation, *, bins: int = ECE_BINS) -> Calibr
         temperature, note = 1.0, "every example is classified right: nothing to fit, kept 1"
     else:
         temperature = fit_temperature(logits, labels)
+        if temperature > 0.99 * math.exp(-_LOG_BETA[0]):  # the search's upper bound
+            note = (
+                "at the search's bound: on these examples the model's confidence does no "
+                "better than equal probabilities, which the temperature now gives"
+            )
     before, after = softmax(logits), softmax(logits / temperature)
     result = Calibration(
         temperature=temperature,
