@@ -144,7 +144,8 @@ def predict_probabilities(model: keras.Model, inputs, *, tta: str = "none") -> n
         >>> probabilities = kerastl.predict_probabilities(model, images, tta="dihedral")
         >>> kerastl.predict_probabilities(text_model, ["a fine film", "dull"])
     """
-    if getattr(model, "task", "classification") == "regression":
+    task = getattr(model, "task", "classification")
+    if task == "regression":
         raise ValueError(
             "A regression model predicts values, not probabilities: use "
             "`model.predict(inputs)`. Received: task='regression'."
@@ -156,8 +157,9 @@ def predict_probabilities(model: keras.Model, inputs, *, tta: str = "none") -> n
     def run(images):
         return model(images, training=False)
 
-    multilabel = getattr(model, "task", "classification") == "multilabel"
-    per_view = _view_probabilities(run, inputs, indices, _temperature(model), multilabel=multilabel)
+    per_view = _view_probabilities(
+        run, inputs, indices, _temperature(model), multilabel=task == "multilabel"
+    )
     return per_view.mean(axis=0)
 
 
