@@ -119,24 +119,34 @@ class ImagePreprocessing(keras.layers.Layer):
 
 
 def load_image(
-    path: str | os.PathLike, size: tuple[int, int] = (224, 224), crop_fraction: float = 0.875
+    path: str | os.PathLike,
+    size: tuple[int, int] = (224, 224),
+    crop_fraction: float = 0.875,
+    *,
+    antialias: bool = False,
 ) -> np.ndarray:
     """Loads an image as raw float32 RGB pixels, center-cropped and resized.
 
-    The ImageNet evaluation transform of the TF reference models:
+    By default the ImageNet evaluation transform of the TF reference models:
     `tf.image.central_crop(crop_fraction)`, then bilinear resize without
-    antialiasing. (PIL's antialiased resize shifts top-5 rankings.)
+    antialiasing. (PIL's antialiased resize shifts top-5 rankings.) With
+    `antialias=True`, the resize of kerastl's training pipeline and exported
+    `image_bytes` signature instead (`kerastl.data.pipeline.resized_rgb`):
+    what a model trained by kerastl saw.
 
     Args:
         path: a JPEG, PNG, GIF or BMP file.
         size: `(height, width)` after resizing.
         crop_fraction: the central fraction kept, in (0, 1].
+        antialias: resize as kerastl's training pipeline does.
 
     Returns:
         A `[height, width, 3]` float32 array in [0, 255].
 
     Example:
         >>> load_image("china.jpg").shape
+        (224, 224, 3)
+        >>> load_image("cell.png", (224, 224), 1.0, antialias=True).shape  # as training saw it
         (224, 224, 3)
     """
     import tensorflow as tf
@@ -153,5 +163,9 @@ def load_image(
     except tf.errors.InvalidArgumentError as error:
         raise ValueError(f"Cannot decode image {path!r}: {error.message}") from error
     image = tf.image.central_crop(image, crop_fraction)
+    if antialias:
+        from kerastl.data.pipeline import resized_rgb
+
+        return resized_rgb(image, size).numpy()
     image = tf.image.resize(image, size, method="bilinear", antialias=False)
     return image.numpy().astype("float32")

@@ -133,3 +133,50 @@ def test_jsonl_table_skips_malformed_lines_and_infers_classes(tmp_path):
 def test_text_table_rejects_other_formats(tmp_path):
     with pytest.raises(ValueError, match=r"Expected a .csv or .jsonl file. Received: path="):
         kerastl.data.text_table(tmp_path / "reviews.tsv")
+
+
+def test_a_folder_image_reaches_the_model_as_served_bytes_and_kerastl_explain_give_it(tmp_path):
+    """One resize for a run's images (`resized_rgb`, antialiased): training from a
+    folder, the exported `image_bytes` signature and `kerastl explain`. The folder
+    reader resized without antialiasing before: on texture, tens of grey levels
+    away from what the served model then received."""
+    from kerastl.export.signatures import decode_images
+    from kerastl.preprocessing import load_image
+
+    (tmp_path / "photos" / "texture").mkdir(parents=True)
+    path = tmp_path / "photos" / "texture" / "noise.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    path.write_bytes(tf.io.encode_png(pixels).numpy())
+    dataset, _, _ = kerastl.data.image_folder(tmp_path / "photos", (24, 20))
+    trained = next(iter(dataset))[0].numpy()
+    served = decode_images(tf.constant([path.read_bytes()]), (24, 20))[0].numpy()
+    explained = load_image(path, (24, 20), crop_fraction=1.0, antialias=True)
+    # The same op on the same pixels: equal up to float32 rounding (~1e-5 at 255).
+    np.testing.assert_allclose(served, trained, atol=1e-3)
+    np.testing.assert_allclose(explained, trained, atol=1e-3)
+    aliased = tf.image.resize(pixels.astype("float32"), (24, 20)).numpy()
+    assert np.abs(aliased - trained).mean() > 10
+
+
+def test_bmps_tensorflow_would_misread_are_skipped_and_named(tmp_path):
+    root = tmp_path / "bmps" / "cells"
+    root.mkdir(parents=True)
+    colour = np.zeros((6, 5, 3), "uint8")
+    colour[..., 2], colour[:3, :, 0] = 200, 100
+    image = Image.fromarray(colour)
+    image.save(root / "rgb.bmp")
+    image.convert("L").save(root / "grey.bmp")  # 8-bit with a grey palette: reads right
+    image.quantize(8).save(root / "palette.bmp")
+    image.convert("1").save(root / "mono.bmp")
+    # TensorFlow's decoder, on its own: the palette's indices (0-7) come out as grey levels.
+    misread = tf.io.decode_image((root / "palette.bmp").read_bytes(), channels=3).numpy()
+    assert misread.max() < 8
+    dataset, _, report = kerastl.data.image_folder(root.parent, (6, 5))
+    skipped = {path.split("/")[-1]: reason for path, reason in report.skipped}
+    assert set(skipped) == {"palette.bmp", "mono.bmp"}
+    assert "with a colour palette, whose indices" in skipped["palette.bmp"]
+    assert "1 bit per pixel" in skipped["mono.bmp"] and "save it as PNG" in skipped["mono.bmp"]
+    assert report.counts() == {"unsupported BMP": 2}
+    grey, rgb = (x.numpy() for x, _ in dataset)  # grey.bmp, rgb.bmp
+    np.testing.assert_allclose(rgb, colour, atol=1e-3)
+    np.testing.assert_allclose(grey[..., 0], np.asarray(image.convert("L")), atol=1e-3)

@@ -24,6 +24,7 @@ from tensorflow_serving.config import model_server_config_pb2
 import kerastl
 import kerastl.export as kx
 from kerastl import _atomic
+from kerastl.data.pipeline import resized_rgb
 from kerastl.export import bundle as bundle_module
 from kerastl.export import onnx_export
 from kerastl.export.requests import (
@@ -36,7 +37,6 @@ from kerastl.export.requests import (
     signature_inputs,
 )
 from kerastl.export.samples import detokenized
-from kerastl.export.signatures import resize_like_training
 
 SIZE = 64
 CLASSES = ["functional", "crack", "dark"]
@@ -177,7 +177,7 @@ def test_image_bytes_decodes_jpeg_and_png_of_different_sizes_like_outside_the_gr
     ]
     decoded = np.stack(
         [
-            resize_like_training(tf.io.decode_image(data, channels=3), (SIZE, SIZE)).numpy()
+            resized_rgb(tf.io.decode_image(data, channels=3), (SIZE, SIZE)).numpy()
             for data in encoded
         ]
     )

@@ -60,7 +60,7 @@ def explain(
             f"{os.fspath(run_dir)!r} is a {model.modality} {model.task} model."
         )
     size = tuple(model.input_shape[1:3])
-    pixels = np.stack([load_image(image, size, crop_fraction=1.0) for image in images])
+    pixels = np.stack([load_image(i, size, crop_fraction=1.0, antialias=True) for i in images])
     probabilities = predict_probabilities(model, pixels)
     group = group or last_spatial_group(model, MIN_MAP_SIZE)
     maps = gradcam(model, pixels, group)

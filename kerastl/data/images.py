@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerastl.data.pipeline import resized_rgb
 from kerastl.data.report import DataReport
 
 # What `tf.io.decode_image` reads (WebP since TF 2.18; Keras's own folder
@@ -32,8 +33,9 @@ def image_folder(
 ):
     """Lists, checks and loads an image folder as `(image, label)` pairs.
 
-    Images are decoded, converted to RGB and resized (bilinear) to
-    `image_size`, as float32 pixels in [0, 255]: a `TransferModel`
+    Images are decoded, converted to RGB and resized to `image_size` as the
+    exported `image_bytes` signature resizes them (`resized_rgb`: bilinear,
+    antialiased), as float32 pixels in [0, 255]: a `TransferModel`
     preprocesses them itself. Batch, shuffle and augment afterwards.
 
     Args:
@@ -108,9 +110,7 @@ def image_folder(
     def load(path, label):
         contents = tf.io.read_file(path)
         image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), (height, width), antialias=False)
-        image.set_shape((height, width, 3))
-        return image, label
+        return resized_rgb(image, (height, width)), label
 
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.constant(paths, tf.string), tf.constant(np.asarray(labels, "int32")))
@@ -148,6 +148,8 @@ def _check_image(path: Path, tf) -> str | None:
         return f"unreadable: {error.strerror or error}"
     if not data:
         return "corrupt: empty file"
+    if data[:2] == b"BM" and (problem := _indexed_bmp_problem(data)):
+        return problem
     try:
         image = tf.io.decode_image(data, expand_animations=False)
     except (tf.errors.InvalidArgumentError, ValueError) as error:
@@ -157,3 +159,36 @@ def _check_image(path: Path, tf) -> str | None:
     if channels not in USABLE_CHANNELS:
         return f"wrong channels: {channels} (expected one of {USABLE_CHANNELS})"
     return None
+
+
+def _indexed_bmp_problem(data: bytes) -> str | None:
+    """Why TensorFlow would misread a BMP of 8 bits or fewer per pixel, or None.
+
+    `tf.io.decode_bmp` reads an 8-bit BMP's palette indices as grey levels,
+    so one with a colour palette decodes without an error into the wrong
+    pixels; it fails on 1- and 4-bit BMPs. Only a grey palette (index i is
+    grey level i) reads right.
+    """
+    header = int.from_bytes(data[14:18], "little")
+    if header < 40 or len(data) < 50:
+        return None  # an OS/2 header or a truncated file: decode_image judges it
+    bits = int.from_bytes(data[28:30], "little")
+    if bits > 8:
+        return None
+    convert = "save it as PNG or as a 24-bit BMP"
+    if bits < 8:
+        plural = "s" if bits > 1 else ""
+        return (
+            f"unsupported BMP: {bits} bit{plural} per pixel (TensorFlow reads 8, 24 and 32; "
+            f"{convert})"
+        )
+    count = min(int.from_bytes(data[46:50], "little") or 256, 256)
+    if len(data) < 14 + header + 4 * count:
+        return None  # truncated: decode_image judges it
+    table = np.frombuffer(data, np.uint8, count=4 * count, offset=14 + header).reshape(count, 4)
+    if np.array_equal(table[:, :3], np.repeat(np.arange(count, dtype=np.uint8)[:, None], 3, 1)):
+        return None
+    return (
+        "unsupported BMP: 8 bits per pixel with a colour palette, whose indices TensorFlow "
+        f"reads as grey levels ({convert})"
+    )

@@ -53,11 +53,44 @@ def from_arrays(x, y, *, num_classes: int | None = None):
     return tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
 
 
+def resized_rgb(image, image_size: Sequence[int]):
+    """Pixels of any size as the model takes them: the one resize of a run's images.
+
+    Grey is tiled to RGB, alpha dropped, and the image resized with bilinear
+    interpolation and antialiasing. Training (image folders, TFDS, arrays),
+    the exported `image_bytes` and `tf_example` signatures and `kerastl
+    explain` all resize through this function, so a served image reaches the
+    model as a training image did.
+
+    Args:
+        image: `[H, W, C]` pixels (any dtype), 1, 3 or 4 channels.
+        image_size: `(height, width)`.
+
+    Returns:
+        float32 `[height, width, 3]` RGB in the input's value range.
+
+    Example:
+        >>> resized_rgb(tf.io.decode_image(tf.io.read_file("cat.png")), (224, 224)).shape
+        TensorShape([224, 224, 3])
+    """
+    import tensorflow as tf
+
+    height, width = (int(v) for v in image_size)
+    image = tf.cast(image, tf.float32)
+    image = tf.cond(
+        tf.shape(image)[-1] == 1,
+        lambda: tf.tile(image, [1, 1, 3]),
+        lambda: image[..., :3],
+    )
+    image = tf.image.resize(image, (height, width), antialias=True)
+    return tf.ensure_shape(image, (height, width, 3))
+
+
 def prepare_images(dataset, image_size: Sequence[int]):
     """Resizes (bilinear, antialiased) and converts images to float32 RGB in [0, 255].
 
     Grey and RGBA inputs become RGB, so a greyscale dataset (elpv) feeds an
-    ImageNet backbone. Runs in parallel over examples.
+    ImageNet backbone. Runs in parallel over examples (`resized_rgb`).
 
     Args:
         dataset: unbatched `(image, label)` pairs, any size, 1, 3 or 4 channels.
@@ -74,19 +107,10 @@ def prepare_images(dataset, image_size: Sequence[int]):
     height, width = (int(v) for v in image_size)
     check_positive_int("image height", height)
     check_positive_int("image width", width)
-
-    def prepare(image, label):
-        image = tf.cast(image, tf.float32)
-        channels = tf.shape(image)[-1]
-        image = tf.cond(
-            channels == 1,
-            lambda: tf.tile(image, [1, 1, 3]),
-            lambda: image[..., :3],
-        )
-        image = tf.image.resize(image, (height, width), antialias=True)
-        return tf.ensure_shape(image, (height, width, 3)), label
-
-    return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(
+        lambda image, label: (resized_rgb(image, (height, width)), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
 
 
 def batched(

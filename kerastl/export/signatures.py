@@ -5,8 +5,10 @@ Image signatures:
   (float32, or uint8 with `image_dtype="uint8"`).
 - `image_bytes`: `image_bytes`, a `tf.string` batch of encoded JPEG/PNG/BMP/GIF
   images of any size, decoded and resized in the graph exactly as the
-  training pipeline does (3 channels, bilinear with antialiasing). TF Serving
-  REST clients send each as `{"b64": ...}`.
+  training pipeline does (`kerastl.data.pipeline.resized_rgb`: 3 channels,
+  bilinear with antialiasing). TF Serving REST clients send each as
+  `{"b64": ...}`. (TensorFlow's BMP decoder reads an 8-bit colour palette's
+  indices as grey levels: send such images as PNG.)
 - `tf_example`: `examples`, serialized `tf.train.Example`s holding the
   encoded image under `image/encoded`.
 - `image_tensor_tta`: `images` as `image_tensor`, classified under each
@@ -36,6 +38,7 @@ import keras
 import tensorflow as tf
 
 from kerastl.data.augment import dihedral_view, tta_views
+from kerastl.data.pipeline import resized_rgb
 
 IMAGE_TENSOR = "image_tensor"
 IMAGE_BYTES = "image_bytes"
@@ -113,19 +116,12 @@ def image_size(model: keras.Model) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def resize_like_training(image, size: tuple[int, int]):
-    """Decoded `[H, W, C]` pixels → float32 RGB at `size`, as the training pipeline does."""
-    image = tf.cast(image, tf.float32)
-    image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image)
-    return tf.image.resize(image[..., :3], size, antialias=True)
-
-
 def decode_images(encoded, size: tuple[int, int]):
     """A `tf.string` batch of encoded images → float32 `[batch, H, W, 3]`."""
 
     def decode(data):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        return tf.ensure_shape(resize_like_training(image, size), (*size, 3))
+        return resized_rgb(image, size)
 
     return tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec((*size, 3), tf.float32))
 
