@@ -180,3 +180,10 @@ def test_bmps_tensorflow_would_misread_are_skipped_and_named(tmp_path):
     grey, rgb = (x.numpy() for x, _ in dataset)  # grey.bmp, rgb.bmp
     np.testing.assert_allclose(rgb, colour, atol=1e-3)
     np.testing.assert_allclose(grey[..., 0], np.asarray(image.convert("L")), atol=1e-3)
+
+
+def test_image_folder_shows_the_progress_of_its_check(folder, capsys):
+    kerastl.data.image_folder(folder, (16, 16), verbose=2)
+    out = capsys.readouterr().out
+    assert f"kerastl: checking the images in {folder} (10 images) ..." in out
+    assert f"kerastl: checking the images in {folder}: 10 images in" in out

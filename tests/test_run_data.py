@@ -175,7 +175,9 @@ def test_validation_is_held_out_of_training_and_the_test_split_evaluated_once(
         return tf.data.Dataset.from_generator(examples, output_signature=dataset.element_spec)
 
     monkeypatch.setattr(
-        run, "load_data", lambda c, spec: dataclasses.replace(data, test=counted(data.test))
+        run,
+        "load_data",
+        lambda c, spec, **options: dataclasses.replace(data, test=counted(data.test)),
     )
     result = run.train(config, verbose=0)
     assert len(passes) == 1 and result.test.plain.examples == 10

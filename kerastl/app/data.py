@@ -38,7 +38,11 @@ class Data:
 
 
 def load_data(
-    config: RunConfig, spec: BackboneSpec | None = None, *, tokenize: bool = True
+    config: RunConfig,
+    spec: BackboneSpec | None = None,
+    *,
+    tokenize: bool = True,
+    verbose: int | str = 0,
 ) -> Data:
     """The configured sources, prepared and batched for the configured backbone.
 
@@ -53,6 +57,8 @@ def load_data(
         spec: the backbone's spec when the caller has it (`resolve(config).spec`).
         tokenize: False: text stays raw strings (batched in order), for a
             caller that tokenizes per backbone (`kerastl rank`).
+        verbose: progress of checking an image folder's files, as in
+            `kerastl.FineTuner`; 0: silent.
 
     Returns:
         A `Data` with batched train/validation(/test) datasets and the class names.
@@ -64,9 +70,11 @@ def load_data(
     """
     data = config.data
     kind = data.source.partition(":")[0]
-    train_raw, class_names, reports = _read(data.source, config, data.class_names)
+    train_raw, class_names, reports = _read(data.source, config, data.class_names, verbose=verbose)
     if data.validation_source:
-        validation_raw, _, more = _read(data.validation_source, config, class_names)
+        validation_raw, _, more = _read(
+            data.validation_source, config, class_names, verbose=verbose
+        )
         reports += more
     elif kind == "tfds" and data.validation_split:
         validation_raw = _read(data.source, config, class_names, data.validation_split)[0]
@@ -74,7 +82,7 @@ def load_data(
         train_raw, validation_raw = _held_out(train_raw, config)
     test_raw = None
     if data.test_source:
-        test_raw, _, more = _read(data.test_source, config, class_names)
+        test_raw, _, more = _read(data.test_source, config, class_names, verbose=verbose)
         reports += more
     elif kind == "tfds" and data.test_split:
         test_raw = _read(data.source, config, class_names, data.test_split)[0]
@@ -85,7 +93,14 @@ def load_data(
     return Data(train, validation, list(class_names), reports, test)
 
 
-def _read(source: str, config: RunConfig, class_names, tfds_split: str | None = None):
+def _read(
+    source: str,
+    config: RunConfig,
+    class_names,
+    tfds_split: str | None = None,
+    *,
+    verbose: int | str = 0,
+):
     """`(unbatched (input, label) pairs, class names, reports)` of one source
     (for TFDS, its `tfds_split`, default the training split)."""
     kind, _, where = source.partition(":")
@@ -96,7 +111,9 @@ def _read(source: str, config: RunConfig, class_names, tfds_split: str | None = 
         return raw, _matching(names, found, source), []
     if kind == "folder":
         size = (config.model.image_size, config.model.image_size)
-        raw, found, report = image_folder(where, size, class_names=names, strict=data.strict)
+        raw, found, report = image_folder(
+            where, size, class_names=names, strict=data.strict, verbose=verbose
+        )
         return raw, found, [report]
     if kind == "table":
         raw, found, report = text_table(

@@ -119,7 +119,7 @@ def train(
                 f"{resume} holds an unfinished run of this config: resuming it "
                 "(move that folder aside to start over)."
             )
-    data = load_data(config, spec)  # its shuffles and samples take their own seeds
+    data = load_data(config, spec, verbose=verbose if chief else 0)  # shuffles: own seeds
     # Seeded after the data: preparing a TFDS dataset on first use draws random
     # numbers, and the model's initialisation must not depend on whether it ran.
     keras.utils.set_random_seed(config.train.seed)
