@@ -158,8 +158,14 @@ def load_image(
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image not found. Received: path={path!r}.")
+    from kerastl.data.images import misread_bmp_reason
+
+    with open(path, "rb") as file:
+        data = file.read()
+    if reason := misread_bmp_reason(data):
+        raise ValueError(f"Cannot decode image {path!r} right: {reason}.")
     try:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
     except tf.errors.InvalidArgumentError as error:
         raise ValueError(f"Cannot decode image {path!r}: {error.message}") from error
     image = tf.image.central_crop(image, crop_fraction)

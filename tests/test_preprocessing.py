@@ -49,3 +49,6 @@ def test_load_image_crops_resizes_and_reports_bad_files(tmp_path):
         load_image(broken)
     with pytest.raises(FileNotFoundError, match=r"missing\.jpg"):
         load_image(tmp_path / "missing.jpg")
+    PIL.Image.new("RGB", (40, 20), (255, 0, 0)).quantize(4).save(tmp_path / "palette.bmp")
+    with pytest.raises(ValueError, match=r"palette\.bmp' right: unsupported BMP: 8 bits"):
+        load_image(tmp_path / "palette.bmp")  # TF alone: the palette's index 0, black

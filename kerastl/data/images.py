@@ -175,7 +175,7 @@ def _check_image(path: Path, tf) -> str | None:
         return f"unreadable: {error.strerror or error}"
     if not data:
         return "corrupt: empty file"
-    if data[:2] == b"BM" and (problem := _indexed_bmp_problem(data)):
+    if problem := misread_bmp_reason(data):
         return problem
     try:
         image = tf.io.decode_image(data, expand_animations=False)
@@ -188,14 +188,27 @@ def _check_image(path: Path, tf) -> str | None:
     return None
 
 
-def _indexed_bmp_problem(data: bytes) -> str | None:
-    """Why TensorFlow would misread a BMP of 8 bits or fewer per pixel, or None.
+def misread_bmp_reason(data: bytes) -> str | None:
+    """Why TensorFlow would misread these encoded image bytes, a BMP of 8 bits or
+    fewer per pixel, or None (any other image, read right).
 
     `tf.io.decode_bmp` reads an 8-bit BMP's palette indices as grey levels,
     so one with a colour palette decodes without an error into the wrong
     pixels; it fails on 1- and 4-bit BMPs. Only a grey palette (index i is
     grey level i) reads right.
+
+    Args:
+        data: the file's bytes.
+
+    Returns:
+        The reason (`"unsupported BMP: ..."`), or None.
+
+    Example:
+        >>> misread_bmp_reason(open("palette.bmp", "rb").read())
+        'unsupported BMP: 8 bits per pixel with a colour palette, ...'
     """
+    if data[:2] != b"BM":
+        return None
     header = int.from_bytes(data[14:18], "little")
     if header < 40 or len(data) < 50:
         return None  # an OS/2 header or a truncated file: decode_image judges it
