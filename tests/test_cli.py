@@ -138,3 +138,22 @@ def test_native_log_lines_are_dropped_and_everything_else_is_kept(capfd):
         os.write(2, native)
         raise FileExistsError("an outcome the caller reports")
     assert "oneDNN" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["explain", "rank"])
+def test_a_refusal_drops_tensorflow_s_native_lines(command, capfd, monkeypatch):
+    """`kerastl explain` refusing a BMP TF would misread printed TF's native
+    "failed call to cuInit" line above its error (its model had started TF's devices)."""
+    import kerastl.app.explain
+    import kerastl.app.rank
+
+    def refusing(*args, **kwargs):
+        os.write(2, b"E0000 00:00:1796658999.57 25356 cuda_platform.cc:52] failed call to cuInit\n")
+        raise ValueError("Cannot decode image 'p.bmp' right: unsupported BMP")
+
+    monkeypatch.setattr(kerastl.app.explain, "explain", refusing)
+    monkeypatch.setattr(kerastl.app.rank, "rank", refusing)
+    argv = {"explain": ["explain", "run", "p.bmp"], "rank": ["rank", "--candidates", "a,b"]}
+    assert main(argv[command]) == 2
+    err = capfd.readouterr().err
+    assert "kerastl: error: Cannot decode image 'p.bmp' right" in err and "cuInit" not in err

@@ -216,11 +216,16 @@ def _start_tensorflow() -> None:
         kerastl._import_all()
 
 
+# What a command refuses its input with (reported as one `kerastl: error:` line,
+# exit 2): an outcome, not a crash, so TF's C++ lines are dropped with it.
+_REFUSALS = (ValueError, FileNotFoundError)
+
+
 def _explain(args) -> int:
     from kerastl._quiet import native_stderr_silenced
     from kerastl.app.explain import explain
 
-    with native_stderr_silenced():  # TF's C++ lines (device start-up, kernel notices)
+    with native_stderr_silenced(expected=_REFUSALS):  # TF's C++ lines (device start-up, ...)
         lines = explain(
             args.run_dir, args.images, output=args.output, group=args.group, top=args.top
         )
@@ -236,7 +241,7 @@ def _rank(args) -> int:
 
     candidates = parse_candidates(args.candidates)
     config = load_config(args.config, args.set)
-    with native_stderr_silenced():  # TF's C++ lines (device start-up, kernel notices)
+    with native_stderr_silenced(expected=_REFUSALS):  # TF's C++ lines (device start-up, ...)
         rows, path = rank(
             config, candidates, verbose=0 if args.quiet else 1, own_sizes=args.own_sizes
         )
