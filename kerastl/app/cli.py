@@ -157,8 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     _start_tensorflow()
-    from kerastl.backbones import CheckpointError, HubUnavailableError
-
     try:
         if args.command in ("train", "lr-find"):
             return _train(args) if args.command == "train" else _lr_find(args)
@@ -173,19 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list-backbones":
             return _list_backbones(args)
         return _describe(args)
-    except (
-        ValueError,
-        FileNotFoundError,
-        HubUnavailableError,
-        CheckpointError,
-        *_export_errors(),
-    ) as error:
+    except _refusals() as error:
         print(f"kerastl: error: {error}", file=sys.stderr)
         return 2
 
 
-def _export_errors() -> tuple[type[Exception], ...]:
-    """What an export refuses with: reported as one `kerastl: error:` line, exit 2."""
+def _refusals() -> tuple[type[Exception], ...]:
+    """What a command refuses its input with: reported as one `kerastl: error:`
+    line, exit 2. An outcome, not a crash, so TF's C++ lines are dropped with it."""
+    from kerastl.backbones import CheckpointError, HubUnavailableError
     from kerastl.export import (
         ParityError,
         QuantizationError,
@@ -194,11 +188,15 @@ def _export_errors() -> tuple[type[Exception], ...]:
     )
 
     return (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        HubUnavailableError,
+        CheckpointError,
         ParityError,
         QuantizationError,
         UnsupportedOpsError,
         UnsupportedServingOpsError,
-        FileExistsError,
     )
 
 
@@ -216,16 +214,11 @@ def _start_tensorflow() -> None:
         kerastl._import_all()
 
 
-# What a command refuses its input with (reported as one `kerastl: error:` line,
-# exit 2): an outcome, not a crash, so TF's C++ lines are dropped with it.
-_REFUSALS = (ValueError, FileNotFoundError)
-
-
 def _explain(args) -> int:
     from kerastl._quiet import native_stderr_silenced
     from kerastl.app.explain import explain
 
-    with native_stderr_silenced(expected=_REFUSALS):  # TF's C++ lines (device start-up, ...)
+    with native_stderr_silenced(expected=_refusals()):  # TF's C++ lines (device start-up, ...)
         lines = explain(
             args.run_dir, args.images, output=args.output, group=args.group, top=args.top
         )
@@ -241,7 +234,7 @@ def _rank(args) -> int:
 
     candidates = parse_candidates(args.candidates)
     config = load_config(args.config, args.set)
-    with native_stderr_silenced(expected=_REFUSALS):  # TF's C++ lines (device start-up, ...)
+    with native_stderr_silenced(expected=_refusals()):  # TF's C++ lines (device start-up, ...)
         rows, path = rank(
             config, candidates, verbose=0 if args.quiet else 1, own_sizes=args.own_sizes
         )
@@ -299,7 +292,7 @@ def _export(args) -> int:
 
     signatures = tuple(args.signatures.split(",")) if args.signatures else None
     # TF's C++ lines (device start-up, kernel notices); a refusal is an outcome, not a crash.
-    with native_stderr_silenced(expected=_export_errors()):
+    with native_stderr_silenced(expected=_refusals()):
         path = export_run(
             args.run_dir,
             args.format,
