@@ -102,6 +102,10 @@ export: false
     result = _command("train", str(tmp_path / "run.yaml"), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "kerastl: skipped 1 of 13 records" in result.stdout
+    report = (tmp_path / "runs" / "bugs" / "report.md").read_text()
+    assert report.count("## Data") == 1  # before: a section per source
+    assert f"{tmp_path / 'train'}: kept 12, skipped 1" in report
+    assert f"{tmp_path / 'val'}: kept 4, skipped 0" in report
     noise = (  # the lines the issue saw: TF's start-up (twice), device init, Keras warnings
         "absl::InitializeLog",
         "oneDNN custom operations are on",

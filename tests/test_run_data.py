@@ -103,6 +103,26 @@ def test_arrays_take_class_names_as_labels_and_a_missing_array_is_named(tmp_path
         load_data(_config(tmp_path, f"data.source=arrays:{tmp_path / 'renamed.npz'}"))
 
 
+def test_a_class_too_small_to_hold_out_stays_in_training_and_is_named(tmp_path):
+    """Before: at `validation_fraction=0.6` a class's one example went to validation
+    (the model never trained on it), and a class left without a validation example
+    (its metrics undefined) was not named."""
+    x = np.zeros((13, 8, 8, 3), "float32")
+    np.savez(tmp_path / "few.npz", x=x, y=np.array(["common"] * 10 + ["few"] * 2 + ["rare"]))
+    source = f"data.source=arrays:{tmp_path / 'few.npz'}"
+    data = load_data(_config(tmp_path, source, "data.validation_fraction=0.6"))
+    assert data.class_names == ["common", "few", "rare"]
+    assert sorted(_labels(data.train)) == [0, 0, 0, 0, 1, 2]  # rare's one example trains
+    assert sorted(_labels(data.validation)) == [0] * 6 + [1]
+    (report,) = data.reports
+    assert report.source == f"validation (0.6 of arrays:{tmp_path / 'few.npz'}, stratified)"
+    assert [note.split(",")[0] for note in report.notes] == ["class 'rare' has 1 example"]
+    quarter = load_data(_config(tmp_path, source, "data.validation_fraction=0.25"))
+    notes = [note.split(",")[0] for note in quarter.reports[0].notes]
+    assert notes == ["class 'few' has 2 examples", "class 'rare' has 1 example"]
+    assert "balanced accuracy averages the other classes" in quarter.reports[0].notes[0]
+
+
 def test_config_class_names_make_unknown_table_labels_bad_records(tmp_path):
     rows = ["text,label"] + [f"good {i},fresh" for i in range(30)] + ["typo,frseh"]
     rows += [f"bad {i},rotten" for i in range(30)]

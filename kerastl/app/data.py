@@ -21,6 +21,7 @@ from kerastl.backbones.tokenizers import create_text_preprocessor
 from kerastl.data.builders import stratified_split
 from kerastl.data.images import image_folder
 from kerastl.data.pipeline import batched, from_arrays, prepare_images, text_batches
+from kerastl.data.report import DataReport
 from kerastl.data.sampling import labels_of, select
 from kerastl.data.text import text_table
 from kerastl.data.tfds_source import load_tfds
@@ -79,7 +80,8 @@ def load_data(
     elif kind == "tfds" and data.validation_split:
         validation_raw = _read(data.source, config, class_names, data.validation_split)[0]
     else:
-        train_raw, validation_raw = _held_out(train_raw, config)
+        train_raw, validation_raw, held_out = _held_out(train_raw, config, class_names)
+        reports += [held_out] if held_out.notes else []
     test_raw = None
     if data.test_source:
         test_raw, _, more = _read(data.test_source, config, class_names, verbose=verbose)
@@ -172,11 +174,28 @@ def _tfds(config: RunConfig, name: str, split: str):
     return raw, list(builder.info.features[label].names)
 
 
-def _held_out(raw, config: RunConfig):
-    _, held_out = stratified_split(
-        labels_of(raw), config.data.validation_fraction, seed=config.data.shuffle_seed
+def _held_out(raw, config: RunConfig, class_names):
+    """`(training, validation, report)`: the stratified `validation_fraction` of
+    `raw` held out, the report noting each class too small to give validation an
+    example (its validation metrics are undefined)."""
+    data = config.data
+    labels = labels_of(raw)
+    _, held_out = stratified_split(labels, data.validation_fraction, seed=data.shuffle_seed)
+    report = DataReport(
+        source=f"validation ({data.validation_fraction:g} of {data.source}, stratified)",
+        kept=len(held_out),
     )
-    return select(raw, held_out, keep=False), select(raw, held_out)
+    totals = np.bincount(labels, minlength=len(class_names))
+    validated = np.bincount(labels[held_out], minlength=len(class_names))
+    for name, total, count in zip(class_names, totals, validated, strict=True):
+        if total and not count:
+            report.notes.append(
+                f"class {name!r} has {total} example{'s' if total > 1 else ''}, too few to "
+                f"hold one out for validation: its validation metrics are undefined and "
+                "balanced accuracy averages the other classes (add examples, or name a "
+                "`data.validation_source`)"
+            )
+    return select(raw, held_out, keep=False), select(raw, held_out), report
 
 
 def _batches(config: RunConfig, spec, train_raw, validation_raw, test_raw=None, tokenize=True):

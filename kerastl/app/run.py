@@ -153,7 +153,8 @@ def _train_in(config: RunConfig, data: Data, model, strategy, run_dir: str, say,
     started = time.perf_counter()
     history = tuner.fit(data.train, data.validation, stages=config.stages)
     seconds = time.perf_counter() - started
-    sections = [f"## Data\n\n```\n{report.summary()}\n```" for report in data.reports]
+    summaries = "\n".join(report.summary() for report in data.reports)
+    sections = [f"## Data\n\n```\n{summaries}\n```"] if data.reports else []
     transfer = None
     if config.transfer_report:
         from kerastl.app.transfer_report import compare, markdown

@@ -40,15 +40,29 @@ def stratified_split(
 ):
     """Indices of a deterministic split keeping each label's share in both parts.
 
+    Each label puts `round(n * test_fraction)` of its `n` examples in the second
+    part, but never all of them: a label's last example stays in the first part
+    (the one a model trains on), so a class with one example is trained on, never
+    only tested on.
+
+    Args:
+        labels: one integer label per example.
+        test_fraction: the share of each label in the second part, in (0, 1).
+        seed: the shuffle within each label.
+
     Returns:
         `(train_indices, test_indices)`, each sorted.
+
+    Example:
+        >>> stratified_split([0, 0, 0, 0, 1, 1, 1, 1], 0.25)
+        ([0, 1, 3, 4, 5, 6], [2, 7])
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     test = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        count = round(len(members) * test_fraction)
+        count = min(round(len(members) * test_fraction), len(members) - 1)
         test.extend(rng.permutation(members)[:count].tolist())
     test_set = set(test)
     train = [i for i in range(len(labels)) if i not in test_set]
