@@ -144,20 +144,56 @@ def test_native_log_lines_are_dropped_and_everything_else_is_kept(capfd):
     assert "oneDNN" not in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["explain", "rank"])
-def test_a_refusal_drops_tensorflow_s_native_lines(command, capfd, monkeypatch):
+@pytest.mark.parametrize("outcome", ["refused", "done"])
+@pytest.mark.parametrize("command", ["explain", "rank", "lr-find", "describe"])
+def test_tensorflow_s_native_lines_are_dropped_on_a_refusal_and_a_result(
+    command, outcome, capfd, monkeypatch
+):
     """`kerastl explain` refusing a BMP TF would misread printed TF's native
-    "failed call to cuInit" line above its error (its model had started TF's devices)."""
+    "failed call to cuInit" line above its error (its model had started TF's
+    devices), and `kerastl lr-find` and `kerastl describe` printed it on success."""
+    import sys
+    import types
+
     import kerastl.app.explain
     import kerastl.app.rank
+    import kerastl.app.run
+    import kerastl.backbones
 
-    def refusing(*args, **kwargs):
+    results = {
+        "explain": ["p.png: cat 0.90, dog 0.10 -> run/explain/p.png"],
+        "rank": ([], "runs/rank/ranking.csv"),
+        "lr-find": (types.SimpleNamespace(suggestion=3e-3), "runs/lr-find/lr_find.png"),
+        "describe": "a built backbone",
+    }
+
+    def starting_devices(*args, **kwargs):
         os.write(2, b"E0000 00:00:1796658999.57 25356 cuda_platform.cc:52] failed call to cuInit\n")
-        raise ValueError("Cannot decode image 'p.bmp' right: unsupported BMP")
+        if outcome == "refused":
+            raise ValueError("Cannot decode image 'p.bmp' right: unsupported BMP")
+        return results[command]
 
-    monkeypatch.setattr(kerastl.app.explain, "explain", refusing)
-    monkeypatch.setattr(kerastl.app.rank, "rank", refusing)
-    argv = {"explain": ["explain", "run", "p.bmp"], "rank": ["rank", "--candidates", "a,b"]}
-    assert main(argv[command]) == 2
-    err = capfd.readouterr().err
-    assert "kerastl: error: Cannot decode image 'p.bmp' right" in err and "cuInit" not in err
+    monkeypatch.setattr(kerastl.app.explain, "explain", starting_devices)
+    monkeypatch.setattr(kerastl.app.rank, "rank", starting_devices)
+    monkeypatch.setattr(kerastl.app.run, "lr_find_for_config", starting_devices)
+    monkeypatch.setattr(kerastl.backbones, "create_backbone", starting_devices)
+    monkeypatch.setattr(sys.modules["kerastl.describe"], "describe", lambda model, _: model)
+    argv = {
+        "explain": ["explain", "run", "p.bmp"],
+        "rank": ["rank", "--candidates", "a,b"],
+        "lr-find": ["lr-find"],
+        "describe": ["describe", "efficientnet-lite0", "--weights", "none"],
+    }
+    assert main(argv[command]) == (2 if outcome == "refused" else 0)
+    out, err = capfd.readouterr()
+    assert "cuInit" not in err
+    if outcome == "refused":
+        assert "kerastl: error: Cannot decode image 'p.bmp' right" in err
+    else:
+        printed = {
+            "explain": "p.png: cat 0.90",
+            "rank": "Ranking:",
+            "lr-find": "3.00e-03",
+            "describe": "a built backbone",
+        }
+        assert printed[command] in out

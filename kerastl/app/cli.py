@@ -274,11 +274,13 @@ def _train(args) -> int:
 
 
 def _lr_find(args) -> int:
+    from kerastl._quiet import native_stderr_silenced
     from kerastl.app.config import load_config
     from kerastl.app.run import lr_find_for_config
 
     config = load_config(args.config, args.set)
-    result, plot = lr_find_for_config(config)
+    with native_stderr_silenced(expected=_refusals()):  # TF's C++ lines (device start-up, ...)
+        result, plot = lr_find_for_config(config)
     stage = config.stages[0]
     print(f"Suggested learning rate for stage 1 ({stage.train}): {result.suggestion:.2e}")
     print(f"Curve: {plot}")
@@ -328,6 +330,7 @@ def _list_backbones(args) -> int:
 
 
 def _describe(args) -> int:
+    from kerastl._quiet import native_stderr_silenced
     from kerastl.backbones import create_backbone, get_spec
     from kerastl.describe import describe
 
@@ -337,7 +340,8 @@ def _describe(args) -> int:
     weights = None if args.weights.lower() == "none" else args.weights
     print(f"Building {spec.name} (weights={weights!r}) ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    model = create_backbone(spec.name, weights=weights, include_top=bool(args.predict))
+    with native_stderr_silenced(expected=_refusals()):  # TF's C++ lines (device start-up, ...)
+        model = create_backbone(spec.name, weights=weights, include_top=bool(args.predict))
     print(f"Built in {time.perf_counter() - started:.1f}s.", file=sys.stderr)
     print(describe(model, args.granularity))
     if args.predict:
