@@ -82,7 +82,7 @@ def test_config_show_prints_the_resolved_config_that_loads_back(tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_train_prints_its_own_lines_and_no_tensorflow_or_keras_noise(tmp_path):
+def test_train_prints_its_own_lines_and_no_tensorflow_or_keras_noise(tmp_path, capsys, monkeypatch):
     """A user's folder with one corrupt image, through the installed command:
     the skipped file is summarised; no C++ log lines, retracing or shuffle warnings."""
     image_folder_of(tmp_path / "train", ["ants", "bees"], 6)
@@ -116,6 +116,18 @@ export: false
         "shuffle=True",
     )
     assert not [word for word in noise if word in result.stdout + result.stderr], result.stderr
+    # A quantized export reads the folder's validation split again, every file
+    # checked: with its progress (before: minutes of silence on a large folder).
+    import kerastl.export
+    from kerastl.app.export_run import export_run
+
+    monkeypatch.setattr(kerastl.export, "onnx", lambda model, output, **options: output)
+    capsys.readouterr()
+    export_run(tmp_path / "runs" / "bugs", "onnx", quantize="int8", verbose=2)
+    assert (
+        f"kerastl: checking the images in {tmp_path / 'val'}: 4 images in"
+        in capsys.readouterr().out
+    )
 
 
 def test_native_log_lines_are_dropped_and_everything_else_is_kept(capfd):

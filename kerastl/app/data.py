@@ -191,7 +191,7 @@ def _held_out(raw, config: RunConfig, class_names):
         if total and not count:
             report.notes.append(
                 f"class {name!r} has {total} example{'s' if total > 1 else ''}, too few to "
-                f"hold one out for validation: its validation metrics are undefined and "
+                "hold one out for validation: its validation metrics are undefined and "
                 "balanced accuracy averages the other classes (add examples, or name a "
                 "`data.validation_source`)"
             )

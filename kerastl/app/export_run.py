@@ -20,6 +20,7 @@ def export_run(
     quantize: str | None = None,
     max_accuracy_drop: float | None = None,
     min_agreement: float | None = None,
+    verbose: int | str = "auto",
 ) -> str:
     """Exports a run's final model, with its validation data as parity samples.
 
@@ -44,6 +45,9 @@ def export_run(
             `config.yaml`), see `kerastl.export.onnx`.
         max_accuracy_drop / min_agreement: the gate's bounds (None: the
             defaults of `kerastl.export.onnx`).
+        verbose: progress of reading the validation split again (a quantized
+            export of an image folder checks every file), converting and
+            checking, as in `kerastl.export.saved_model`; `0` silent.
 
     Returns:
         The written path (the version directory for a bundle).
@@ -64,7 +68,7 @@ def export_run(
         raise FileNotFoundError(f"{run_dir!r} is not a finished run directory: it has no {MODEL}.")
     config_path = os.path.join(run_dir, CONFIG)
     config = load_config(config_path) if os.path.isfile(config_path) else None
-    samples = _parity_samples(run_dir, config, quantize)
+    samples = _parity_samples(run_dir, config, quantize, verbose)
     model = load_model(model_path, compile=False)
     stem = "model" if quantize is None else f"model.{quantize}"
     defaults = {
@@ -83,23 +87,23 @@ def export_run(
         )
         if value is not None
     }
+    common = {"samples": samples, "verbose": verbose}
     if format == "saved_model":
-        return export.saved_model(model, output, signatures, samples=samples, overwrite=overwrite)
+        return export.saved_model(model, output, signatures, overwrite=overwrite, **common)
     if format == "onnx":
         return export.onnx(
-            model, output, opset=opset, samples=samples, overwrite=overwrite, quantize=quantize,
-            **gate,
-        )  # fmt: skip
+            model, output, opset=opset, overwrite=overwrite, quantize=quantize, **gate, **common
+        )
     if format == "litert":
         return export.litert(
-            model, output, samples=samples, overwrite=overwrite, quantize=quantize, **gate
+            model, output, overwrite=overwrite, quantize=quantize, **gate, **common
         )
     return export.serving_bundle(
         model,
         output,
         name or (config.name if config else os.path.basename(os.path.abspath(run_dir))),
         signatures=signatures,
-        samples=samples,
+        **common,
     )
 
 
@@ -123,7 +127,7 @@ def _check_options(format, opset, quantize, max_accuracy_drop, min_agreement) ->
         )
 
 
-def _parity_samples(run_dir: str, config, quantize: str | None):
+def _parity_samples(run_dir: str, config, quantize: str | None, verbose: int | str):
     """The samples an export is checked on: the run's `samples.npz`, or (for a
     quantized export, which is gated on it) its whole validation split."""
     from kerastl.app.data import load_data
@@ -132,7 +136,7 @@ def _parity_samples(run_dir: str, config, quantize: str | None):
 
     samples = load_samples(os.path.join(run_dir, SAMPLES))
     if samples is None and config is not None:  # a run written before samples.npz existed
-        samples = load_data(config).validation
+        samples = load_data(config, verbose=verbose).validation
     if samples is None:
         raise FileNotFoundError(
             f"{run_dir!r} has neither {SAMPLES} (written with {MODEL} when a run's report "
@@ -145,7 +149,7 @@ def _parity_samples(run_dir: str, config, quantize: str | None):
             f"A {quantize} export is gated on the run's validation split, which {run_dir!r} "
             f"names in {CONFIG}; it has none."
         )
-    samples = load_data(config).validation
+    samples = load_data(config, verbose=verbose).validation
     if samples is None:
         raise ValueError(
             f"A {quantize} export is gated on the run's validation split; "
