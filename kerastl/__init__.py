@@ -97,9 +97,11 @@ def __dir__() -> list[str]:
 
 
 def _import_all() -> None:
-    """Imports every public name (and with them every registered Keras class)."""
+    """Imports every public name (and with them every registered Keras class);
+    a name already bound is left as it is."""
     for name in _EXPORTS:
-        __getattr__(name)
+        if name not in globals():
+            __getattr__(name)
 
 
 if _os.path.basename(_sys.argv[0] if _sys.argv else "") != "kerastl":

@@ -189,3 +189,15 @@ def test_dir_lists_each_public_name_once_and_each_resolves():
     assert {"TransferModel", "FineTuner", "Stage", "export", "set_precision"} <= set(public)
     for name in public:
         assert getattr(kerastl, name) is not None, name
+
+
+def test_importing_every_public_name_again_leaves_bound_names_as_they_are(monkeypatch):
+    """`kerastl.app.cli.main` imports every public name at its start. Before, that
+    bound each name again from its module, so a test that had patched a module's
+    function left `kerastl.create_backbone` patched for every later test."""
+    import kerastl.backbones
+
+    real = kerastl.create_backbone
+    monkeypatch.setattr(kerastl.backbones, "create_backbone", lambda *args, **kwargs: None)
+    kerastl._import_all()
+    assert kerastl.create_backbone is real
