@@ -128,6 +128,17 @@ export: false
         f"kerastl: checking the images in {tmp_path / 'val'}: 4 images in"
         in capsys.readouterr().out
     )
+    # `kerastl lr-find` says what train says of the data (before: nothing).
+    import types
+
+    import kerastl.training.lr_finder
+
+    found = types.SimpleNamespace(suggestion=1e-3)
+    monkeypatch.setattr(kerastl.training.lr_finder, "lr_find", lambda *args, **kwargs: found)
+    assert main(["lr-find", str(tmp_path / "run.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert f"kerastl: skipped 1 of 13 records in {tmp_path / 'train'} (1 x corrupt)\n" in out
+    assert "Suggested learning rate for stage 1 (head): 1.00e-03" in out
 
 
 def test_native_log_lines_are_dropped_and_everything_else_is_kept(capfd):

@@ -127,6 +127,7 @@ def test_rank_command_prints_the_table_and_writes_it_to_a_run_directory(tmp_path
     from checks import image_folder_of
 
     image_folder_of(tmp_path / "images", ["dark", "light"], 24)
+    (tmp_path / "images" / "dark" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     config = tmp_path / "config.yaml"
     config.write_text(
         f"name: shapes\noutput_dir: {tmp_path / 'runs'}\n"
@@ -150,7 +151,11 @@ def test_rank_command_prints_the_table_and_writes_it_to_a_run_directory(tmp_path
     assert lines[2].split()[:2] == ["2", "efficientnet-lite0@none"]
     assert float(table[0]["score"]) == pytest.approx(float(lines[1].split()[2]), abs=1e-4)
     assert {row["image_size"] for row in table} == {"32"}  # model.image_size
+    assert "skipped" not in out  # --quiet
     assert main(["rank", str(config), "--candidates", "efficientnet-lite0", "--own-sizes"]) == 0
+    # What `kerastl train` says of the data (before: nothing, the file skipped unsaid).
+    skipped = f"kerastl: skipped 1 of 49 records in {tmp_path / 'images'} (1 x corrupt)\n"
+    assert skipped in capsys.readouterr().out
     with open(tmp_path / "runs" / "shapes-rank-2" / "ranking.csv") as file:
         assert [row["image_size"] for row in csv.DictReader(file)] == ["224"]  # Lite0's own
     assert main(["rank", str(config), "--candidates", "efficientnet-lite9"]) == 2

@@ -37,6 +37,28 @@ class Data:
     reports: list = dataclasses.field(default_factory=list)
     test: object = None
 
+    def console_lines(self, listed_in: str | None = None) -> list[str]:
+        """What a command says of the data it read: a line per source that
+        skipped records, and one per note (a class without images, ...).
+
+        Args:
+            listed_in: where the skipped records are listed one by one
+                (`kerastl train`: `"report.md"`), added to their line.
+
+        Returns:
+            The lines, without the `kerastl: ` prefix.
+
+        Example:
+            >>> data.console_lines("report.md")
+            ['skipped 1 of 13 records in data/train (1 x corrupt): see report.md']
+        """
+        lines = []
+        for report in self.reports:
+            if report.one_line():
+                lines.append(report.one_line() + (f": see {listed_in}" if listed_in else ""))
+            lines += [f"note: {note}" for note in report.notes]
+        return lines
+
 
 def load_data(
     config: RunConfig,

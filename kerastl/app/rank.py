@@ -62,7 +62,9 @@ def rank(
     Args:
         config: the run configuration (its data, sizes, augmentation and seed).
         candidates: `(name, weights)` pairs (`parse_candidates`).
-        verbose: `1` a line per candidate.
+        verbose: `1`: the image folder check's progress, a line per source that
+            skipped records and per note on the data, and a line per candidate;
+            `0` silent.
         own_sizes: rank each image candidate at its own input size (the
             images read at `model.image_size`, then resized).
 
@@ -79,7 +81,9 @@ def rank(
     from kerastl.training.run_directory import new_run_directory
 
     candidates = checked_candidates(candidates)  # a bad name fails before the data is read
-    data = load_data(config, tokenize=False)
+    data = load_data(config, tokenize=False, verbose=verbose)
+    for line in data.console_lines() if verbose else []:
+        print(f"kerastl: {line}", flush=True)
     views = None
     if config.data.augment and config.train.cache_views:
         policy = augmentation(config.data.augment, seed=config.train.seed)

@@ -123,11 +123,8 @@ def train(
     # Seeded after the data: preparing a TFDS dataset on first use draws random
     # numbers, and the model's initialisation must not depend on whether it ran.
     keras.utils.set_random_seed(config.train.seed)
-    for report in data.reports:
-        if report.one_line():
-            say(f"{report.one_line()}: see report.md")
-        for note in report.notes:
-            say(f"note: {note}")
+    for line in data.console_lines("report.md"):
+        say(line)
     with strategy.scope():
         model = build_model(config, data.class_names, spec=spec)
     plan_stages(model, config.stages, data.validation)  # bad stages fail before the run directory
@@ -246,6 +243,9 @@ def unfinished_run(config: RunConfig) -> str | None:
 def lr_find_for_config(config: RunConfig):
     """The LR range test for the first stage's setup, its plot in the run directory.
 
+    Says what `kerastl train` says of the data (the image folder check's
+    progress, skipped records, notes) before the test.
+
     Args:
         config: the run configuration (its first stage says what trains).
 
@@ -262,7 +262,9 @@ def lr_find_for_config(config: RunConfig):
 
     spec = resolve(config).spec
     keras.utils.set_random_seed(config.train.seed)
-    data = load_data(config, spec)
+    data = load_data(config, spec, verbose="auto")
+    for line in data.console_lines():
+        _say(line)
     model = build_model(config, data.class_names, spec=spec)
     plan_stages(model, config.stages[:1])[0].set_trainable(model)
     model.compile(
