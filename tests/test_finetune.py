@@ -116,6 +116,13 @@ def test_fit_refuses_arrays_and_unbatched_data_saying_how_to_batch():
         tuner.fit((x, y), stages=[kerastl.Stage(1)])
     with pytest.raises(ValueError, match=r"`validation` yields single examples .*\(16, 16, 3\)"):
         tuner.fit(_data(), _data().unbatch(), stages=[kerastl.Stage(1)])
+    # One-hot labels (`label_mode="categorical"`): before, Keras's "Argument `output`
+    # must have rank (ndim) `target.ndim - 1`" after the features were cached.
+    one_hot = _data().map(lambda x, y: (x, tf.one_hot(y, 3)))
+    with pytest.raises(
+        ValueError, match=r"`train` yields labels of shape \(None, 3\) \(one-hot\?\)"
+    ):
+        tuner.fit(one_hot, stages=[kerastl.Stage(1)])
     assert tuner.plan is None  # refused before anything was planned or trained
 
 
