@@ -53,7 +53,7 @@ def from_arrays(x, y, *, num_classes: int | None = None):
     return tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
 
 
-def resized_rgb(image, image_size: Sequence[int]):
+def resized_rgb(image, image_size: Sequence[int], *, antialias: bool = True):
     """Pixels of any size as the model takes them: the one resize of a run's images.
 
     Grey is tiled to RGB, alpha dropped, and the image resized with bilinear
@@ -65,6 +65,9 @@ def resized_rgb(image, image_size: Sequence[int]):
     Args:
         image: `[H, W, C]` pixels (any dtype), 1, 3 or 4 channels.
         image_size: `(height, width)`.
+        antialias: False resizes as `tf.image.resize` and
+            `keras.utils.image_dataset_from_directory` do by default (for
+            serving a model trained on data read that way).
 
     Returns:
         float32 `[height, width, 3]` RGB in the input's value range.
@@ -82,7 +85,7 @@ def resized_rgb(image, image_size: Sequence[int]):
         lambda: tf.tile(image, [1, 1, 3]),
         lambda: image[..., :3],
     )
-    image = tf.image.resize(image, (height, width), antialias=True)
+    image = tf.image.resize(image, (height, width), antialias=antialias)
     return tf.ensure_shape(image, (height, width, 3))
 
 

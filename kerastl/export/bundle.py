@@ -54,6 +54,7 @@ def serving_bundle(
     tolerance: float = DEFAULT_TOLERANCE,
     tta: str = "dihedral",
     verbose: int | str = "auto",
+    antialias: bool = True,
 ) -> str:
     """Writes `base_dir/name/<version>/` for TF Serving, published atomically.
 
@@ -86,6 +87,8 @@ def serving_bundle(
         tolerance: as in `saved_model`.
         tta: as in `saved_model`.
         verbose: as in `saved_model`.
+        antialias: as in `saved_model`: resize served images as the
+            training images were.
 
     Returns:
         The published version directory.
@@ -115,7 +118,7 @@ def serving_bundle(
     if os.path.exists(final):
         raise FileExistsError(f"Version {version} of {name!r} exists: {final!r}.")
     options = ExportOptions(
-        image_dtype, top_k, preprocessor, sequence_length, tolerance, tta, verbose
+        image_dtype, top_k, preprocessor, sequence_length, tolerance, tta, verbose, antialias
     )
     preprocessor = text_preprocessor(model, names, preprocessor, sequence_length)
     options = dataclasses.replace(options, preprocessor=preprocessor)

@@ -27,6 +27,8 @@ class ExportOptions:
         tta: the views `image_tensor_tta` averages over (`dihedral`, `flip`;
             checked with that signature).
         verbose: progress output, as in `kerastl.export.saved_model`.
+        antialias: how `image_bytes` and `tf_example` resize a decoded image,
+            as in `kerastl.export.saved_model`.
 
     Raises:
         ValueError: a value outside its range (named, with the value).
@@ -43,6 +45,7 @@ class ExportOptions:
     tolerance: float = DEFAULT_TOLERANCE
     tta: str = "dihedral"
     verbose: int | str = "auto"
+    antialias: bool = True
 
     def __post_init__(self):
         if self.image_dtype not in IMAGE_DTYPES:
@@ -51,6 +54,10 @@ class ExportOptions:
                 f"Received: image_dtype={self.image_dtype!r}."
             )
         check_positive_int("top_k", self.top_k)
+        if not isinstance(self.antialias, bool):
+            raise ValueError(
+                f"`antialias` must be True or False. Received: antialias={self.antialias!r}."
+            )
         check_positive_int("sequence_length", self.sequence_length)
         if isinstance(self.tolerance, bool) or not self.tolerance > 0:
             raise ValueError(

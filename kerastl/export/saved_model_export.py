@@ -48,6 +48,7 @@ def saved_model(
     overwrite: bool = False,
     tta: str = "dihedral",
     verbose: int | str = "auto",
+    antialias: bool = True,
 ) -> str:
     """Exports `model` as a SavedModel with serving signatures, if it matches Keras.
 
@@ -88,6 +89,13 @@ def saved_model(
             `flip` (2); it is parity-checked against `kerastl.predict_probabilities`.
         verbose: progress of writing and checking: `0` silent, `1` a bar, `2`
             a line when a step ends after a few seconds, `"auto"` by the output.
+        antialias: how `image_bytes` and `tf_example` resize a decoded image
+            to the model's size, which must be how the training images were
+            resized: True (bilinear with antialiasing) as kerastl's image
+            sources (`image_folder`, TFDS through kerastl) do; False as
+            `keras.utils.image_dataset_from_directory` and `tf.image.resize`
+            do by default. The parity check cannot tell: it sends images at
+            the model's size.
 
     Returns:
         `path`.
@@ -102,7 +110,7 @@ def saved_model(
     """
     path = os.fspath(path)
     options = ExportOptions(
-        image_dtype, top_k, preprocessor, sequence_length, tolerance, tta, verbose
+        image_dtype, top_k, preprocessor, sequence_length, tolerance, tta, verbose, antialias
     )
     with _atomic.publishing(path, overwrite=overwrite) as temporary:
         write_saved_model(
@@ -157,6 +165,7 @@ def write_saved_model(
             preprocessor=tokenizer,
             tta=tta,
             forward=forward,
+            antialias=options.antialias,
         )
         archive.add_endpoint(name, function)
     what = f"SavedModel ({', '.join(names)}): writing, then checking it against Keras"

@@ -4,9 +4,10 @@ Image signatures:
 - `image_tensor`: `images`, `[batch, H, W, 3]` raw RGB pixels in [0, 255]
   (float32, or uint8 with `image_dtype="uint8"`).
 - `image_bytes`: `image_bytes`, a `tf.string` batch of encoded JPEG/PNG/BMP/GIF
-  images of any size, decoded and resized in the graph exactly as the
-  training pipeline does (`kerastl.data.pipeline.resized_rgb`: 3 channels,
-  bilinear with antialiasing). TF Serving REST clients send each as
+  images of any size, decoded and resized in the graph exactly as
+  kerastl's image sources do (`kerastl.data.pipeline.resized_rgb`: 3 channels,
+  bilinear with antialiasing; `antialias=False`: as
+  `keras.utils.image_dataset_from_directory` does). TF Serving REST clients send each as
   `{"b64": ...}`. (TensorFlow's BMP decoder reads an 8-bit colour palette's
   indices as grey levels: send such images as PNG.)
 - `tf_example`: `examples`, serialized `tf.train.Example`s holding the
@@ -116,12 +117,13 @@ def image_size(model: keras.Model) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def decode_images(encoded, size: tuple[int, int]):
-    """A `tf.string` batch of encoded images → float32 `[batch, H, W, 3]`."""
+def decode_images(encoded, size: tuple[int, int], antialias: bool = True):
+    """A `tf.string` batch of encoded images → float32 `[batch, H, W, 3]`,
+    resized by `resized_rgb` (`antialias` as there)."""
 
     def decode(data):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        return resized_rgb(image, size)
+        return resized_rgb(image, size, antialias=antialias)
 
     return tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec((*size, 3), tf.float32))
 
@@ -187,6 +189,7 @@ def serving_function(
     numeric_only: bool = False,
     tta: str = "dihedral",
     forward=None,
+    antialias: bool = True,
 ):
     """A `tf.function` with a fixed input signature for one exported signature.
 
@@ -202,6 +205,9 @@ def serving_function(
         tta: the test-time views of `image_tensor_tta` (`dihedral` or `flip`).
         forward: the model call to use (`model_forward(model)`, shared by the
             signatures of one export); None calls the model directly.
+        antialias: how `image_bytes` and `tf_example` resize a decoded image
+            (`resized_rgb`): True as kerastl's image sources do, False as
+            `keras.utils.image_dataset_from_directory` does.
 
     Returns:
         A `tf.function` taking the inputs of `input_specs` as keyword
@@ -218,14 +224,14 @@ def serving_function(
     elif signature == IMAGE_BYTES:
 
         def model_inputs(image_bytes):
-            return decode_images(image_bytes, image_size(model))
+            return decode_images(image_bytes, image_size(model), antialias)
     elif signature == TF_EXAMPLE:
 
         def model_inputs(examples):
             parsed = tf.io.parse_example(
                 examples, {EXAMPLE_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
             )
-            return decode_images(parsed[EXAMPLE_IMAGE_KEY], image_size(model))
+            return decode_images(parsed[EXAMPLE_IMAGE_KEY], image_size(model), antialias)
     elif signature == TOKEN_IDS:
 
         def model_inputs(**tokens):
