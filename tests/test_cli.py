@@ -119,8 +119,10 @@ export: false
     # A quantized export reads the folder's validation split again, every file
     # checked: with its progress (before: minutes of silence on a large folder).
     import kerastl.export
+    import kerastl.saving
     from kerastl.app.export_run import export_run
 
+    monkeypatch.setattr(kerastl.saving, "load_model", lambda path, compile: None)  # not its claim
     monkeypatch.setattr(kerastl.export, "onnx", lambda model, output, **options: output)
     capsys.readouterr()
     export_run(tmp_path / "runs" / "bugs", "onnx", quantize="int8", verbose=2)
