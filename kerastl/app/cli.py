@@ -200,6 +200,15 @@ def _refusals() -> tuple[type[Exception], ...]:
     )
 
 
+def _tensorflow_quiet():
+    """A command's TF work with TF's C++ lines (device start-up, kernel notices)
+    held back: dropped when it ends or refuses its input (`_refusals`), shown
+    after a crash."""
+    from kerastl._quiet import native_stderr_silenced
+
+    return native_stderr_silenced(expected=_refusals())
+
+
 def _start_tensorflow() -> None:
     """Imports TensorFlow and kerastl with TF's C++ start-up lines held back
     (they ignore `TF_CPP_MIN_LOG_LEVEL`); later C++ warnings stay hidden, errors shown."""
@@ -215,10 +224,9 @@ def _start_tensorflow() -> None:
 
 
 def _explain(args) -> int:
-    from kerastl._quiet import native_stderr_silenced
     from kerastl.app.explain import explain
 
-    with native_stderr_silenced(expected=_refusals()):  # TF's C++ lines (device start-up, ...)
+    with _tensorflow_quiet():
         lines = explain(
             args.run_dir, args.images, output=args.output, group=args.group, top=args.top
         )
@@ -228,13 +236,12 @@ def _explain(args) -> int:
 
 
 def _rank(args) -> int:
-    from kerastl._quiet import native_stderr_silenced
     from kerastl.app.config import load_config
     from kerastl.app.rank import format_table, parse_candidates, rank
 
     candidates = parse_candidates(args.candidates)
     config = load_config(args.config, args.set)
-    with native_stderr_silenced(expected=_refusals()):  # TF's C++ lines (device start-up, ...)
+    with _tensorflow_quiet():
         rows, path = rank(
             config, candidates, verbose=0 if args.quiet else 1, own_sizes=args.own_sizes
         )
@@ -274,12 +281,11 @@ def _train(args) -> int:
 
 
 def _lr_find(args) -> int:
-    from kerastl._quiet import native_stderr_silenced
     from kerastl.app.config import load_config
     from kerastl.app.run import lr_find_for_config
 
     config = load_config(args.config, args.set)
-    with native_stderr_silenced(expected=_refusals()):  # TF's C++ lines (device start-up, ...)
+    with _tensorflow_quiet():
         result, plot = lr_find_for_config(config)
     stage = config.stages[0]
     print(f"Suggested learning rate for stage 1 ({stage.train}): {result.suggestion:.2e}")
@@ -288,13 +294,11 @@ def _lr_find(args) -> int:
 
 
 def _export(args) -> int:
-    from kerastl._quiet import native_stderr_silenced
     from kerastl.app.export_run import export_run
     from kerastl.export.quantization import QuantizationReport, report_path
 
     signatures = tuple(args.signatures.split(",")) if args.signatures else None
-    # TF's C++ lines (device start-up, kernel notices); a refusal is an outcome, not a crash.
-    with native_stderr_silenced(expected=_refusals()):
+    with _tensorflow_quiet():
         path = export_run(
             args.run_dir,
             args.format,
@@ -330,7 +334,6 @@ def _list_backbones(args) -> int:
 
 
 def _describe(args) -> int:
-    from kerastl._quiet import native_stderr_silenced
     from kerastl.backbones import create_backbone, get_spec
     from kerastl.describe import describe
 
@@ -340,7 +343,7 @@ def _describe(args) -> int:
     weights = None if args.weights.lower() == "none" else args.weights
     print(f"Building {spec.name} (weights={weights!r}) ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    with native_stderr_silenced(expected=_refusals()):  # TF's C++ lines (device start-up, ...)
+    with _tensorflow_quiet():
         model = create_backbone(spec.name, weights=weights, include_top=bool(args.predict))
     print(f"Built in {time.perf_counter() - started:.1f}s.", file=sys.stderr)
     print(describe(model, args.granularity))
