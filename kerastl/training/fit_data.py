@@ -40,6 +40,14 @@ def check_fit_data(dataset, what: str, model: keras.Model) -> None:
     spec = dataset.element_spec
     inputs = spec[0] if isinstance(spec, tuple) else spec
     first = tf.nest.flatten(inputs)[0]
+    labels = tf.nest.flatten(spec[1])[0] if isinstance(spec, tuple) and len(spec) > 1 else None
+    if labels is not None and labels.shape.rank == 2 and labels.shape[-1] not in (1, None):
+        raise ValueError(
+            f"`{what}` yields labels of shape {tuple(labels.shape)} (one-hot?), where FineTuner "
+            "trains on integer class indices of shape (batch,): map them, e.g. "
+            f"`{what}.map(lambda x, y: (x, tf.argmax(y, axis=-1)))`, or read the images with "
+            "`keras.utils.image_dataset_from_directory(..., label_mode='int')`."
+        )
     if first.shape.rank is None:
         return
     # Raw strings are tokenized into the model's `[batch, tokens]` inputs.
@@ -48,12 +56,4 @@ def check_fit_data(dataset, what: str, model: keras.Model) -> None:
         raise ValueError(
             f"`{what}` yields single examples (inputs of shape {tuple(first.shape)}), where "
             f"the model takes batches: batch it, e.g. `{what}.batch(32)`."
-        )
-    labels = tf.nest.flatten(spec[1])[0] if isinstance(spec, tuple) and len(spec) > 1 else None
-    if labels is not None and labels.shape.rank == 2 and labels.shape[-1] not in (1, None):
-        raise ValueError(
-            f"`{what}` yields labels of shape {tuple(labels.shape)} (one-hot?), where FineTuner "
-            "trains on integer class indices of shape (batch,): map them, e.g. "
-            f"`{what}.map(lambda x, y: (x, tf.argmax(y, axis=-1)))`, or read the images with "
-            "`keras.utils.image_dataset_from_directory(..., label_mode='int')`."
         )
