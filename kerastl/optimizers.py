@@ -3,8 +3,17 @@
 `group_optimizer` maps named layer groups to optimizers; `discriminative_optimizer`
 builds one optimizer per group with learning rates spread across the groups
 (fastai) or decayed layer by layer (BERT/ViT fine-tuning). The map is keyed by
-exact variable paths, so it survives `model.save` / `load_model` (a callable
-selector would not).
+variable paths, so it survives `model.save` / `load_model` (a callable
+selector would not). Two kinds of path change when Keras builds the model
+again from its config, and get a pattern instead (`OptimizerMap` tries every
+key as a pattern when no key equals a path):
+
+- a weight its layer created without a name (ConvNeXt's layer scales): Keras
+  numbers those `variable`, `variable_1`, ... from one count for the whole
+  process, so a model loaded after another was built numbers them anew;
+- a weight of a model nested in the model (ConvNeXt's stem and downsampling
+  blocks are `Sequential`s): built inside it, its path starts with that
+  model's name; deserialized, Keras builds its layers on their own, without it.
 
 Weight decay skips biases and norm scales/offsets (1-D variables, and any
 variable named `bias`, `gamma` or `beta`, such as multi-head attention's
@@ -17,10 +26,12 @@ part of the optimizer's config, so a reloaded model would decay them again
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 import keras
 
+from kerastl._internals import sublayers
 from kerastl.distribute.keras_fixes import GroupOptimizer
 from kerastl.groups import COARSE, FINE, LayerGroups, group_variables, layer_groups
 
@@ -49,8 +60,8 @@ def group_optimizer(
 
     Returns:
         A `GroupOptimizer` (a `keras.optimizers.MultiOptimizer` where a group
-        without gradients rests) over an `OptimizerMap` keyed by exact
-        variable paths; pass it to `model.compile`.
+        without gradients rests) over an `OptimizerMap` keyed by variable
+        paths (a pattern where loading changes a path); pass it to `model.compile`.
 
     Raises:
         ValueError: an unknown group name (the valid ones are listed), a group
@@ -81,6 +92,11 @@ def group_optimizer(
 
     twins: dict[int, Optimizer] = {}
     optimizer_map: dict[str, Optimizer] = {}
+    nested = {
+        layer.name
+        for layer in sublayers(model, include_self=False)
+        if isinstance(layer, keras.Model)
+    }
     for name, group_vars in variables.items():
         optimizer = assignment.get(name, default)
         for variable in group_vars:
@@ -89,11 +105,37 @@ def group_optimizer(
                 if id(optimizer) not in twins:
                     twins[id(optimizer)] = _without_weight_decay(optimizer)
                 target = twins[id(optimizer)]
+            key = _map_key(variable, nested)
+            if key != variable.path:  # a pattern, for a weight's changing path
+                if optimizer_map.setdefault(key, target) is not target:
+                    raise ValueError(
+                        f"The unnamed weights of layer {variable.path.rpartition('/')[0]!r} "
+                        "need two optimizers (weight decay on one, not the other), which "
+                        "a loaded model could not tell apart. Pass decay_1d=True or an "
+                        "optimizer without weight_decay for its group."
+                    )
+                continue
             if target is default:
                 continue  # the map's default covers it
-            optimizer_map[variable.path] = target
+            optimizer_map[key] = target
     map_default = default if default is not None else next(iter(assignment.values()))
     return GroupOptimizer(keras.optimizers.OptimizerMap(map_default, optimizer_map))
+
+
+# The name Keras gives a weight created without one (a process-wide count).
+_UNNAMED = r"variable(_\d+)?"
+
+
+def _map_key(variable: keras.Variable, nested: set[str]) -> str:
+    """`variable`'s `OptimizerMap` key: its path, or a pattern matching every path
+    it can have when the model is deserialized (see the module docstring)."""
+    *outer, name = variable.path.split("/")
+    prefix = ""
+    while len(outer) > 1 and outer[0] in nested:
+        prefix += f"(?:{re.escape(outer.pop(0))}/)?"
+    last = _UNNAMED if re.fullmatch(_UNNAMED, name) else re.escape(name)
+    key = prefix + "/".join([*map(re.escape, outer), last])
+    return variable.path if key == re.escape(variable.path) else key
 
 
 def discriminative_optimizer(

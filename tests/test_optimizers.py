@@ -243,6 +243,54 @@ def test_save_load_restores_types_rates_iterations_and_slots(tmp_path):
     assert int(loaded.optimizer.iterations.numpy()) == 3
 
 
+def _small_convnext():
+    """Keras's ConvNeXt builder at one block of 8 channels per stage, named as the
+    registry's `convnexttiny` (its group rules): its stem and downsampling blocks are
+    nested `Sequential`s and its layer scales are weights created without a name."""
+    from keras.src.applications.convnext import ConvNeXt
+
+    backbone = ConvNeXt(
+        depths=[1, 1, 1, 1],
+        projection_dims=[8, 8, 8, 8],
+        name="convnext_tiny",
+        include_top=False,
+        input_shape=(32, 32, 3),
+    )
+    return kerastl.TransferModel(backbone, num_classes=3, backbone_name="convnexttiny")
+
+
+def test_a_convnext_loads_with_each_weight_on_its_group_s_optimizer(tmp_path):
+    """The map is keyed by paths, and two kinds change when Keras deserializes the
+    model: a nested model's weights lose its name, and an unnamed weight is numbered
+    from a count that ran on (here: `_small_convnext` built again in between). Keyed
+    by the built paths, the reloaded optimizer put the downsampling norms on the
+    default optimizer, and loading failed on slots of the wrong shape."""
+    model = _small_convnext()
+    paths = [v.path for v in model.trainable_variables]
+    assert any(p.startswith("convnext_tiny_stem/") for p in paths)
+    assert any(p.rpartition("/")[2].startswith("variable") for p in paths)
+    model.compile(
+        kerastl.discriminative_optimizer(
+            model, 1e-3, optimizer=keras.optimizers.AdamW(weight_decay=0.05)
+        ),
+        LOSS,
+    )
+    x, y = _batch()
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    _small_convnext()
+    loaded = kerastl.load_model(tmp_path / "m.keras")
+    assert [v.path for v in loaded.trainable_variables] != paths  # what the keys must survive
+    routing = _routing(model.optimizer, model)
+    assert [routing[p].name for p in paths] == [
+        loaded.optimizer._optimizer_map(v).name for v in loaded.trainable_variables
+    ]
+    # 7 groups, each with its no-decay twin but post_norm (only norm scales and offsets)
+    assert len({routing[p].name for p in paths}) == 13
+    for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(saved.numpy(), restored.numpy())
+
+
 def test_schedules_per_group_serialize_and_follow_their_formula(tmp_path):
     model = _vgg()
     optimizer = kerastl.discriminative_optimizer(
