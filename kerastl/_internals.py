@@ -161,3 +161,12 @@ def tensorflow_trainer():
     from keras.src.backend.tensorflow import trainer
 
     return trainer
+
+
+def tensorflow_nn():
+    """Keras's TensorFlow backend `nn` module, whose `conv` every convolution
+    layer calls: an export swaps it while tracing, for grouped convolutions
+    without XLA (`kerastl.export.keras_export_fixes`); no public hook exists."""
+    from keras.src.backend.tensorflow import nn
+
+    return nn

@@ -1,4 +1,5 @@
-"""Holding back what TensorFlow's C++ runtime writes straight to the stderr descriptor.
+"""Holding back what TensorFlow's C++ runtime writes straight to the stderr descriptor,
+and one TensorFlow warning the `kerastl` command's user cannot act on.
 
 TF 2.21 logs through absl before its log level is read, so
 `TF_CPP_MIN_LOG_LEVEL` does not hold back its start-up lines ("All log
@@ -8,6 +9,7 @@ messages before absl::InitializeLog()", "failed call to cuInit", ...).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -70,3 +72,28 @@ def native_stderr_silenced(
             kept = lines if failed else [line for line in lines if not _NATIVE_LOG.match(line)]
             sys.stderr.write("".join(kept))
             sys.stderr.flush()
+
+
+class _KerasConvRetracing(logging.Filter):
+    """Drops TF's "triggered tf.function retracing" warning about Keras's `_conv_xla`.
+
+    Keras's TensorFlow backend makes a new `tf.function` for each grouped
+    convolution it runs outside a traced function (ConvNeXt's, in Grad-CAM or
+    an export's check against Keras), and TF warns after five of them: Keras's
+    design, which nothing in the command's input can change.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "_conv_xla" in message)
+
+
+def drop_keras_conv_retracing_warnings() -> None:
+    """Puts `_KerasConvRetracing` on TF's Python logger (once).
+
+    Example:
+        >>> drop_keras_conv_retracing_warnings()  # the `kerastl` command, at its start
+    """
+    logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _KerasConvRetracing) for f in logger.filters):
+        logger.addFilter(_KerasConvRetracing())

@@ -38,6 +38,25 @@ def tiny_backbone(name: str) -> keras.Model:
     return kerastl.create_backbone(name, weights=None, input_shape=(side, side, 3))
 
 
+def small_convnext(layer_scale: float = 1e-6, classes: int = 3) -> kerastl.TransferModel:
+    """Keras's ConvNeXt builder at one block of 8 channels per stage and 32 px, named
+    as the registry's `convnexttiny` (its group rules): its stem and downsampling
+    blocks are nested `Sequential`s, its layer scales weights created without a
+    name, its 7x7 convolutions grouped (one channel a group) and its GELU exact.
+    `layer_scale=1` makes every block count (ConvNeXt's 1e-6 nearly skips them)."""
+    from keras.src.applications.convnext import ConvNeXt
+
+    backbone = ConvNeXt(
+        depths=[1, 1, 1, 1],
+        projection_dims=[8, 8, 8, 8],
+        layer_scale_init_value=layer_scale,
+        name="convnext_tiny",
+        include_top=False,
+        input_shape=(32, 32, 3),
+    )
+    return kerastl.TransferModel(backbone, num_classes=classes, backbone_name="convnexttiny")
+
+
 def run_group_test(model: keras.Model) -> None:
     """Groups cover every weight exactly once, in both granularities, and the
     coarse groups are unions of consecutive fine groups."""

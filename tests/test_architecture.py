@@ -159,6 +159,8 @@ def test_every_private_keras_name_kerastl_uses_still_exists():
     trainer = _internals.tensorflow_trainer()
     assert callable(trainer.reduce_per_replica)
     assert callable(trainer.TensorFlowTrainer._maybe_symbolic_build)
+    nn = _internals.tensorflow_nn()
+    assert callable(nn.conv) and callable(nn.depthwise_conv)
 
 
 def test_the_tfds_manual_dir_accessor_reads_the_download_manager(tmp_path):

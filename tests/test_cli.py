@@ -169,6 +169,48 @@ def test_native_log_lines_are_dropped_and_everything_else_is_kept(capfd):
     assert "oneDNN" not in capfd.readouterr().err
 
 
+def test_the_command_drops_tf_s_warning_about_keras_s_grouped_convolutions_only():
+    """Keras runs a grouped convolution outside a traced function (ConvNeXt's, in
+    Grad-CAM or an export's check against Keras) as a new XLA `tf.function` each
+    time, and TF warns of retracing from the sixth: `kerastl train` and `export`
+    printed the warning twice for a ConvNeXt. A user's own retracing still warns."""
+    import logging
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from kerastl.app import cli
+
+    logger = logging.getLogger("tensorflow")
+    filters = list(logger.filters)  # an in-process `main()` before this test put it there
+    for installed in filters:
+        logger.removeFilter(installed)
+    warned = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warned.append(record.getMessage())
+    layer = keras.layers.Conv2D(4, 3, groups=2)
+    images = np.zeros((1, 5, 5, 2), np.float32)
+    step = lambda n: tf.function(lambda x: x + n)(1.0)  # noqa: E731 (a new function each call)
+    logger.addHandler(handler)
+    try:
+        for _ in range(6):
+            layer(images)
+        assert any("_conv_xla" in message for message in warned)  # TF's warning, unfiltered
+        cli._start_tensorflow()
+        warned.clear()
+        for n in range(6):
+            layer(images)
+            step(n)
+    finally:
+        logger.removeHandler(handler)
+        for added in list(logger.filters):
+            logger.removeFilter(added)
+        for installed in filters:
+            logger.addFilter(installed)
+    assert warned and not any("_conv_xla" in message for message in warned)
+
+
 @pytest.mark.parametrize("outcome", ["refused", "done"])
 @pytest.mark.parametrize("command", ["explain", "rank", "lr-find", "describe"])
 def test_tensorflow_s_native_lines_are_dropped_on_a_refusal_and_a_result(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from _workload import stored_values
-from checks import TINY_TEXT
+from checks import TINY_TEXT, small_convnext
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import loader_impl
@@ -345,6 +345,59 @@ def test_onnx_refuses_a_graph_with_a_decode_op_and_writes_nothing(lite0, tmp_pat
         kx.onnx(lite0, tmp_path / "bytes.onnx", signature="image_bytes")
     assert "DecodeImage" in caught.value.ops
     assert os.listdir(tmp_path) == []
+
+
+def test_a_grouped_convolution_traced_for_export_computes_as_keras_s():
+    """A multiplier of 2 (two filters a group): output channel `c * 2 + k` reads input
+    channel `c`, in Keras's grouped kernel and in the depthwise one it becomes."""
+    from kerastl.export.keras_export_fixes import grouped_convolutions_without_xla
+    from kerastl.export.serving_ops import XLA_JIT_FUNCTION, graph_ops
+
+    layer = keras.layers.Conv2D(8, 3, groups=4, padding="same")
+    images = tf.constant(np.random.default_rng(0).uniform(0, 1, (2, 9, 9, 4)), tf.float32)
+    expected = layer(images).numpy()  # Keras's XLA function
+    with grouped_convolutions_without_xla():
+        traced = tf.function(layer).get_concrete_function(tf.TensorSpec((None, 9, 9, 4)))
+    assert XLA_JIT_FUNCTION not in graph_ops(traced.graph.as_graph_def())
+    # Sums of 3 x 3 products of O(1) values, in two orders: float32 rounding.
+    np.testing.assert_allclose(traced(images).numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_convnext_exports_without_xla_and_converts_to_onnx(tmp_path):
+    """Keras runs ConvNeXt's grouped 7x7 convolutions as XLA-compiled functions, which
+    stock TF Serving refuses ("XLA compilation disabled") and tf2onnx cannot convert;
+    its exact GELU is `Erfc`, which tf2onnx has no handler for; and tf2onnx made its
+    normalization's captured mean and variance graph inputs. Layer scales of 1 make
+    the blocks count, so a wrong depthwise kernel would fail the parity checks."""
+    import onnxruntime
+    import tf2onnx
+
+    from kerastl.export.serving_ops import XLA_JIT_FUNCTION, graph_ops
+    from kerastl.export.signatures import serving_function
+    from kerastl.export.tf2onnx_fixes import erfc_as_one_minus_erf
+
+    model = small_convnext(layer_scale=1.0)
+    images = _images(8, size=32)
+    spec = tf.TensorSpec((None, 32, 32, 3))
+    keras_graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    assert XLA_JIT_FUNCTION in graph_ops(keras_graph.graph.as_graph_def())  # Keras's own trace
+    assert np.std(model.predict(images, verbose=0), axis=0).min() > 0.01  # a model to compare
+
+    saved = kx.saved_model(model, tmp_path / "saved", samples=images, verbose=0)
+    assert kx.scan_serving_ops(saved) == {}
+
+    path = kx.onnx(model, tmp_path / "convnext.onnx", samples=images, verbose=0)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert json.loads((tmp_path / "convnext.parity.json").read_text())["passed"]
+
+    with pytest.raises(kx.UnsupportedOpsError, match="Erfc"):  # tf2onnx alone
+        kx.onnx(model, tmp_path / "unfixed.onnx", samples=images, fixes=False, verbose=0)
+    function = serving_function(model, "image_tensor", numeric_only=True)
+    with erfc_as_one_minus_erf():
+        proto, _ = tf2onnx.convert.from_function(function, function.input_signature, opset=17)
+    assert len(proto.graph.input) == 3  # images, and the captured mean and variance
 
 
 def test_undefined_op_detection_names_decode_jpeg():

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from checks import TINY_TEXT, assert_same_optimizer_state
+from checks import TINY_TEXT, assert_same_optimizer_state, small_convnext
 
 import kerastl
 from kerastl.groups import group_variables
@@ -243,29 +243,13 @@ def test_save_load_restores_types_rates_iterations_and_slots(tmp_path):
     assert int(loaded.optimizer.iterations.numpy()) == 3
 
 
-def _small_convnext():
-    """Keras's ConvNeXt builder at one block of 8 channels per stage, named as the
-    registry's `convnexttiny` (its group rules): its stem and downsampling blocks are
-    nested `Sequential`s and its layer scales are weights created without a name."""
-    from keras.src.applications.convnext import ConvNeXt
-
-    backbone = ConvNeXt(
-        depths=[1, 1, 1, 1],
-        projection_dims=[8, 8, 8, 8],
-        name="convnext_tiny",
-        include_top=False,
-        input_shape=(32, 32, 3),
-    )
-    return kerastl.TransferModel(backbone, num_classes=3, backbone_name="convnexttiny")
-
-
 def test_a_convnext_loads_with_each_weight_on_its_group_s_optimizer(tmp_path):
     """The map is keyed by paths, and two kinds change when Keras deserializes the
     model: a nested model's weights lose its name, and an unnamed weight is numbered
-    from a count that ran on (here: `_small_convnext` built again in between). Keyed
+    from a count that ran on (here: `small_convnext` built again in between). Keyed
     by the built paths, the reloaded optimizer put the downsampling norms on the
     default optimizer, and loading failed on slots of the wrong shape."""
-    model = _small_convnext()
+    model = small_convnext()
     paths = [v.path for v in model.trainable_variables]
     assert any(p.startswith("convnext_tiny_stem/") for p in paths)
     assert any(p.rpartition("/")[2].startswith("variable") for p in paths)
@@ -278,7 +262,7 @@ def test_a_convnext_loads_with_each_weight_on_its_group_s_optimizer(tmp_path):
     x, y = _batch()
     model.fit(x, y, epochs=1, verbose=0)
     model.save(tmp_path / "m.keras")
-    _small_convnext()
+    small_convnext()
     loaded = kerastl.load_model(tmp_path / "m.keras")
     assert [v.path for v in loaded.trainable_variables] != paths  # what the keys must survive
     routing = _routing(model.optimizer, model)

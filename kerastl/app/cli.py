@@ -211,9 +211,10 @@ def _tensorflow_quiet():
 
 def _start_tensorflow() -> None:
     """Imports TensorFlow and kerastl with TF's C++ start-up lines held back
-    (they ignore `TF_CPP_MIN_LOG_LEVEL`); later C++ warnings stay hidden, errors shown."""
+    (they ignore `TF_CPP_MIN_LOG_LEVEL`); later C++ warnings stay hidden, errors
+    shown, and TF's warning about Keras's own retracing is dropped."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from kerastl._quiet import native_stderr_silenced
+    from kerastl._quiet import drop_keras_conv_retracing_warnings, native_stderr_silenced
 
     with native_stderr_silenced():
         import tensorflow  # noqa: F401
@@ -221,6 +222,7 @@ def _start_tensorflow() -> None:
         import kerastl
 
         kerastl._import_all()
+    drop_keras_conv_retracing_warnings()
 
 
 def _explain(args) -> int:

@@ -34,7 +34,7 @@ from kerastl.export.signatures import (
     serving_function,
     tensor_signature,
 )
-from kerastl.export.tf2onnx_fixes import tf2onnx_fixes
+from kerastl.export.tf2onnx_fixes import captured_constants_as_initializers, tf2onnx_fixes
 from kerastl.peft import merged_for_export
 
 MAX_OPSET = 18  # tf2onnx 1.17 fails from opset 19
@@ -333,6 +333,8 @@ def convert(model: keras.Model, signature: str, opset: int, *, image_dtype="floa
             )
     finally:
         tf2onnx_logger.removeHandler(logged)
+    if fixes:
+        captured_constants_as_initializers(proto, function)
     unsupported = sorted(set(logged.ops) | set(undefined_ops(proto)))
     if unsupported:
         raise UnsupportedOpsError(unsupported, signature)

@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from kerastl.data.augment import dihedral_view, tta_views
 from kerastl.data.pipeline import resized_rgb
+from kerastl.export.keras_export_fixes import grouped_convolutions_without_xla
 
 IMAGE_TENSOR = "image_tensor"
 IMAGE_BYTES = "image_bytes"
@@ -175,8 +176,10 @@ def model_forward(model: keras.Model) -> tf.types.experimental.PolymorphicFuncti
 
 
 def _first_output(model: keras.Model, inputs):
-    """The model's first output in inference mode (its logits)."""
-    return keras.tree.flatten(model(inputs, training=False))[0]
+    """The model's first output in inference mode (its logits), traced with
+    grouped convolutions that need no XLA where they can (`keras_export_fixes`)."""
+    with grouped_convolutions_without_xla():
+        return keras.tree.flatten(model(inputs, training=False))[0]
 
 
 def serving_function(
