@@ -178,8 +178,13 @@ def discriminative_optimizer(
     Example:
         >>> opt = kerastl.discriminative_optimizer(model, base_lr=1e-3, decay=0.65)
     """
-    if base_lr is None or not base_lr > 0:
-        raise ValueError(f"`base_lr` must be a positive number. Received: base_lr={base_lr!r}.")
+    if isinstance(base_lr, bool) or not isinstance(base_lr, int | float) or not base_lr > 0:
+        given_an_optimizer = isinstance(base_lr, Optimizer | type)
+        raise ValueError(
+            "`base_lr` must be a positive number"
+            + (" (an optimizer goes in `optimizer=`)" if given_an_optimizer else "")
+            + f". Received: base_lr={base_lr!r}."
+        )
     if lr_mult is not None and decay is not None:
         raise ValueError(
             "Give `lr_mult` (spread) or `decay` (layer-wise decay), not both. "

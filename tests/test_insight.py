@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import small_convnext
 
 import kerastl
 from kerastl.training.calibration import (
@@ -95,6 +96,12 @@ def test_gradcam_picks_the_last_spatial_group_and_names_bad_requests():
         kerastl.gradcam(lite0, images, class_index=3)
     with pytest.raises(ValueError, match=r"Unknown|head"):
         kerastl.gradcam(lite0, images, "head")
+    # By default the last map at least 7 x 7, as the report's and `kerastl explain`'s: a
+    # ConvNeXt's last stage at 32 px is 1 x 1, and its map was 1.0 everywhere.
+    convnext = small_convnext(layer_scale=1.0)
+    assert last_spatial_group(convnext) == "post_norm"
+    maps = kerastl.gradcam(convnext, images[:, :32, :32])
+    assert maps.shape == (2, 32, 32) and maps.std(axis=(1, 2)).min() > 0.01
 
 
 def test_temperature_fits_the_likelihood_and_ece_measures_the_gap():

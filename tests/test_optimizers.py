@@ -149,6 +149,8 @@ def test_discriminative_optimizer_validates_its_arguments():
         kerastl.discriminative_optimizer(model, 1e-3, decay=1.5)
     with pytest.raises(ValueError, match="base_lr=-1"):
         kerastl.discriminative_optimizer(model, -1)
+    with pytest.raises(ValueError, match=r"an optimizer goes in `optimizer=`.*base_lr=<keras.*SGD"):
+        kerastl.discriminative_optimizer(model, keras.optimizers.SGD(0.1))  # not a TypeError
 
 
 def _decay_step(model, optimizer):

@@ -43,8 +43,7 @@ def explain(
     from kerastl.preprocessing import load_image
     from kerastl.saving import load_model
     from kerastl.training.evaluation import predict_probabilities
-    from kerastl.training.gradcam import gradcam, last_spatial_group
-    from kerastl.training.insight_plots import MIN_MAP_SIZE
+    from kerastl.training.gradcam import MIN_MAP_SIZE, gradcam, last_spatial_group
     from kerastl.training.run_directory import MODEL
 
     missing = [os.fspath(image) for image in images if not os.path.isfile(image)]

@@ -16,6 +16,8 @@ import numpy as np
 
 from kerastl.groups import COARSE, HEAD, LayerGroups
 
+MIN_MAP_SIZE = 7  # the default map: the last group at least this fine (7 x 7: Lite0 at 224)
+
 
 def gradcam(
     model: keras.Model,
@@ -31,7 +33,9 @@ def gradcam(
         model: an image `TransferModel` (logits out).
         images: `[n, H, W, 3]` raw pixels in [0, 255], as the model takes them.
         group: the coarse (or fine) group whose output is explained; None:
-            the last group with a spatial (`[batch, h, w, channels]`) output.
+            the last group whose spatial (`[batch, h, w, channels]`) output is
+            at least `MIN_MAP_SIZE` (7) on a side, else the last spatial one
+            (a 1 x 1 map, ConvNeXt's last stage at 32 px, is the same everywhere).
         class_index: the class each map explains: None (the predicted class),
             an int (the same for every image) or one int per image (e.g. the
             true labels).
@@ -58,7 +62,7 @@ def gradcam(
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise ValueError(f"`images` must be [n, H, W, 3]. Received: shape {images.shape}.")
-    explained = _feature_and_logits(model, group or last_spatial_group(model))
+    explained = _feature_and_logits(model, group or last_spatial_group(model, MIN_MAP_SIZE))
     classes = _class_indices(class_index, len(images), int(model.output_shape[-1]))
     maps = []
     for start in range(0, len(images), batch_size):

@@ -19,7 +19,6 @@ from kerastl.training.plots import new_figure
 TOP_LOSSES_PNG = "top_losses.png"
 GRADCAM_PNG = "gradcam.png"
 CALIBRATION_PNG = "calibration.png"
-MIN_MAP_SIZE = 7  # the report's maps: the last group at least this fine (7 x 7: Lite0 at 224)
 
 
 def plot_top_losses(seen: Look, path: str | os.PathLike) -> str:
@@ -60,7 +59,7 @@ def plot_gradcam(model: keras.Model, seen: Look, path: str | os.PathLike) -> str
     Example:
         >>> plot_gradcam(model, look(model, val_ds), "runs/a/gradcam.png")
     """
-    from kerastl.training.gradcam import gradcam, last_spatial_group
+    from kerastl.training.gradcam import MIN_MAP_SIZE, gradcam, last_spatial_group
 
     shown = {example.index for example in seen.top_losses[:4]}
     examples = seen.top_losses[:4] + [e for e in seen.right if e.index not in shown][:4]
