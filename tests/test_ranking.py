@@ -155,7 +155,11 @@ def test_rank_command_prints_the_table_and_writes_it_to_a_run_directory(tmp_path
     assert main(["rank", str(config), "--candidates", "efficientnet-lite0", "--own-sizes"]) == 0
     # What `kerastl train` says of the data (before: nothing, the file skipped unsaid).
     skipped = f"kerastl: skipped 1 of 49 records in {tmp_path / 'images'} (1 x corrupt)\n"
-    assert skipped in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert skipped in out
+    # In a log, the folder check's progress in lines, as `kerastl train` (before: bars).
+    assert f"kerastl: checking the images in {tmp_path / 'images'}: 49 images in" in out
+    assert "━" not in out
     with open(tmp_path / "runs" / "shapes-rank-2" / "ranking.csv") as file:
         assert [row["image_size"] for row in csv.DictReader(file)] == ["224"]  # Lite0's own
     assert main(["rank", str(config), "--candidates", "efficientnet-lite9"]) == 2

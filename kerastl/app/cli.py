@@ -245,7 +245,7 @@ def _rank(args) -> int:
     config = load_config(args.config, args.set)
     with _tensorflow_quiet():
         rows, path = rank(
-            config, candidates, verbose=0 if args.quiet else 1, own_sizes=args.own_sizes
+            config, candidates, verbose=0 if args.quiet else "auto", own_sizes=args.own_sizes
         )
     print(format_table(rows))
     print(f"Ranking: {path}")

@@ -48,7 +48,7 @@ def parse_candidates(text: str) -> list[tuple[str, str | None]]:
 def rank(
     config: RunConfig,
     candidates: Sequence[tuple[str, str | None]],
-    verbose: int = 1,
+    verbose: int | str = "auto",
     *,
     own_sizes: bool = False,
 ) -> tuple[list[dict], str]:
@@ -62,9 +62,10 @@ def rank(
     Args:
         config: the run configuration (its data, sizes, augmentation and seed).
         candidates: `(name, weights)` pairs (`parse_candidates`).
-        verbose: `1`: the image folder check's progress, a line per source that
-            skipped records and per note on the data, and a line per candidate;
-            `0` silent.
+        verbose: `0` silent; else the image folder check's progress (`1` a
+            bar, `2` lines, `"auto"` a bar on a terminal and lines in a log, as
+            `kerastl train`), a line per source that skipped records and per
+            note on the data, and a line per candidate.
         own_sizes: rank each image candidate at its own input size (the
             images read at `model.image_size`, then resized).
 
@@ -96,7 +97,7 @@ def rank(
         sequence_length=config.model.sequence_length,
         pooling=config.model.pooling,
         views=views,
-        verbose=verbose,
+        verbose=1 if verbose else 0,
     )
     run_dir = new_run_directory(config.output_dir, f"{config.name}-rank")
     path = os.path.join(run_dir, TABLE)
