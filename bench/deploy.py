@@ -120,7 +120,7 @@ def _export_all(run_dir, model, directory, validation, text) -> dict[str, tuple[
         model, os.path.join(directory, "model.int8.onnx"), samples=validation, quantize="int8",
         verbose=0, **OPEN,
     )  # fmt: skip
-    files["ONNX int8"] = (path, _verdict(path, ".onnx"))
+    files["ONNX int8"] = (path, _verdict(path))
     if text:
         files["SavedModel, Keras int8"] = (_keras_int8_saved_model(run_dir, directory), "-")
         return files
@@ -129,7 +129,7 @@ def _export_all(run_dir, model, directory, validation, text) -> dict[str, tuple[
     for mode in ("float16", "int8"):
         path = os.path.join(directory, f"model.{mode}.tflite")
         kx.litert(model, path, samples=validation, quantize=mode, verbose=0, **OPEN)
-        files[f"LiteRT {mode}"] = (path, _verdict(path, ".tflite"))
+        files[f"LiteRT {mode}"] = (path, _verdict(path))
     return files
 
 
@@ -181,7 +181,7 @@ def _keras_int8_saved_model(run_dir: str, directory: str) -> str:
     return path
 
 
-def _verdict(path: str, suffix: str) -> str:
+def _verdict(path: str) -> str:
     """What the gate says at its default bounds, from the measurements it wrote."""
     from kerastl.export.quantization import (
         DEFAULT_MAX_ACCURACY_DROP,
@@ -191,7 +191,7 @@ def _verdict(path: str, suffix: str) -> str:
     )
 
     report = QuantizationReport.read(
-        report_path(path, suffix), max_accuracy_drop=DEFAULT_MAX_ACCURACY_DROP,
+        report_path(path), max_accuracy_drop=DEFAULT_MAX_ACCURACY_DROP,
         min_agreement=DEFAULT_MIN_AGREEMENT,
     )  # fmt: skip
     agreement = f"agreement {report.agreement:.3f} on {report.scored_samples} validation"

@@ -335,7 +335,7 @@ def test_onnx_export_matches_keras_with_named_dynamic_batch(lite0, tmp_path):
     expected = tf.nn.softmax(lite0.predict(images, verbose=0)).numpy()
     assert np.abs(probabilities - expected).max() <= 1e-4
     np.testing.assert_array_equal(probabilities.argmax(-1), expected.argmax(-1))
-    report = json.loads((tmp_path / "lite0.parity.json").read_text())
+    report = json.loads((tmp_path / "lite0.onnx.parity.json").read_text())
     assert report["passed"] and report["results"][0]["top1_agreement"] == 1.0
 
 
@@ -391,7 +391,7 @@ def test_a_convnext_exports_without_xla_and_converts_to_onnx(tmp_path):
     path = kx.onnx(model, tmp_path / "convnext.onnx", samples=images, verbose=0)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images"]
-    assert json.loads((tmp_path / "convnext.parity.json").read_text())["passed"]
+    assert json.loads((tmp_path / "convnext.onnx.parity.json").read_text())["passed"]
 
     with pytest.raises(kx.UnsupportedOpsError, match="Erfc"):  # tf2onnx alone
         kx.onnx(model, tmp_path / "unfixed.onnx", samples=images, fixes=False, verbose=0)
@@ -423,7 +423,7 @@ def test_a_failing_parity_check_refuses_to_publish(tiny_model, tmp_path, monkeyp
     with pytest.raises(kx.ParityError, match="FAILED"):
         kx.onnx(model, tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
-    assert not json.loads((tmp_path / "model.parity.json").read_text())["passed"]
+    assert not json.loads((tmp_path / "model.onnx.parity.json").read_text())["passed"]
 
 
 @pytest.mark.slow

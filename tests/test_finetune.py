@@ -347,7 +347,7 @@ def test_run_directory_records_every_epoch_and_restores_the_best(tmp_path):
     samples = np.load(tmp_path / "samples.npz")["images"]
     np.testing.assert_array_equal(samples, next(iter(validation))[0][: len(samples)])
     onnx_path = export_run(tmp_path, "onnx")
-    assert json.loads((tmp_path / "export" / "model.parity.json").read_text())["passed"]
+    assert json.loads((tmp_path / "export" / "model.onnx.parity.json").read_text())["passed"]
     version = export_run(tmp_path, "bundle")
     assert os.path.basename(os.path.dirname(version)) == tmp_path.name
     assert os.path.getsize(onnx_path) > 0

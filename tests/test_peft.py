@@ -285,7 +285,7 @@ def test_exports_of_a_lora_model_are_merged_and_pass_the_parity_gate(tmp_path):
     plain = onnx_export.convert(_lite0(), "image_tensor", 17).graph  # the same model, no LoRA
     assert Counter(n.op_type for n in graph.node) == Counter(n.op_type for n in plain.node)
     assert len(graph.initializer) == len(plain.initializer)
-    report = json.loads((tmp_path / "lora.parity.json").read_text())
+    report = json.loads((tmp_path / "lora.onnx.parity.json").read_text())
     assert report["passed"]
     saved = kx.saved_model(model, tmp_path / "serving", samples=_images(4))
     loaded = tf.saved_model.load(saved)

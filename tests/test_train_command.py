@@ -160,8 +160,8 @@ def test_quantized_exports_are_gated_on_the_runs_validation_split(run, capsys):
     assert main([*args, "--min-agreement", "0", "--max-accuracy-drop", "1"]) == 0
     out = capsys.readouterr().out
     assert "Exported (onnx, int8)" in out and "top-1 agreement" in out  # what the gate measured
-    assert "model.int8.quantization.json" in out
-    report = json.loads((run / "export" / "model.int8.quantization.json").read_text())
+    assert "model.int8.onnx.quantization.json" in out
+    report = json.loads((run / "export" / "model.int8.onnx.quantization.json").read_text())
     assert report["calibration_samples"] == 8 and report["scored_samples"] == 8  # 16 validation
     assert report["passed"] and (run / "export" / "model.int8.onnx").stat().st_size > 0
     assert main([*args, "--overwrite", "--min-agreement", "1.5"]) == 2

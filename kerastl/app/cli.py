@@ -316,7 +316,7 @@ def _export(args) -> int:
     kind = args.format if args.quantize is None else f"{args.format}, {args.quantize}"
     print(f"Exported ({kind}): {path}")
     if args.quantize is not None:
-        report = report_path(path, os.path.splitext(path)[1])
+        report = report_path(path)
         print(f"{QuantizationReport.read(report).summary()}\n  (measured: {report})")
     return 0
 

@@ -14,7 +14,7 @@ from kerastl._quiet import native_stderr_silenced
 from kerastl.export.float32 import float32_copy
 from kerastl.export.keras_export_fixes import track_model
 from kerastl.export.litert_runtime import LiteRTRunner
-from kerastl.export.parity import DEFAULT_TOLERANCE, ParityError, check_parity
+from kerastl.export.parity import DEFAULT_TOLERANCE, PARITY_SUFFIX, ParityError, check_parity
 from kerastl.export.quantization import (
     DEFAULT_CALIBRATION_SIZE,
     DEFAULT_MAX_ACCURACY_DROP,
@@ -56,12 +56,12 @@ def litert(
 
     - `quantize=None`: float32, compared with Keras on `samples` (max abs
       difference of probabilities <= `tolerance`, same top-1;
-      `<path stem>.parity.json`), else `ParityError`.
+      `<path>.parity.json`), else `ParityError`.
     - `"float16"` (weights stored in float16, half the size) and `"int8"`
       (full-integer: int8 weights and activations calibrated on part of
       `samples` as the representative dataset, scored on the rest; float
       input and output) pass the accuracy gate instead (`kerastl.export.quantization`;
-      `<path stem>.quantization.json`), else `QuantizationError`.
+      `<path>.quantization.json`), else `QuantizationError`.
 
     Nothing is published at `path` when a check fails.
 
@@ -128,7 +128,7 @@ def litert(
             if quantize is None:
                 report = check_parity(model, floating, inputs, tolerance=tolerance)
                 report = report.for_target(path)
-                report.write(path[: -len(SUFFIX)] + ".parity.json")
+                report.write(path + PARITY_SUFFIX)
                 progress.update(2)
                 progress.finish()
                 if not report.passed:
@@ -149,7 +149,7 @@ def litert(
             )  # fmt: skip
             progress.update(3)
             progress.finish()
-            report.write(report_path(path, SUFFIX))
+            report.write(report_path(path))
             if not report.passed:
                 raise QuantizationError(report)
     return path

@@ -14,7 +14,7 @@ from kerastl._progress import Progress
 from kerastl.export.float32 import float32_copy
 from kerastl.export.onnx_runtime import onnx_session, run_onnx
 from kerastl.export.onnxruntime_fixes import unused_gemm_beta
-from kerastl.export.parity import DEFAULT_TOLERANCE, ParityError, check_parity
+from kerastl.export.parity import DEFAULT_TOLERANCE, PARITY_SUFFIX, ParityError, check_parity
 from kerastl.export.quantization import (
     DEFAULT_CALIBRATION_SIZE,
     DEFAULT_MAX_ACCURACY_DROP,
@@ -93,7 +93,7 @@ def onnx(
     `logits`, `probabilities`, `class_id` and `top_k_probabilities` (or
     `predictions` for regression), float32. The file is written beside `path`,
     compared with Keras under onnxruntime on `samples`, and renamed to `path`
-    only if it passes; the report goes to `<path without .onnx>.parity.json`.
+    only if it passes; the report goes to `<path>.parity.json` (`model.onnx.parity.json`).
 
     Args:
         model: a `TransferModel` (or a Keras model with one logits output).
@@ -118,7 +118,7 @@ def onnx(
             quantized; activations at run time) for text models. The int8
             file is published only if it passes the gate
             (`kerastl.export.quantization`); its report goes to
-            `<path without .onnx>.quantization.json`.
+            `<path>.quantization.json`.
         max_accuracy_drop: the int8 file's largest accuracy drop allowed,
             on the labelled `samples` it was not calibrated on.
         min_agreement: the smallest fraction of those samples allowed to
@@ -184,7 +184,7 @@ def onnx(
         progress.finish()
         if quantize is None:
             report = report.for_target(path)
-            report.write(path[: -len(".onnx")] + ".parity.json")
+            report.write(path + PARITY_SUFFIX)
         if not report.passed:
             raise ParityError(report)
         if quantize is not None:
@@ -226,7 +226,7 @@ def _quantized_in_place(
         progress.finish()
     finally:
         os.remove(floating)
-    report.write(report_path(path, ".onnx"))
+    report.write(report_path(path))
     if not report.passed:
         raise QuantizationError(report)
 

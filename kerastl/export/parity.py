@@ -15,7 +15,9 @@ from kerastl.export.samples import model_inputs, model_samples, sample_count, wh
 from kerastl.export.signatures import IMAGE_TENSOR_TTA, TENSOR_SIGNATURES, probabilities_of
 
 DEFAULT_TOLERANCE = 1e-4
-PARITY_FILE = "parity.json"
+PARITY_FILE = "parity.json"  # in a SavedModel's assets.extra/
+# Beside an ONNX or LiteRT file, named after it: `model.onnx.parity.json`.
+PARITY_SUFFIX = ".parity.json"
 
 
 class ParityError(RuntimeError):

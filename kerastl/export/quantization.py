@@ -7,7 +7,9 @@ is scored beside the float model it came from, on samples it was not
 calibrated on: refused (`QuantizationError`, nothing at `path`) when
 accuracy drops by more than `max_accuracy_drop` or top-1 agreement with the
 float model falls under `min_agreement`. What was measured goes to
-`<path stem>.quantization.json` either way.
+`<path>.quantization.json` either way (`model.int8.onnx.quantization.json`:
+named after the whole file, so an ONNX and a LiteRT file side by side keep
+their own reports).
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ class QuantizationReport:
             The `QuantizationReport`.
 
         Example:
-            >>> QuantizationReport.read("out/model.int8.quantization.json").passed
+            >>> QuantizationReport.read("out/model.int8.onnx.quantization.json").passed
             True
         """
         with open(path) as file:
@@ -340,9 +342,9 @@ def score(
     )
 
 
-def report_path(path: str, suffix: str) -> str:
-    """`model.int8.onnx` → `model.int8.quantization.json` (`suffix` is the file's)."""
-    return path[: -len(suffix)] + QUANTIZATION_FILE_SUFFIX
+def report_path(path: str) -> str:
+    """`model.int8.onnx` → `model.int8.onnx.quantization.json`."""
+    return path + QUANTIZATION_FILE_SUFFIX
 
 
 def _first(inputs):
