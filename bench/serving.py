@@ -27,13 +27,12 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
-import onnxruntime
 import tensorflow as tf
 from _timing import interleaved_times
 
 import kerastl
 import kerastl.export as kx
-from kerastl.export import onnx_export
+from kerastl.export import onnx_export, onnx_runtime
 
 
 def photos(size: int, count: int) -> np.ndarray:
@@ -51,10 +50,7 @@ def _sklearn_photos():
 
 
 def session(path, optimize: bool = True):
-    options = onnxruntime.SessionOptions()
-    if not optimize:
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return onnx_runtime.onnx_session(path, optimize=optimize)
 
 
 def latency_table(saved, onnx_session, images, rounds):

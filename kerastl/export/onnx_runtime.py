@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from kerastl.export.onnxruntime_fixes import exact_int8_on_cpus_without_vnni
+
 _NUMPY = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int32)": np.int32}
 
 
-def onnx_session(path: str):
-    """An onnxruntime CPU session for an ONNX file.
+def onnx_session(path: str, *, optimize: bool = True):
+    """An onnxruntime CPU session for an ONNX file, int8 products exact on any x86 CPU.
+
+    Args:
+        path: an `.onnx` file.
+        optimize: False: onnxruntime's graph optimizations off.
+
+    Returns:
+        An `onnxruntime.InferenceSession`.
 
     Example:
         >>> onnx_session("out/model.onnx").get_inputs()[0].name
@@ -16,7 +25,11 @@ def onnx_session(path: str):
     """
     import onnxruntime
 
-    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    exact_int8_on_cpus_without_vnni(options)  # else int8 files saturate there (onnxruntime_fixes)
+    if not optimize:
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session, inputs, outputs=None, batch_size: int | None = None) -> dict[str, np.ndarray]:
