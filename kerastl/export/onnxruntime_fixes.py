@@ -25,8 +25,8 @@
    convolution: 2.1 off on outputs of size 25, 0.16 with the fix).
    onnxruntime's own remedy is the session option `session.x64quantprecision`,
    off by default, which runs those products as uint8 x uint8 where the CPU
-   lacks VNNI; kerastl's sessions (the parity gate, the quantization gate,
-   `run_onnx`) turn it on. `reduce_range` (7-bit weights) would avoid the
+   lacks VNNI; kerastl's sessions (`onnx_runtime.onnx_session`: the parity
+   and quantization gates) turn it on. `reduce_range` (7-bit weights) would avoid the
    overflow in the file itself, but costs agreement everywhere (Lite0: 0.972
    -> 0.924, bench/README "deploy.py"). Retire it when onnxruntime turns the
    option on by default.
