@@ -49,10 +49,6 @@ def _sklearn_photos():
     return [os.path.join(folder, name) for name in ("china.jpg", "flower.jpg")]
 
 
-def session(path, optimize: bool = True):
-    return onnx_runtime.onnx_session(path, optimize=optimize)
-
-
 def latency_table(saved, onnx_session, images, rounds):
     rows = []
     for batch in (1, 32):
@@ -89,7 +85,7 @@ def transpose_table(size, rounds, folder):
             counts[name] = (
                 len(proto.graph.node), sum(n.op_type == "Transpose" for n in proto.graph.node)
             )  # fmt: skip
-            sessions[name] = session(path, optimize)
+            sessions[name] = onnx_runtime.onnx_session(path, optimize=optimize)
     images = np.random.default_rng(0).uniform(0, 255, (32, size, size, 3)).astype("float32")
     rows = []
     for batch in (1, 32):
@@ -120,7 +116,7 @@ def main():
         onnx_path = kx.onnx(model, os.path.join(folder, "m.onnx"), samples=images)
         parity = kx.check_parity(model, [saved_path, onnx_path], images)
         saved = tf.saved_model.load(saved_path).signatures["image_tensor"]
-        rows = latency_table(saved, session(onnx_path), images, args.rounds)
+        rows = latency_table(saved, onnx_runtime.onnx_session(onnx_path), images, args.rounds)
         transposes = transpose_table(args.size, args.rounds, folder)
 
     print(f"\nEfficientNet-Lite0 {args.size}px, median latency per call (ms)\n")
