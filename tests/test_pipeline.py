@@ -10,7 +10,7 @@ from kerastl.data.pipeline import (
     prepare_images,
     text_batches,
 )
-from kerastl.data.sampling import labels_of
+from kerastl.data.sampling import labels_of, select
 
 
 def test_from_arrays_checks_lengths_types_and_label_range():
@@ -47,6 +47,23 @@ def test_labels_are_read_in_order_without_running_the_maps_on_the_inputs():
     np.testing.assert_array_equal(labels_of(prepared), labels)
     with pytest.raises(tf.errors.InvalidArgumentError, match="PNG"):
         next(iter(prepared))
+    one_hot = tf.data.Dataset.from_tensor_slices((np.zeros((3, 2)), np.eye(3)))
+    with pytest.raises(ValueError, match=r"got labels of shape \(3,\)"):
+        labels_of(one_hot)
+
+
+def test_a_selection_knows_its_size_without_reading_the_examples():
+    """`select` (the held-out split, `data.limit`) tells tf.data how many examples it
+    keeps, so batching never counts them by decoding every image again; the size
+    told is the one iterating gives (assert_cardinality would raise otherwise)."""
+    data = tf.data.Dataset.range(10).map(lambda i: (i, i % 2))
+    held_out = [1, 4, 9, 12]  # 12 lies past the end: not counted
+    for keep, expected in ((True, [1, 4, 9]), (False, [0, 2, 3, 5, 6, 7, 8])):
+        chosen = select(data, held_out, keep=keep)
+        assert int(chosen.cardinality()) == len(expected)
+        assert [int(x) for x, _ in chosen] == expected
+    unknown = data.filter(lambda x, y: x < 5)
+    assert int(select(unknown, [0, 1]).cardinality()) == tf.data.UNKNOWN_CARDINALITY
 
 
 def test_batched_shuffles_reproducibly_and_differently_each_epoch():
