@@ -47,6 +47,8 @@ def test_labels_are_read_in_order_without_running_the_maps_on_the_inputs():
     np.testing.assert_array_equal(labels_of(prepared), labels)
     with pytest.raises(tf.errors.InvalidArgumentError, match="PNG"):
         next(iter(prepared))
+    column = tf.data.Dataset.from_tensor_slices((np.zeros((3, 2)), np.array([[2], [0], [1]])))
+    np.testing.assert_array_equal(labels_of(column), [2, 0, 1])  # one label of shape (1,) each
     one_hot = tf.data.Dataset.from_tensor_slices((np.zeros((3, 2)), np.eye(3)))
     with pytest.raises(ValueError, match=r"got labels of shape \(3,\)"):
         labels_of(one_hot)

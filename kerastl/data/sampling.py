@@ -66,6 +66,10 @@ def labels_of(dataset) -> np.ndarray:
     elpv's 1968 training images at 64 px; bench/README.md, "Test suite").
     Maps fuse when they run sequentially or with `num_parallel_calls=AUTOTUNE`
     (as TFDS's and kerastl's do); stateful ops and a `cache()` still run.
+
+    Raises:
+        ValueError: the labels are not one integer per example (one-hot or
+            multi-label targets).
     """
     import tensorflow as tf
 
@@ -82,6 +86,8 @@ def labels_of(dataset) -> np.ndarray:
     if not batches:
         return np.zeros(0, np.int64)
     values = np.concatenate(batches)
+    if values.ndim > 1 and int(np.prod(values.shape[1:])) == 1:  # labels of shape (1,)
+        values = values.reshape(-1)
     if values.ndim != 1:
         raise ValueError(
             f"labels_of reads one integer label per example; got labels of shape "
