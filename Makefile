@@ -1,7 +1,7 @@
 # The two Quick-start commands: `make demo` and `make test` (lint, docs, tests). Both build .venv/
 # from nothing (package, test tools, offline pretrained assets) on first use.
 # The interpreter .venv/ is made from: Debian's /usr/bin/python3.11 where it
-# can make one (built with PGO and LTO, libpython linked in: the tests ran 3-8%
+# can make one (built with PGO and LTO, libpython linked in: test files ran 8-9%
 # faster on it than on a pyenv build without them, bench/README.md "Test
 # suite, 2026-12-08"), else python3. Any Python 3.11 works: `make PYTHON=...`.
 PYTHON ?= $(shell /usr/bin/python3.11 -c "import ensurepip, venv" 2>/dev/null \
