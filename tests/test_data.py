@@ -18,6 +18,7 @@ def _labels(name, split, data_dir):
     )
 
 
+@pytest.mark.slow
 def test_elpv_loads_with_tfds_load_and_keeps_the_defect_share_in_both_splits(tfds_dir):
     train, info = tfds.load("elpv", split="train", data_dir=tfds_dir, with_info=True)
     assert (info.splits["train"].num_examples, info.splits["test"].num_examples) == (1968, 656)
@@ -30,6 +31,7 @@ def test_elpv_loads_with_tfds_load_and_keeps_the_defect_share_in_both_splits(tfd
         assert _labels("elpv", split, tfds_dir).mean() == pytest.approx(0.3125, abs=0.001)
 
 
+@pytest.mark.slow
 def test_rotten_tomatoes_has_the_labelled_snippets_without_plot_summaries(tfds_dir):
     info = tfds.builder("rotten_tomatoes", data_dir=tfds_dir)
     texts = kerastl.data.load_tfds("rotten_tomatoes", "test", data_dir=tfds_dir)

@@ -218,6 +218,7 @@ PLANNED = {
 SAME_CUT = {"group", "lora", "lora_drop_path"}  # block6 and block6a: the same tensors
 
 
+@pytest.mark.slow
 def test_planning_any_pair_of_stages_leaves_the_model_as_it_was():
     keras.utils.set_random_seed(0)  # Lite0 at any image size: the resized kind plans too
     model = kerastl.TransferModel(

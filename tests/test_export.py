@@ -193,6 +193,7 @@ def test_image_bytes_decodes_jpeg_and_png_of_different_sizes_like_outside_the_gr
     np.testing.assert_allclose(from_examples, from_bytes, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_image_bytes_can_resize_as_keras_s_image_dataset_from_directory(tiny_model, tmp_path):
     """A model trained on `keras.utils.image_dataset_from_directory` (no
     antialiasing) and served from bytes resized with antialiasing saw other

@@ -199,6 +199,7 @@ def _tokens(count=24, batch=8, width=12):
     return tf.data.Dataset.from_tensor_slices((inputs, rng.integers(0, 2, count))).batch(batch)
 
 
+@pytest.mark.slow
 def test_text_caching_below_a_transformer_layer_equals_end_to_end_training():
     weights = []
     for cache in (True, False):
@@ -307,6 +308,7 @@ def test_cached_random_views_and_label_mixing_train_under_mixed_precision(precis
     assert np.abs(_values(model.backbone.weights)[0] - kernel).max() > 1e-5
 
 
+@pytest.mark.slow
 def test_run_directory_records_every_epoch_and_restores_the_best(tmp_path):
     model = _model()
     tuner = kerastl.FineTuner(
@@ -442,6 +444,7 @@ def test_the_saved_model_reloads_with_the_optimizer_that_trained_it(tmp_path, ca
     assert_same_optimizer_state(model.optimizer, loaded.optimizer)
 
 
+@pytest.mark.slow
 def test_each_stage_reads_the_groups_resolved_once_for_the_model():
     keras.utils.set_random_seed(0)
     model = kerastl.TransferModel(
@@ -504,6 +507,7 @@ def test_ema_validation_and_the_saved_model_hold_the_hand_computed_average(tmp_p
         kerastl.Stage(1, ema=1.5)
 
 
+@pytest.mark.slow
 def test_a_cache_is_recomputed_when_an_earlier_stage_trained_its_frozen_layers():
     """head -> all -> head: the last stage must not replay the pooled features of
     the first (the backbone, BatchNorm statistics included, changed in between)."""

@@ -46,6 +46,7 @@ def _paths(model, groups, granularity="coarse"):
     return {v.path for g in groups for layer in named[g] for v in layer.weights}
 
 
+@pytest.mark.slow
 def test_frozen_backbone_is_bit_identical_after_a_fit_step():
     model = _model()
     kerastl.freeze(model)
@@ -70,6 +71,7 @@ def test_freeze_to_trains_the_unfrozen_kernels_but_not_their_batchnorm():
     assert not frozen & changed
 
 
+@pytest.mark.slow
 def test_train_bn_opts_in_to_batchnorm_updates():
     model = _model()
     kerastl.freeze_to(model, "block7", train_bn=True)
@@ -122,6 +124,7 @@ def test_changing_what_trains_recompiles_with_a_fresh_optimizer_that_keeps_state
     assert "accuracy" in model.evaluate(*_data(), verbose=0, return_dict=True)
 
 
+@pytest.mark.slow
 def test_recompile_false_makes_the_next_fit_raise_until_compile():
     model = _model()
     kerastl.freeze(model, recompile=False)

@@ -274,6 +274,7 @@ def test_inputs_that_do_not_fit_are_refused_naming_what_to_pass():
         image.predict(["a sentence"])
 
 
+@pytest.mark.slow
 def test_a_text_model_takes_a_string_tensor_as_iterating_a_dataset_gives_it():
     import tensorflow as tf
 
@@ -307,6 +308,7 @@ def test_a_text_model_takes_a_string_tensor_as_iterating_a_dataset_gives_it():
         kerastl.predict_probabilities(model, texts, tta="flip")
 
 
+@pytest.mark.slow
 def test_a_pooler_the_pooling_skips_never_trains_and_one_it_uses_does():
     import warnings
 

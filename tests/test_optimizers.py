@@ -223,6 +223,7 @@ def test_keras_exclude_from_weight_decay_is_lost_on_reload(tmp_path):
     assert "head_dense/bias" in _decay_step(loaded, loaded.optimizer)
 
 
+@pytest.mark.slow
 def test_save_load_restores_types_rates_iterations_and_slots(tmp_path):
     model = _vgg()
     optimizer = kerastl.group_optimizer(
@@ -245,6 +246,7 @@ def test_save_load_restores_types_rates_iterations_and_slots(tmp_path):
     assert int(loaded.optimizer.iterations.numpy()) == 3
 
 
+@pytest.mark.slow
 def test_a_convnext_loads_with_each_weight_on_its_group_s_optimizer(tmp_path):
     """The map is keyed by paths, and two kinds change when Keras deserializes the
     model: a nested model's weights lose its name, and an unnamed weight is numbered
@@ -277,6 +279,7 @@ def test_a_convnext_loads_with_each_weight_on_its_group_s_optimizer(tmp_path):
         np.testing.assert_array_equal(saved.numpy(), restored.numpy())
 
 
+@pytest.mark.slow
 def test_schedules_per_group_serialize_and_follow_their_formula(tmp_path):
     model = _vgg()
     optimizer = kerastl.discriminative_optimizer(

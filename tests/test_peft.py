@@ -76,6 +76,7 @@ def test_keras_saves_an_adapted_layer_merged_and_zeroes_its_adapters_on_load(tmp
 # --- adapters and what trains ---
 
 
+@pytest.mark.slow
 def test_after_lora_only_adapters_and_head_train_and_a_fit_step_moves_no_base_weight():
     model = _lite0()
     paths = kerastl.lora(model, rank=4, groups=["block6"])

@@ -41,6 +41,7 @@ def test_a_run_crashed_mid_epoch_resumes_to_bit_identical_weights(tmp_path, dete
     np.testing.assert_array_equal(weights, reference)
 
 
+@pytest.mark.slow
 def test_a_callback_that_stops_the_resumed_epoch_ends_the_run_there(tmp_path, deterministic_ops):
     """A user's callback stops training at the end of epoch 2; the run crashed in
     it resumes from its batch-3 backup, and ends with that epoch, as the
@@ -85,6 +86,7 @@ def _unfreezing_run(backup, crash_after=None):
     return flat_weights(model), unfreezing, model
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_resumes_with_the_groups_it_had_unfrozen(tmp_path, deterministic_ops):
     """Crashed in epoch 3 (block2 unfrozen at its start) after its batch-3 backup,
     and again in it before that backup (resumed from epoch 2's end): each rerun

@@ -123,6 +123,7 @@ def test_a_class_too_small_to_hold_out_stays_in_training_and_is_named(tmp_path):
     assert "balanced accuracy averages the other classes" in quarter.reports[0].notes[0]
 
 
+@pytest.mark.slow
 def test_config_class_names_make_unknown_table_labels_bad_records(tmp_path):
     rows = ["text,label"] + [f"good {i},fresh" for i in range(30)] + ["typo,frseh"]
     rows += [f"bad {i},rotten" for i in range(30)]

@@ -188,6 +188,7 @@ def test_sigterm_backs_up_at_the_next_batch_and_the_run_resumes(tmp_path, refere
         pytest.param({"callbacks": (StopAfterEpoch(3),)}, id="a callback"),
     ],
 )
+@pytest.mark.slow
 def test_a_stop_in_the_epoch_a_run_resumed_mid_way_ends_the_stage_as_it_would_have(
     tmp_path, deterministic_ops, settings
 ):
