@@ -66,6 +66,8 @@ def test_a_selection_knows_its_size_without_reading_the_examples():
         assert [int(x) for x, _ in chosen] == expected
     unknown = data.filter(lambda x, y: x < 5)
     assert int(select(unknown, [0, 1]).cardinality()) == tf.data.UNKNOWN_CARDINALITY
+    with pytest.raises(ValueError, match=r"positions from 0\. Received: -1"):
+        select(data, [3, -1])
 
 
 def test_batched_shuffles_reproducibly_and_differently_each_epoch():

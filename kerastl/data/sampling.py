@@ -105,7 +105,11 @@ def select(dataset, indices: Sequence[int], *, keep: bool = True):
         keep: keep the listed examples, or drop them.
 
     Returns:
-        The filtered dataset.
+        The filtered dataset; its size is known to tf.data where the
+        dataset's is (positions past the end are not counted).
+
+    Raises:
+        ValueError: a negative position.
 
     Example:
         >>> validation = select(raw, held_out)
@@ -113,6 +117,10 @@ def select(dataset, indices: Sequence[int], *, keep: bool = True):
     import tensorflow as tf
 
     indices = np.asarray(indices, np.int64)
+    if len(indices) and indices.min() < 0:
+        raise ValueError(
+            f"`indices` are positions from 0. Received: {int(indices.min())} among them"
+        )
     if not len(indices):
         return dataset.take(0) if keep else dataset
     mask = np.zeros(int(indices.max()) + 1, bool)
