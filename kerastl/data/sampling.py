@@ -135,7 +135,7 @@ def select(dataset, indices: Sequence[int], *, keep: bool = True):
     size = int(dataset.cardinality())
     if size < 0:  # unknown or infinite: tf.data counts when asked
         return chosen
-    inside = int(np.count_nonzero(np.unique(indices) < size))
+    inside = int(np.count_nonzero(mask[:size]))
     # A filter hides the size from tf.data; this one is known, and counting it
     # would read (and decode) every example again.
     return chosen.apply(tf.data.experimental.assert_cardinality(inside if keep else size - inside))
