@@ -117,12 +117,12 @@ def select(dataset, indices: Sequence[int], *, keep: bool = True):
     import tensorflow as tf
 
     indices = np.asarray(indices, np.int64)
-    if len(indices) and indices.min() < 0:
+    if not len(indices):
+        return dataset.take(0) if keep else dataset
+    if indices.min() < 0:
         raise ValueError(
             f"`indices` are positions from 0. Received: {int(indices.min())} among them"
         )
-    if not len(indices):
-        return dataset.take(0) if keep else dataset
     mask = np.zeros(int(indices.max()) + 1, bool)
     mask[indices] = True
     last = len(mask) - 1
