@@ -112,9 +112,11 @@ import kerastl
 kerastl._import_all()
 # kerastl's own training, under a strategy it built, with a group optimizer ...
 strategy = kerastl.get_strategy("one_device")
-with strategy.scope():
-    model = kerastl.TransferModel("mobilenetv3small", num_classes=2, weights=None,
-                                  input_shape=(32, 32, 3))
+with strategy.scope():  # a small backbone: kerastl's fit and optimizer are the point
+    image = keras.Input((32, 32, 3))
+    features = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, strides=2)(image))
+    model = kerastl.TransferModel(keras.Model(image, features), num_classes=2,
+                                  preprocessing="tf")
     model.compile(kerastl.group_optimizer(model, {"head": keras.optimizers.SGD(0.1)},
                                           default=keras.optimizers.SGD(0.01)))
 x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
