@@ -47,7 +47,9 @@ def _group_paths(model, name):
 
 
 @pytest.mark.slow
-def test_unfreezing_step_trains_the_next_group_and_keeps_the_heads_moments():
+def test_unfreezing_step_trains_the_next_group_and_keeps_the_heads_moments(tmp_path):
+    """Then the unfrozen model saves, loads back with its groups and optimizer
+    state, predicts the same and trains (one Lite0 run for both checks)."""
     model = _model()
     start = weights_snapshot(model)
     unfreezing, spy = kerastl.GradualUnfreezing(every=1, verbose=False), _Spy()
@@ -74,6 +76,14 @@ def test_unfreezing_step_trains_the_next_group_and_keeps_the_heads_moments():
     for path in frozen:
         np.testing.assert_array_equal(start[path], end[path], err_msg=path)
 
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert kerastl.trainable_groups(loaded) == kerastl.trainable_groups(model)
+    assert_same_optimizer_state(model.optimizer, loaded.optimizer)
+    x, _ = _data()
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    loaded.fit(*_data(), batch_size=4, epochs=1, verbose=0)
+
 
 @pytest.mark.slow
 def test_unfreezing_respects_max_groups_and_reaches_the_bottom():
@@ -84,25 +94,6 @@ def test_unfreezing_respects_max_groups_and_reaches_the_bottom():
         ["top_conv", "head"],
         ["block7", "top_conv", "head"],
     ]
-
-
-@pytest.mark.slow
-def test_save_load_after_an_unfreezing_step_round_trips_and_trains(tmp_path):
-    model = _model()
-    model.fit(
-        *_data(),
-        batch_size=4,
-        epochs=2,
-        verbose=0,
-        callbacks=[kerastl.GradualUnfreezing(every=1, verbose=False)],
-    )
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
-    assert kerastl.trainable_groups(loaded) == kerastl.trainable_groups(model)
-    assert_same_optimizer_state(model.optimizer, loaded.optimizer)
-    x, _ = _data()
-    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
-    loaded.fit(*_data(), batch_size=4, epochs=1, verbose=0)
 
 
 def test_every_is_validated():
