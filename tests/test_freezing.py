@@ -88,7 +88,7 @@ def test_keras_ignores_training_false_on_a_nested_backbone():
     trainable backbone with `training=False` does not keep its BatchNorm in
     inference mode during `fit`. If this starts failing, Keras fixed it. The
     bug is Keras's nesting, so any backbone with a BatchNormalization shows it:
-    a convolution and one (a Lite0 took 27 s of the suite's time for the same)."""
+    a convolution and one (a pretrained Lite0 took 15 s alone for the same)."""
     inner = keras.Input((SIDE, SIDE, 3))
     normalized = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, strides=2)(inner))
     backbone = keras.Model(inner, normalized, name="nested")
@@ -105,7 +105,7 @@ def test_keras_ignores_training_false_on_a_nested_backbone():
 @pytest.mark.slow
 def test_changing_what_trains_recompiles_with_a_fresh_optimizer_that_keeps_state():
     model = _model()
-    kerastl.freeze_to(model, -2)  # top_conv and the head train first (not all: its trace is 3x)
+    kerastl.freeze_to(model, -2)  # top_conv and the head first: not Lite0's whole backward pass
     model.compile(
         keras.optimizers.SGD(0.05, momentum=0.9),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),

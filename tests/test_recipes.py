@@ -148,12 +148,12 @@ def test_on_elpv_fine_tuning_beats_the_same_network_from_scratch(tmp_path, tfds_
     trains, BatchNorm statistics too), probe 0.748, fine-tuned 0.719 (margins 2.9 and
     3.7 standard errors of the difference); with the seed 7: 0.622, 0.768, 0.736 (3.2
     and 4.1). 101 s and 90 s against 141 s at 2 + 1 epochs (scratch 0.664, probe
-    0.774, fine-tuned 0.777), most of it the scratch network's full backward pass. 3 + 1
-    epochs (5 s more) gave 0.641, 0.793, 0.777. Caching all 8 views (the recipe's
-    `cache_views`) doubled the fine-tuned run's time (15 s against 7 s) for no better
-    value (0.766 against 0.772). At 96 px (2.2x the time, 8 views, an earlier commit):
-    0.636, 0.753, 0.765. The margin asserted, 0.03, is 0.9 standard errors of the
-    difference.
+    0.774, fine-tuned 0.777), most of it the scratch network's full backward pass.
+    Earlier, on the faster kind: 3 + 1 epochs (5 s more) gave 0.641, 0.793, 0.777;
+    caching all 8 views (the recipe's `cache_views`) doubled the fine-tuned run's time
+    (15 s against 7 s) for no better value (0.766 against 0.772); at 96 px (2.2x the
+    time, 8 views): 0.636, 0.753, 0.765. The margin asserted, 0.03, is 0.9 standard
+    errors of the difference.
     """
     from kerastl.app.config import load_config
     from kerastl.app.run import train
